@@ -1,0 +1,73 @@
+"""Service configuration: one frozen object built from the environment and `.env` at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every operator-facing knob. Field names are the environment keys, upper-cased.
+
+    Built once by the entry point (``Settings()``, or ``Settings(_env_file=None, ...)`` in
+    tests) and passed down; nothing else reads ``os.environ``.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
+
+    # Feature switch and model.
+    enable_kontext_edit: bool = True
+    kontext_model_path: str = "black-forest-labs/FLUX.1-Kontext-dev"
+    kontext_device: Literal["auto", "cpu", "cuda"] = "auto"
+    kontext_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    kontext_load: Literal["eager", "lazy"] = "eager"
+    kontext_cpu_threads: int = Field(default=1, ge=1, le=256)
+    kontext_local_files_only: bool = False
+
+    # Sidecar HTTP server.
+    miner_server_host: str = "0.0.0.0"
+    miner_server_port: int = Field(default=8091, ge=1, le=65535)
+    service_url: Optional[str] = None
+    """Public base URL used in ``image_url`` (default: http://<host>:<port>)."""
+
+    # Storage and retention.
+    data_dir: Path = Path("data")
+    retention_hours: float = Field(default=24.0, gt=0)
+    retention_sweep_seconds: float = Field(default=300.0, gt=0)
+
+    # Input limits.
+    max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=4096 * 4096, ge=64 * 64)
+    image_url_timeout_seconds: float = Field(default=15.0, gt=0)
+
+    # Queue and worker.
+    max_queue: int = Field(default=256, ge=1)
+    max_attempts: int = Field(default=2, ge=1)
+    """A job interrupted by a crash this many times is failed instead of run again."""
+
+    # Callbacks.
+    callback_timeout_seconds: float = Field(default=10.0, gt=0)
+    callback_allow_private: bool = False
+
+    @property
+    def public_base_url(self) -> str:
+        if self.service_url:
+            return self.service_url.rstrip("/")
+        host = "127.0.0.1" if self.miner_server_host in ("0.0.0.0", "::", "") else self.miner_server_host
+        return f"http://{host}:{self.miner_server_port}"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def edits_dir(self) -> Path:
+        return self.data_dir / "edits"
+
+    @property
+    def inputs_dir(self) -> Path:
+        return self.data_dir / "inputs"

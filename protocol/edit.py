@@ -1,0 +1,245 @@
+"""Wire types of the edit contract: request, replies, status record and callback payload."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Any, Optional
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from protocol import limits
+
+
+class JobStatus(str, Enum):
+    """Lifecycle of an edit job: queued -> processing -> completed | failed."""
+
+    QUEUED = "queued"
+    """Accepted and persisted; waiting for the worker."""
+    PROCESSING = "processing"
+    """The engine is running this job."""
+    COMPLETED = "completed"
+    """The result PNG is stored and can be downloaded."""
+    FAILED = "failed"
+    """The job ended without a result; ``error`` says why."""
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+
+
+class CallbackStatus(str, Enum):
+    """What happened to the job's one webhook delivery."""
+
+    PENDING = "pending"
+    """The job has not finished yet, or delivery is under way."""
+    DELIVERED = "delivered"
+    """The receiver answered 2xx."""
+    FAILED = "failed"
+    """Connection error, timeout, refused address or non-2xx; ``error`` says which."""
+    EXPIRED = "expired"
+    """Not sent: the request's ``expiry`` had passed when the job finished."""
+    SKIPPED = "skipped"
+    """Not sent: the request had no ``callback_url``."""
+
+
+class ImageSource(str, Enum):
+    """Where the job's input image came from."""
+
+    BASE64 = "base64"
+    URL = "url"
+    REFERENCE_EDIT = "reference_edit"
+    BASE64_FALLBACK = "base64_fallback"
+    URL_FALLBACK = "url_fallback"
+
+
+def _utc(value: datetime) -> datetime:
+    """Naive timestamps are taken as UTC so comparisons never raise."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def _multiple_of_16(value: Optional[int]) -> Optional[int]:
+    if value is not None and value % limits.DIMENSION_MULTIPLE:
+        raise ValueError(f"must be a multiple of {limits.DIMENSION_MULTIPLE}")
+    return value
+
+
+def _http_url(value: Optional[str]) -> Optional[str]:
+    if value is not None and not re.match(r"^https?://[^\s/]+", value, re.IGNORECASE):
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return value
+
+
+Dimension = Annotated[
+    Optional[int],
+    Field(default=None, ge=limits.DIMENSION_MIN, le=limits.DIMENSION_MAX, strict=True),
+    AfterValidator(_multiple_of_16),
+]
+HttpUrlText = Annotated[
+    Optional[str],
+    Field(default=None, min_length=1, max_length=limits.URL_MAX_CHARS),
+    AfterValidator(_http_url),
+]
+
+
+class EditRequest(BaseModel):
+    """``POST /edit`` body. Unknown fields (e.g. ``strength``) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+    prompt: str = Field(min_length=1, max_length=limits.PROMPT_MAX_CHARS, description="Edit instruction.")
+    seed: int = Field(ge=limits.SEED_MIN, le=limits.SEED_MAX, strict=True, description="Noise seed.")
+    image_b64: Optional[str] = Field(default=None, min_length=1, description="Base64 PNG or JPEG.")
+    image_url: HttpUrlText = None
+    reference_job_id: Optional[str] = Field(default=None, min_length=1, max_length=128)
+    guidance_scale: float = Field(
+        default=limits.GUIDANCE_SCALE_DEFAULT, ge=limits.GUIDANCE_SCALE_MIN, le=limits.GUIDANCE_SCALE_MAX
+    )
+    num_inference_steps: int = Field(
+        default=limits.NUM_INFERENCE_STEPS_DEFAULT,
+        ge=limits.NUM_INFERENCE_STEPS_MIN,
+        le=limits.NUM_INFERENCE_STEPS_MAX,
+        strict=True,
+    )
+    width: Dimension = None
+    height: Dimension = None
+    job_id: Optional[str] = Field(default=None, pattern=limits.JOB_ID_PATTERN)
+    callback_url: HttpUrlText = None
+    callback_secret: Optional[str] = Field(default=None, min_length=1, max_length=limits.CALLBACK_SECRET_MAX_CHARS)
+    expiry: Optional[datetime] = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must contain non-whitespace text")
+        return value
+
+    @field_validator("guidance_scale", mode="before")
+    @classmethod
+    def _guidance_is_number(cls, value: Any) -> Any:
+        # Strings such as "2.5" would otherwise be coerced; booleans are ints in Python.
+        if isinstance(value, (str, bool)):
+            raise ValueError("must be a number")
+        return value
+
+    @field_validator("expiry")
+    @classmethod
+    def _expiry_utc(cls, value: Optional[datetime]) -> Optional[datetime]:
+        return None if value is None else _utc(value)
+
+    @model_validator(mode="after")
+    def _has_image_source(self) -> "EditRequest":
+        if self.image_b64 is None and self.image_url is None and self.reference_job_id is None:
+            raise ValueError("one of image_b64, image_url or reference_job_id is required")
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height must be given together")
+        return self
+
+
+class EditAccepted(BaseModel):
+    """Reply to an accepted ``POST /edit``."""
+
+    accepted: bool = True
+    job_id: str
+    status: JobStatus = JobStatus.QUEUED
+    status_url: str
+    result_url: str
+
+
+class RequestSummary(BaseModel):
+    """The request as the status record echoes it: no image bytes, never the secret."""
+
+    prompt: str
+    seed: int
+    guidance_scale: float
+    num_inference_steps: int
+    width: Optional[int] = None
+    height: Optional[int] = None
+    reference_job_id: Optional[str] = None
+    image_source: Optional[ImageSource] = None
+    callback_url: Optional[str] = None
+    expiry: Optional[datetime] = None
+
+
+class CallbackRecord(BaseModel):
+    """Outcome of the job's webhook delivery."""
+
+    status: CallbackStatus
+    status_code: Optional[int] = None
+    attempted_at: Optional[datetime] = None
+    payload_status: Optional[JobStatus] = None
+    error: Optional[str] = None
+
+
+class Progress(BaseModel):
+    """Denoising progress of a running job: step ``step`` of ``total``."""
+
+    step: int
+    total: int
+
+
+class StatusRecord(BaseModel):
+    """``GET /edit/status/{job_id}`` body."""
+
+    id: str
+    status: JobStatus
+    queued_at: datetime
+    started_at: Optional[datetime] = None
+    completed_at: Optional[datetime] = None
+    failed_at: Optional[datetime] = None
+    error: Optional[str] = None
+    result_url: str
+    image_url: Optional[str] = None
+    result_sha256: Optional[str] = None
+    recipe: Optional[str] = None
+    attempts: int = 0
+    queue_position: Optional[int] = None
+    progress: Optional[Progress] = None
+    queued_ms: Optional[int] = None
+    run_ms: Optional[int] = None
+    request: RequestSummary
+    callback: CallbackRecord
+
+
+class CallbackPayload(BaseModel):
+    """Form fields of the webhook POST (the PNG travels beside them as the ``image`` part)."""
+
+    job_id: str
+    status: JobStatus
+    completed_at: datetime
+    image_url: Optional[str] = None
+    error: Optional[str] = None
+
+    def form_fields(self) -> dict[str, str]:
+        fields = {
+            "job_id": self.job_id,
+            "status": self.status.value,
+            "completed_at": format_timestamp(self.completed_at),
+        }
+        if self.image_url:
+            fields["image_url"] = self.image_url
+        if self.error:
+            fields["error"] = self.error
+        return fields
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: a machine-readable code, a sentence, and the offending fields."""
+
+    error: str
+    message: str
+    fields: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def format_timestamp(value: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z`` suffix, second precision, as in the specification."""
+    return _utc(value).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,37 @@
+"""Every range and default of the edit contract, defined once."""
+
+from __future__ import annotations
+
+# Generation parameters (seed specification: kontext-editing.md, "Parameters").
+GUIDANCE_SCALE_DEFAULT = 2.5
+GUIDANCE_SCALE_MIN = 1.0
+GUIDANCE_SCALE_MAX = 20.0
+
+NUM_INFERENCE_STEPS_DEFAULT = 28
+NUM_INFERENCE_STEPS_MIN = 1
+NUM_INFERENCE_STEPS_MAX = 100
+
+# torch.Generator.manual_seed accepts any unsigned 64-bit value.
+SEED_MIN = 0
+SEED_MAX = 2**64 - 1
+
+PROMPT_MAX_CHARS = 4096
+
+# Output size requested by the orchestrator (optional); FLUX packs 2x2 latents of an
+# 8x VAE, so each side must be a multiple of 16.
+DIMENSION_MULTIPLE = 16
+DIMENSION_MIN = 64
+DIMENSION_MAX = 2048
+
+# Identifiers: caller-supplied job ids become file names, so they are restricted to a
+# safe alphabet (no path separators, no "..").
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+JOB_ID_PREFIX = "edit-"
+
+CALLBACK_SECRET_MAX_CHARS = 1024
+URL_MAX_CHARS = 2048
+
+# Callback signature header (HMAC-SHA256 over the raw multipart body, keyed by the secret).
+CALLBACK_SECRET_HEADER = "X-Callback-Secret"
+CALLBACK_SIGNATURE_HEADER = "X-Callback-Signature"
+CALLBACK_TIMESTAMP_HEADER = "X-Callback-Timestamp"
