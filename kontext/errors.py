@@ -26,6 +26,12 @@ class InvalidRequest(EditError):
     status, code = 400, "invalid_request"
 
 
+class ValidationFailed(EditError):
+    """The body is JSON but does not fit the schema (a field missing, of the wrong type or out of range)."""
+
+    status, code = 422, "validation_error"
+
+
 class Unauthorized(EditError):
     status, code = 401, "unauthorized"
 
@@ -68,11 +74,11 @@ class ServiceUnavailable(EditError):
     status, code = 503, "service_unavailable"
 
 
-def invalid_from_validation(exc: Any, *, what: str = "request body") -> InvalidRequest:
-    """Turn a pydantic ``ValidationError`` into a 400 that names every offending field."""
+def invalid_from_validation(exc: Any, *, what: str = "request body") -> ValidationFailed:
+    """Turn a pydantic ``ValidationError`` into a 422 that names every offending field."""
     fields = []
     for item in exc.errors(include_url=False, include_context=False, include_input=False):
         location = ".".join(str(part) for part in item.get("loc", ())) or "(body)"
         fields.append({"field": location, "message": item.get("msg", "invalid")})
     summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
-    return InvalidRequest(f"invalid {what}: {summary}", fields=fields)
+    return ValidationFailed(f"invalid {what}: {summary}", fields=fields)

@@ -137,12 +137,15 @@ class EditRequest(BaseModel):
         return None if value is None else _utc(value)
 
     @model_validator(mode="after")
-    def _has_image_source(self) -> "EditRequest":
-        if self.image_b64 is None and self.image_url is None and self.reference_job_id is None:
-            raise ValueError("one of image_b64, image_url or reference_job_id is required")
+    def _size_is_a_pair(self) -> "EditRequest":
         if (self.width is None) != (self.height is None):
             raise ValueError("width and height must be given together")
         return self
+
+    @property
+    def has_image_source(self) -> bool:
+        """Whether any image source was given; checked by the service (a 400, not a schema error)."""
+        return any(v is not None for v in (self.image_b64, self.image_url, self.reference_job_id))
 
 
 class EditAccepted(BaseModel):
