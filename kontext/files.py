@@ -1,0 +1,56 @@
+"""Where job images live on disk: uploaded inputs and result PNGs, written atomically."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Optional
+
+from kontext.images import read_if_exists, remove_quietly, remove_stale_temp_files, write_atomic
+
+
+class ImageFiles:
+    """``<data>/inputs/<id>`` holds an uploaded image until its job finishes;
+    ``<data>/edits/<id>.png`` holds the result until the retention sweep.
+
+    Job ids are validated by the protocol (safe alphabet), so they are safe file names.
+    All I/O runs in a thread: large files never block the event loop.
+    """
+
+    def __init__(self, inputs_dir: Path, results_dir: Path) -> None:
+        self.inputs_dir = inputs_dir
+        self.results_dir = results_dir
+
+    def prepare(self) -> int:
+        """Create the directories and remove temp files a crash left; returns how many."""
+        self.inputs_dir.mkdir(parents=True, exist_ok=True)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        return remove_stale_temp_files(self.inputs_dir) + remove_stale_temp_files(self.results_dir)
+
+    def result_path(self, job_id: str) -> Path:
+        return self.results_dir / f"{job_id}.png"
+
+    def input_path(self, job_id: str) -> Path:
+        return self.inputs_dir / job_id
+
+    async def write_input(self, job_id: str, data: bytes) -> None:
+        await asyncio.to_thread(write_atomic, self.input_path(job_id), data)
+
+    async def read_input(self, job_id: str) -> Optional[bytes]:
+        return await asyncio.to_thread(read_if_exists, self.input_path(job_id))
+
+    async def write_result(self, job_id: str, png: bytes) -> None:
+        await asyncio.to_thread(write_atomic, self.result_path(job_id), png)
+
+    async def read_result(self, job_id: str) -> Optional[bytes]:
+        return await asyncio.to_thread(read_if_exists, self.result_path(job_id))
+
+    async def has_result(self, job_id: str) -> bool:
+        return await asyncio.to_thread(self.result_path(job_id).is_file)
+
+    async def remove_input(self, job_id: str) -> None:
+        await asyncio.to_thread(remove_quietly, self.input_path(job_id))
+
+    async def remove_all(self, job_id: str) -> None:
+        await asyncio.to_thread(remove_quietly, self.input_path(job_id))
+        await asyncio.to_thread(remove_quietly, self.result_path(job_id))

@@ -1,0 +1,57 @@
+"""One place that turns every failure into a JSON error response (never an HTML page or a bare 500)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from kontext.errors import EditError
+from protocol import ErrorBody
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    431: "headers_too_large",
+}
+
+
+def error_response(status: int, code: str, message: str, *, fields: list | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    body = ErrorBody(error=code, message=message, fields=fields or [])
+    return web.json_response(body.model_dump(mode="json"), status=status, headers=headers)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render ``EditError``s, aiohttp's own HTTP errors and anything unexpected as ``ErrorBody``."""
+    try:
+        return await handler(request)
+    except EditError as exc:
+        return error_response(exc.status, exc.code, exc.message, fields=exc.fields, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = _describe(request, exc)
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return error_response(exc.status, code, message, headers=headers)
+    except Exception:  # noqa: BLE001 - the caller still gets JSON; the trace goes to the log
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error; the miner logged the details")
+
+
+def _describe(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"no route {request.method} {request.path}"
+    if exc.status == 405:
+        return f"method {request.method} is not allowed on {request.path}"
+    return exc.text or exc.reason

@@ -1,0 +1,108 @@
+"""Image bytes on the way in and out: base64 decoding, cheap validation, atomic files."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional
+
+from PIL import Image, UnidentifiedImageError
+
+from kontext.errors import InvalidRequest, PayloadTooLarge
+
+_DATA_URI = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
+ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
+
+
+def decode_base64_image(text: str, *, field: str, max_bytes: int, max_pixels: int) -> bytes:
+    """Decode and sanity-check an uploaded image; a 400/413 names ``field`` on any problem.
+
+    Only the header is parsed here (cheap); the engine's recipe does the full decode.
+    """
+    payload = _DATA_URI.sub("", text.strip(), count=1)
+    if len(payload) > (max_bytes * 4) // 3 + 4:
+        raise PayloadTooLarge(f"{field}: image is larger than {max_bytes} bytes", fields=[_f(field, "too large")])
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{field}: not valid base64", fields=[_f(field, "not valid base64")]) from None
+    check_image_bytes(data, field=field, max_bytes=max_bytes, max_pixels=max_pixels)
+    return data
+
+
+def check_image_bytes(data: bytes, *, field: str, max_bytes: int, max_pixels: int) -> tuple[int, int]:
+    """Return (width, height) if ``data`` is a PNG/JPEG/WebP within the limits, else raise a 4xx."""
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"{field}: image is larger than {max_bytes} bytes", fields=[_f(field, "too large")])
+    if not data:
+        raise InvalidRequest(f"{field}: image is empty", fields=[_f(field, "empty")])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height, fmt = image.width, image.height, image.format
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning, SyntaxError):
+        raise InvalidRequest(f"{field}: bytes are not a PNG, JPEG or WebP image",
+                             fields=[_f(field, "not an image")]) from None
+    if fmt not in ACCEPTED_FORMATS:
+        raise InvalidRequest(f"{field}: image format {fmt} is not accepted (PNG, JPEG or WebP)",
+                             fields=[_f(field, "unsupported format")])
+    if width < 1 or height < 1 or width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"{field}: image is {width}x{height}, over the limit of {max_pixels} pixels",
+            fields=[_f(field, "too many pixels")],
+        )
+    return width, height
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` so readers see either nothing or the whole file (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_if_exists(path: Path) -> Optional[bytes]:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def remove_stale_temp_files(directory: Path) -> int:
+    """Delete half-written temp files left by a crash (they never replace a real file)."""
+    removed = 0
+    if directory.is_dir():
+        for temp in directory.glob(".*.tmp"):
+            remove_quietly(temp)
+            removed += 1
+    return removed
+
+
+def _f(field: str, message: str) -> dict[str, str]:
+    return {"field": field, "message": message}

@@ -1,0 +1,46 @@
+"""The job record: what the store persists about one edit job."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from protocol import CallbackStatus, EditRequest, ImageSource, JobStatus
+
+
+def now() -> float:
+    """Wall-clock time in epoch seconds; the store keeps every timestamp in this form."""
+    return time.time()
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as persisted. ``request`` holds the validated request without image bytes.
+
+    The callback secret is kept (the callback may have to be sent after a restart) but never
+    leaves the process except as the webhook's own header.
+    """
+
+    id: str
+    request: EditRequest
+    status: JobStatus = JobStatus.QUEUED
+    priority: float = 0.0
+    image_source: Optional[ImageSource] = None
+    queued_at: float = field(default_factory=now)
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    error: Optional[str] = None
+    result_sha256: Optional[str] = None
+    recipe: Optional[str] = None
+    attempts: int = 0
+    run_ms: Optional[int] = None
+    callback_status: CallbackStatus = CallbackStatus.PENDING
+    callback_status_code: Optional[int] = None
+    callback_attempted_at: Optional[float] = None
+    callback_error: Optional[str] = None
+    callback_payload_status: Optional[JobStatus] = None
+    swept_at: Optional[float] = None
+
+    def evolve(self, **changes: object) -> "JobRecord":
+        return replace(self, **changes)  # type: ignore[arg-type]

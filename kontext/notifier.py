@@ -1,0 +1,79 @@
+"""Decides and records each finished job's one webhook: skipped, expired, delivered or failed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import Optional, Protocol
+
+from kontext.files import ImageFiles
+from kontext.jobs import JobRecord
+from kontext.store import JobStore
+from protocol import CallbackPayload, CallbackRecord, CallbackStatus, JobStatus
+
+log = logging.getLogger(__name__)
+
+
+class Deliverer(Protocol):
+    async def deliver(self, url: str, secret: Optional[str], payload: CallbackPayload,
+                      png: Optional[bytes]) -> CallbackRecord: ...
+
+
+class CallbackNotifier:
+    """Sends each finished job's callback once, in the background, and persists the outcome.
+
+    A callback still ``pending`` in the store (the process died before sending it) is sent at
+    the next start: that is the first attempt, not a retry.
+    """
+
+    def __init__(self, store: JobStore, files: ImageFiles, sender: Deliverer, *, image_url_base: str) -> None:
+        self.store = store
+        self.files = files
+        self.sender = sender
+        self.image_url_base = image_url_base.rstrip("/")
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def schedule(self, job: JobRecord) -> None:
+        if job.callback_status is not CallbackStatus.PENDING:
+            return
+        task = asyncio.get_running_loop().create_task(self.notify(job), name=f"callback-{job.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def resend_pending(self) -> int:
+        jobs = await self.store.pending_callbacks()
+        for job in jobs:
+            self.schedule(job)
+        return len(jobs)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for callbacks under way (bounded); what is left stays pending for the next start."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def notify(self, job: JobRecord) -> CallbackRecord:
+        request = job.request
+        finished_at = datetime.fromtimestamp(job.finished_at or 0, tz=timezone.utc)
+        if not request.callback_url:
+            record = CallbackRecord(status=CallbackStatus.SKIPPED, payload_status=job.status)
+        elif request.expiry is not None and request.expiry <= datetime.now(timezone.utc):
+            record = CallbackRecord(status=CallbackStatus.EXPIRED, payload_status=job.status,
+                                    error=f"expiry {request.expiry.isoformat()} had passed")
+        else:
+            completed = job.status is JobStatus.COMPLETED
+            payload = CallbackPayload(
+                job_id=job.id,
+                status=job.status,
+                completed_at=finished_at,
+                image_url=f"{self.image_url_base}/images/edits/{job.id}.png" if completed else None,
+                error=job.error,
+            )
+            png = await self.files.read_result(job.id) if completed else None
+            record = await self.sender.deliver(request.callback_url, request.callback_secret, payload, png)
+        await self.store.set_callback(job.id, record)
+        log.info("callback for %s: %s%s", job.id, record.status.value,
+                 f" ({record.status_code})" if record.status_code else "")
+        return record

@@ -1,0 +1,127 @@
+"""Runtime: builds, starts and stops the long-lived parts (store, engine, worker, callbacks)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Optional
+
+import aiohttp
+
+from kontext.callbacks import CallbackSender
+from kontext.fetch import fetch_image
+from kontext.files import ImageFiles
+from kontext.netguard import make_guarded_session
+from kontext.notifier import CallbackNotifier
+from kontext.queue import JobQueue
+from kontext.service import EditService
+from kontext.settings import Settings
+from kontext.store import SqliteJobStore
+from kontext.worker import Engine, Worker
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Owns everything the sidecar and the axon share; one per process.
+
+    ``engine`` may be injected (tests use a fake); by default the real ``KontextEngine`` is
+    built from the settings. Shutdown order: stop accepting -> let the running job finish
+    (bounded) -> stop the worker -> flush callbacks -> close the session and the store.
+    """
+
+    def __init__(self, settings: Settings, *, engine: Optional[Engine] = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.store = SqliteJobStore(settings.database_path)
+        self.files = ImageFiles(settings.inputs_dir, settings.edits_dir)
+        self.queue = JobQueue()
+        self._session: Optional[aiohttp.ClientSession] = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.worker: Optional[Worker] = None
+        self.notifier: Optional[CallbackNotifier] = None
+        self._service: Optional[EditService] = None
+
+    @property
+    def service(self) -> EditService:
+        if self._service is None:
+            raise RuntimeError("runtime is not started")
+        return self._service
+
+    async def start(self) -> None:
+        settings = self.settings
+        removed = await asyncio.to_thread(self.files.prepare)
+        if removed:
+            log.warning("removed %d half-written file(s) left by an earlier crash", removed)
+        await self.store.open()
+        self._session = make_guarded_session(
+            allow_private=settings.callback_allow_private,
+            timeout=max(settings.callback_timeout_seconds, settings.image_url_timeout_seconds),
+        )
+        session = self._session
+        self.notifier = CallbackNotifier(
+            self.store, self.files, CallbackSender(session, timeout=settings.callback_timeout_seconds),
+            image_url_base=settings.public_base_url,
+        )
+        if self.engine is None and settings.enable_kontext_edit:
+            from kontext.engine import EngineConfig, KontextEngine  # torch is heavy: import on demand
+
+            self.engine = KontextEngine(EngineConfig.from_settings(settings))
+
+        async def download(url: str) -> bytes:
+            return await fetch_image(session, url, max_bytes=settings.max_image_bytes,
+                                     timeout=settings.image_url_timeout_seconds)
+
+        if self.engine is not None:
+            self.worker = Worker(
+                self.engine, self.store, self.queue, self.files,
+                fetch_image=download, on_finished=self.notifier.schedule,
+                max_pixels=settings.max_image_pixels, max_attempts=settings.max_attempts,
+            )
+        self._service = EditService(settings, self.store, self.queue, self.files,
+                                    engine=self.engine, progress=self.worker)
+        await self._service.recover()
+        await self.notifier.resend_pending()
+        if self.worker is not None:
+            self._spawn(self.worker.run(eager=settings.kontext_load == "eager"), "worker")
+        self._spawn(self._sweep_forever(), "retention-sweep")
+
+    async def stop(self, grace_seconds: float = 30.0) -> None:
+        if self._service is not None:
+            self._service.accepting = False
+        if self.worker is not None and self.worker.current_job is not None:
+            log.info("waiting up to %.0fs for job %s to finish", grace_seconds, self.worker.current_job)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.worker.wait_idle(), grace_seconds)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.worker is not None:
+            self.worker.shutdown()
+        if self.notifier is not None:
+            await self.notifier.drain(timeout=self.settings.callback_timeout_seconds)
+        if self._session is not None:
+            await self._session.close()
+        await self.store.close()
+
+    async def __aenter__(self) -> "Runtime":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def _spawn(self, coro: "asyncio.coroutines.Coroutine[object, object, None]", name: str) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.service.sweep()
+            except Exception:  # noqa: BLE001 - a failed sweep must not stop the next one
+                log.exception("retention sweep failed")
+            await asyncio.sleep(self.settings.retention_sweep_seconds)

@@ -1,0 +1,293 @@
+"""EditService: the one place that decides submit, status, result, chaining and retention."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Optional, Protocol
+
+from kontext.errors import (
+    InvalidRequest,
+    JobConflict,
+    JobExpired,
+    JobNotFound,
+    ResultNotReady,
+    ServiceBusy,
+    ServiceDisabled,
+    ServiceUnavailable,
+)
+from kontext.files import ImageFiles
+from kontext.images import decode_base64_image
+from kontext.jobs import JobRecord, now
+from kontext.queue import JobQueue
+from kontext.settings import Settings
+from kontext.store import JobStore
+from protocol import (
+    CallbackRecord,
+    CallbackStatus,
+    EditAccepted,
+    EditRequest,
+    ImageSource,
+    JobStatus,
+    Progress,
+    RequestSummary,
+    StatusRecord,
+)
+from protocol.limits import JOB_ID_PATTERN, JOB_ID_PREFIX
+
+log = logging.getLogger(__name__)
+
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+TOMBSTONE_DAYS = 7
+"""How long a swept job still answers 410 (then 404)."""
+
+
+@dataclass(frozen=True)
+class ResultImage:
+    job_id: str
+    png: bytes
+    sha256: str
+
+
+class EngineView(Protocol):
+    """What the service reads of the engine: its state and why it failed."""
+
+    @property
+    def state(self) -> Any: ...
+    @property
+    def error(self) -> Optional[str]: ...
+
+
+class ProgressView(Protocol):
+    def progress(self, job_id: str) -> Optional[tuple[int, int]]: ...
+
+
+class EditService:
+    """Business rules of the edit contract, shared by the sidecar routes and the axon synapses."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        queue: JobQueue,
+        files: ImageFiles,
+        *,
+        engine: Optional[EngineView] = None,
+        progress: Optional[ProgressView] = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.files = files
+        self.engine = engine
+        self.progress_view = progress
+        self.accepting = True
+        self._submit_lock = asyncio.Lock()
+
+    # -- submit ---------------------------------------------------------------------------
+
+    async def submit(self, request: EditRequest, *, priority: float = 0.0) -> EditAccepted:
+        """Validate, persist and queue one job. Raises an ``EditError`` for every refusal."""
+        self._check_accepting()
+        if not request.has_image_source:
+            raise InvalidRequest(
+                "one of image_b64, image_url or reference_job_id is required",
+                fields=[{"field": f, "message": "missing"} for f in ("image_b64", "image_url", "reference_job_id")],
+            )
+        input_bytes = None
+        if request.image_b64 is not None:
+            input_bytes = await asyncio.to_thread(
+                decode_base64_image,
+                request.image_b64,
+                field="image_b64",
+                max_bytes=self.settings.max_image_bytes,
+                max_pixels=self.settings.max_image_pixels,
+            )
+        async with self._submit_lock:
+            if len(self.queue) >= self.settings.max_queue:
+                raise ServiceBusy(
+                    f"the queue is full ({self.settings.max_queue} jobs waiting); retry later",
+                    headers={"Retry-After": "5"},
+                )
+            job_id = request.job_id or f"{JOB_ID_PREFIX}{uuid.uuid4()}"
+            if await self.store.get(job_id) is not None:
+                raise JobConflict(f"job_id {job_id!r} already exists",
+                                  fields=[{"field": "job_id", "message": "already exists"}])
+            source, priority = await self._choose_source(request, priority)
+            callback = CallbackStatus.PENDING if request.callback_url else CallbackStatus.SKIPPED
+            job = JobRecord(id=job_id, request=request, priority=priority, image_source=source,
+                            callback_status=callback)
+            if input_bytes is not None:
+                await self.files.write_input(job_id, input_bytes)
+            await self.store.insert(job)
+            await self.queue.put(job_id, priority)
+        log.info("accepted %s (source=%s, priority=%s)", job_id, source.value, priority)
+        return EditAccepted(job_id=job_id, status_url=f"/edit/status/{job_id}", result_url=f"/edit/result/{job_id}")
+
+    def _check_accepting(self) -> None:
+        if not self.settings.enable_kontext_edit:
+            raise ServiceDisabled("image editing is disabled on this miner (ENABLE_KONTEXT_EDIT=false)")
+        if not self.accepting:
+            raise ServiceUnavailable("the miner is shutting down; retry against another miner",
+                                     headers={"Retry-After": "30"})
+        if self.engine is not None and getattr(self.engine.state, "value", self.engine.state) == "failed":
+            raise ServiceUnavailable(f"the edit engine failed to load: {self.engine.error}")
+
+    async def _choose_source(self, request: EditRequest, priority: float) -> tuple[ImageSource, float]:
+        """Pick the input image by the chaining rule; a job chained to a queued job never overtakes it."""
+        fallback = ImageSource.BASE64_FALLBACK if request.image_b64 is not None else (
+            ImageSource.URL_FALLBACK if request.image_url is not None else None)
+        if request.reference_job_id is not None:
+            reference = await self.store.get(request.reference_job_id)
+            problem = await self._reference_problem(reference)
+            if problem is None:
+                assert reference is not None
+                if not reference.status.finished:
+                    priority = min(priority, reference.priority)
+                return ImageSource.REFERENCE_EDIT, priority
+            if fallback is not None:
+                return fallback, priority
+            raise InvalidRequest(
+                f"reference_job_id {request.reference_job_id!r} {problem}, and no image_b64 or image_url "
+                "fallback was given",
+                fields=[{"field": "reference_job_id", "message": problem}],
+            )
+        return (ImageSource.BASE64 if request.image_b64 is not None else ImageSource.URL), priority
+
+    async def _reference_problem(self, reference: Optional[JobRecord]) -> Optional[str]:
+        if reference is None:
+            return "is unknown"
+        if reference.swept_at is not None:
+            return "has expired (results are kept for the retention period)"
+        if reference.status is JobStatus.FAILED:
+            return "failed"
+        if reference.status is JobStatus.COMPLETED and not await self.files.has_result(reference.id):
+            return "has no stored result"
+        return None
+
+    # -- read -----------------------------------------------------------------------------
+
+    async def status(self, job_id: str) -> StatusRecord:
+        job = await self._get(job_id)
+        return self.status_record(job)
+
+    async def result(self, job_id: str) -> ResultImage:
+        job = await self._get(job_id)
+        if job.status is not JobStatus.COMPLETED:
+            detail = f": {job.error}" if job.error else ""
+            raise ResultNotReady(f"job {job_id} is {job.status.value}, not completed{detail}")
+        png = await self.files.read_result(job_id)
+        if png is None:
+            raise JobExpired(f"the result of job {job_id} is no longer stored")
+        return ResultImage(job_id=job_id, png=png, sha256=job.result_sha256 or "")
+
+    async def _get(self, job_id: str) -> JobRecord:
+        if not _valid_job_id(job_id):
+            raise JobNotFound(f"no job {job_id!r}: not a valid job id",
+                              fields=[{"field": "job_id", "message": "invalid"}])
+        job = await self.store.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id!r} on this miner")
+        if job.swept_at is not None:
+            raise JobExpired(
+                f"job {job_id} has expired: records and images are kept for {self.settings.retention_hours:g} hours"
+            )
+        return job
+
+    def image_url(self, job_id: str) -> str:
+        return f"{self.settings.public_base_url}/images/edits/{job_id}.png"
+
+    def status_record(self, job: JobRecord) -> StatusRecord:
+        request = job.request
+        current = self.progress_view.progress(job.id) if self.progress_view else None
+        clock = now()
+        completed = job.status is JobStatus.COMPLETED
+        return StatusRecord(
+            id=job.id,
+            status=job.status,
+            queued_at=_dt(job.queued_at),
+            started_at=_dt(job.started_at),
+            completed_at=_dt(job.finished_at) if completed else None,
+            failed_at=_dt(job.finished_at) if job.status is JobStatus.FAILED else None,
+            error=job.error,
+            result_url=f"/edit/result/{job.id}",
+            image_url=self.image_url(job.id) if completed else None,
+            result_sha256=job.result_sha256,
+            recipe=job.recipe,
+            attempts=job.attempts,
+            queue_position=self.queue.position(job.id),
+            progress=Progress(step=current[0], total=current[1]) if current else None,
+            queued_ms=_ms((job.started_at or clock) - job.queued_at),
+            run_ms=job.run_ms if job.run_ms is not None else (
+                _ms(clock - job.started_at) if job.started_at and job.status is JobStatus.PROCESSING else None),
+            request=RequestSummary(
+                **request.model_dump(include=set(RequestSummary.model_fields) - {"image_source"}),
+                image_source=job.image_source,
+            ),
+            callback=CallbackRecord(
+                status=job.callback_status,
+                status_code=job.callback_status_code,
+                attempted_at=_dt(job.callback_attempted_at),
+                payload_status=job.callback_payload_status,
+                error=job.callback_error,
+            ),
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Queue again every job a previous process accepted but did not finish."""
+        jobs = await self.store.unfinished()
+        for job in jobs:
+            await self.queue.put(job.id, job.priority)
+        if jobs:
+            log.warning("recovered %d unfinished job(s) from the store", len(jobs))
+        return len(jobs)
+
+    async def sweep(self) -> list[str]:
+        """Remove records and files older than the retention period (tombstones answer 410)."""
+        clock = now()
+        cutoff = clock - self.settings.retention_hours * 3600
+        expired = await self.store.expire_finished_before(cutoff, clock)
+        for job_id in expired:
+            await self.files.remove_all(job_id)
+        await self.store.forget_swept_before(clock - TOMBSTONE_DAYS * 86400)
+        if expired:
+            log.info("retention sweep removed %d job(s)", len(expired))
+        return expired
+
+    async def health(self) -> dict[str, Any]:
+        counts = await self.store.count_by_status()
+        if not self.settings.enable_kontext_edit:
+            edit_state = "disabled"
+        elif self.engine is None:
+            edit_state = "ready"
+        else:
+            edit_state = getattr(self.engine.state, "value", str(self.engine.state))
+        body: dict[str, Any] = {
+            "status": "ok" if edit_state in ("ready", "loading", "disabled") else "degraded",
+            "services": {"kontext_edit": edit_state},
+            "accepting": self.accepting and edit_state in ("ready", "loading"),
+            "queue": {"depth": len(self.queue), "max": self.settings.max_queue},
+            "jobs": counts,
+        }
+        if self.engine is not None and self.engine.error:
+            body["engine_error"] = self.engine.error
+        return body
+
+
+def _valid_job_id(job_id: str) -> bool:
+    return _JOB_ID.fullmatch(job_id) is not None
+
+
+def _dt(epoch: Optional[float]) -> Optional[datetime]:
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
+
+
+def _ms(seconds: float) -> int:
+    return max(0, int(round(seconds * 1000)))

@@ -1,0 +1,119 @@
+"""The sidecar HTTP app: routes that translate between HTTP and the EditService, nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import AsyncIterator, Awaitable, Callable, Optional
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from kontext.errors import InvalidRequest, JobNotFound, invalid_from_validation
+from kontext.http_errors import json_errors
+from kontext.runtime import Runtime
+from kontext.service import EditService
+from kontext.settings import Settings
+from protocol import EditRequest
+
+RequestVerifier = Callable[[web.Request, bytes], Awaitable[str]]
+"""Checks a signed request; returns the caller's hotkey or raises Unauthorized/Forbidden."""
+
+RUNTIME = web.AppKey("runtime", Runtime)
+SETTINGS = web.AppKey("settings", Settings)
+VERIFIER = web.AppKey("verifier", object)
+
+JSON_IN_THREAD_BYTES = 256 * 1024
+"""Bodies above this size are parsed off the event loop (base64 images can be tens of MB)."""
+
+routes = web.RouteTableDef()
+
+
+def _service(request: web.Request) -> EditService:
+    return request.app[RUNTIME].service
+
+
+def _json(model: BaseModel, status: int = 200) -> web.Response:
+    return web.json_response(model.model_dump(mode="json"), status=status)
+
+
+async def parse_edit_request(body: bytes) -> EditRequest:
+    """Bytes -> ``EditRequest``: 400 for malformed JSON, 422 naming each field for schema errors."""
+
+    def parse() -> EditRequest:
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidRequest("request body must be a JSON object")
+        try:
+            return EditRequest.model_validate(data)
+        except ValidationError as exc:
+            raise invalid_from_validation(exc) from None
+
+    return await asyncio.to_thread(parse) if len(body) > JSON_IN_THREAD_BYTES else parse()
+
+
+@routes.post("/edit")
+async def submit_edit(request: web.Request) -> web.Response:
+    body = await request.read()
+    verifier: Optional[RequestVerifier] = request.app.get(VERIFIER)  # type: ignore[assignment]
+    if verifier is not None:
+        await verifier(request, body)
+    edit = await parse_edit_request(body)
+    return _json(await _service(request).submit(edit))
+
+
+@routes.get("/edit/status/{job_id}")
+async def edit_status(request: web.Request) -> web.Response:
+    return _json(await _service(request).status(request.match_info["job_id"]))
+
+
+@routes.get("/edit/result/{job_id}")
+async def edit_result(request: web.Request) -> web.Response:
+    result = await _service(request).result(request.match_info["job_id"])
+    return _png(result.png, result.sha256)
+
+
+@routes.get("/images/edits/{name}")
+async def edit_image(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if not name.endswith(".png"):
+        raise JobNotFound(f"no image {name!r}: image names are <job_id>.png")
+    result = await _service(request).result(name[: -len(".png")])
+    return _png(result.png, result.sha256)
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    return web.json_response(await _service(request).health())
+
+
+def _png(png: bytes, sha256: str) -> web.Response:
+    headers = {"X-Image-SHA256": sha256, "Cache-Control": "public, max-age=86400, immutable"}
+    return web.Response(body=png, content_type="image/png", headers=headers)
+
+
+def create_app(
+    settings: Settings, *, runtime: Optional[Runtime] = None, verifier: Optional[RequestVerifier] = None
+) -> web.Application:
+    """The sidecar. Without ``runtime`` the app owns one (started and stopped with the app)."""
+    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_request_bytes)
+    app[SETTINGS] = settings
+    if verifier is not None:
+        app[VERIFIER] = verifier
+    if runtime is not None:
+        app[RUNTIME] = runtime
+    else:
+        own = Runtime(settings)
+        app[RUNTIME] = own
+
+        async def runtime_ctx(_: web.Application) -> AsyncIterator[None]:
+            await own.start()
+            yield
+            await own.stop()
+
+        app.cleanup_ctx.append(runtime_ctx)
+    app.add_routes(routes)
+    return app

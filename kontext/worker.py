@@ -1,0 +1,226 @@
+"""The queue consumer: runs one job at a time through the engine, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
+from typing import Any, Awaitable, Callable, Optional, Protocol
+
+from kontext.fetch import ImageFetchError
+from kontext.files import ImageFiles
+from kontext.jobs import JobRecord, now
+from kontext.queue import JobQueue
+from kontext.recipe import EditParams
+from kontext.store import JobStore
+from protocol import ImageSource, JobStatus
+
+log = logging.getLogger(__name__)
+
+ERROR_MAX_CHARS = 500
+
+
+class WorkerState(str, Enum):
+    """new -> starting (engine loading) -> ready <-> running -> stopped; or defunct."""
+
+    NEW = "new"
+    STARTING = "starting"
+    READY = "ready"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DEFUNCT = "defunct"
+    """The engine failed to load: queued jobs are failed with its reason."""
+
+
+class Engine(Protocol):
+    state: Any
+    error: Optional[str]
+
+    def load(self) -> None: ...
+    def edit(self, image_bytes: bytes, params: EditParams, *, max_pixels: int,
+             on_step: Optional[Callable[[int, int], None]] = None) -> Any: ...
+
+
+class JobFailure(Exception):
+    """A job-level failure whose message is safe to show to the caller."""
+
+
+ImageFetcher = Callable[[str], Awaitable[bytes]]
+JobFinished = Callable[[JobRecord], None]
+
+
+class Worker:
+    """Consumes the queue. Each job: mark processing -> resolve input -> engine -> PNG -> done.
+
+    The engine runs on a dedicated single thread (one job per device, never batched), so the
+    event loop keeps answering status requests while a job runs.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: JobStore,
+        queue: JobQueue,
+        files: ImageFiles,
+        *,
+        fetch_image: ImageFetcher,
+        on_finished: JobFinished,
+        max_pixels: int,
+        max_attempts: int,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.queue = queue
+        self.files = files
+        self.fetch_image = fetch_image
+        self.on_finished = on_finished
+        self.max_pixels = max_pixels
+        self.max_attempts = max_attempts
+        self.state = WorkerState.NEW
+        self.current_job: Optional[str] = None
+        self._progress: Optional[tuple[str, int, int]] = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kontext-engine")
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def load_engine(self) -> None:
+        """Load the model on the engine thread; a failure makes the worker defunct, not the process."""
+        self.state = WorkerState.STARTING
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.load)
+        failed = getattr(self.engine.state, "value", self.engine.state) == "failed"
+        self.state = WorkerState.DEFUNCT if failed else WorkerState.READY
+        if failed:
+            log.error("engine failed to load: %s", self.engine.error)
+
+    async def run(self, *, eager: bool = True) -> None:
+        """Consume forever (cancel to stop). The engine loads now (eager) or on the first job."""
+        if eager:
+            await self.load_engine()
+        while True:
+            job_id = await self.queue.get()
+            self._idle.clear()
+            if self.state is WorkerState.NEW:
+                await self.load_engine()
+            try:
+                await self._run_one(job_id)
+            finally:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def shutdown(self) -> None:
+        self.state = WorkerState.STOPPED
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def progress(self, job_id: str) -> Optional[tuple[int, int]]:
+        current = self._progress
+        return (current[1], current[2]) if current and current[0] == job_id else None
+
+    # -- one job --------------------------------------------------------------------------
+
+    async def _run_one(self, job_id: str) -> None:
+        job = await self.store.get(job_id)
+        if job is None or job.status.finished or job.swept_at is not None:
+            return
+        if job.attempts >= self.max_attempts:
+            await self._finish(job, error=(
+                f"job was interrupted {job.attempts} time(s) while running (the miner process stopped); "
+                "not retried"))
+            return
+        if self.state is WorkerState.DEFUNCT:
+            await self._finish(job, error=f"the edit engine failed to load: {self.engine.error}")
+            return
+        job = job.evolve(status=JobStatus.PROCESSING, started_at=now(), attempts=job.attempts + 1)
+        await self.store.save(job)
+        self.current_job, self.state = job_id, WorkerState.RUNNING
+        try:
+            job, image = await self._resolve_input(job)
+            output = await self._run_engine(job, image)
+            await self.files.write_result(job.id, output.png)
+        except JobFailure as failure:
+            await self._finish(job, error=str(failure))
+        except asyncio.CancelledError:
+            raise  # left "processing" in the store: the next start runs it again
+        except Exception as exc:  # noqa: BLE001 - any other failure still ends the job
+            log.exception("job %s failed", job_id)
+            await self._finish(job, error=_short(f"internal error: {type(exc).__name__}: {exc}"))
+        else:
+            await self._finish(job, output=output)
+        finally:
+            self.current_job, self._progress = None, None
+            if self.state is WorkerState.RUNNING:
+                self.state = WorkerState.READY
+
+    async def _resolve_input(self, job: JobRecord) -> tuple[JobRecord, bytes]:
+        """Load the input image by the job's source; a vanished reference falls back if it can."""
+        source = job.image_source
+        if source is ImageSource.REFERENCE_EDIT:
+            reference_id = job.request.reference_job_id or ""
+            reference = await self.store.get(reference_id)
+            data = None
+            if reference is not None and reference.status is JobStatus.COMPLETED and reference.swept_at is None:
+                data = await self.files.read_result(reference_id)
+            if data is not None:
+                return job, data
+            if await self.files.read_input(job.id) is not None:
+                source = ImageSource.BASE64_FALLBACK
+            elif job.request.image_url:
+                source = ImageSource.URL_FALLBACK
+            else:
+                state = reference.status.value if reference else "gone"
+                raise JobFailure(f"reference_job_id {reference_id} did not complete ({state}) and no fallback "
+                                 "image was given")
+            job = job.evolve(image_source=source)
+            await self.store.save(job)
+        if source in (ImageSource.BASE64, ImageSource.BASE64_FALLBACK):
+            data = await self.files.read_input(job.id)
+            if data is None:
+                raise JobFailure("the uploaded image is missing from the data directory")
+            return job, data
+        try:
+            return job, await self.fetch_image(job.request.image_url or "")
+        except ImageFetchError as exc:
+            raise JobFailure(_short(str(exc))) from None
+
+    async def _run_engine(self, job: JobRecord, image: bytes) -> Any:
+        request = job.request
+        params = EditParams(
+            prompt=request.prompt,
+            seed=request.seed,
+            guidance_scale=request.guidance_scale,
+            num_inference_steps=request.num_inference_steps,
+            width=request.width,
+            height=request.height,
+        )
+
+        def on_step(step: int, total: int) -> None:
+            self._progress = (job.id, step, total)
+
+        def run() -> Any:
+            return self.engine.edit(image, params, max_pixels=self.max_pixels, on_step=on_step)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        except ValueError as exc:  # the recipe refused the image
+            raise JobFailure(_short(f"input image: {exc}")) from None
+
+    async def _finish(self, job: JobRecord, *, output: Any = None, error: Optional[str] = None) -> None:
+        finished = now()
+        run_ms = int(round((finished - job.started_at) * 1000)) if job.started_at else None
+        if output is not None:
+            job = job.evolve(status=JobStatus.COMPLETED, finished_at=finished, result_sha256=output.sha256,
+                             recipe=output.recipe, run_ms=run_ms, error=None)
+        else:
+            job = job.evolve(status=JobStatus.FAILED, finished_at=finished, error=error, run_ms=run_ms)
+        await self.store.save(job)
+        await self.files.remove_input(job.id)
+        log.info("job %s %s in %s ms", job.id, job.status.value, run_ms)
+        self.on_finished(job)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= ERROR_MAX_CHARS else text[: ERROR_MAX_CHARS - 1] + "…"
