@@ -1,0 +1,49 @@
+"""`kontext-sidecar`: serve the edit contract over HTTP (no chain), as run_local.sh does."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from aiohttp import web
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kontext-sidecar",
+        description="Serve POST /edit, status, result, images and health. Configuration comes from the "
+        "environment and .env (see .env.example); flags override it.",
+    )
+    parser.add_argument("--env-file", default=".env", help="dotenv file to read (default: .env)")
+    parser.add_argument("--host", help="bind address (MINER_SERVER_HOST)")
+    parser.add_argument("--port", type=int, help="port (MINER_SERVER_PORT, default 8091)")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    from kontext import determinism
+
+    args = build_parser().parse_args(argv)
+    determinism.reexec_if_needed(sys.argv)  # PYTHONHASHSEED can only be set before start
+    determinism.ensure_environment()
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from kontext.settings import Settings
+    from kontext.sidecar import create_app
+
+    overrides = {k: v for k, v in {"miner_server_host": args.host, "miner_server_port": args.port}.items() if v}
+    settings = Settings(_env_file=args.env_file, **overrides)  # type: ignore[call-arg]
+    web.run_app(
+        create_app(settings),
+        host=settings.miner_server_host,
+        port=settings.miner_server_port,
+        shutdown_timeout=5.0,
+        access_log=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Shared set-up for the scripts: create .venv if missing and install what the project needs.
+# Re-runs are fast: installs are skipped while the requirement files are unchanged.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${KONTEXT_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[bootstrap] creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+
+stamp="$VENV/.kontext-installed"
+want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/setup.py" | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  python -m pip install --quiet --upgrade pip
+  if ! python -c "import torch" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+      echo "[bootstrap] GPU found: installing the CUDA torch from requirements.txt"
+    else
+      # No GPU: take a CPU build first so requirements.txt's torch range is already met
+      # (a bare `torch` would pull a multi-GB CUDA build).
+      echo "[bootstrap] no GPU: installing CPU torch ${KONTEXT_CPU_TORCH:-2.13.0}"
+      python -m pip install --quiet "torch==${KONTEXT_CPU_TORCH:-2.13.0}"
+    fi
+  fi
+  echo "[bootstrap] installing requirements"
+  python -m pip install --quiet -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
+  python -m pip install --quiet --no-deps -e "$ROOT"
+  echo "$want" > "$stamp"
+fi
