@@ -1,0 +1,94 @@
+"""Test doubles: a fast deterministic stand-in for KontextEngine, and a recording deliverer."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from PIL import Image
+
+from protocol import CallbackPayload, CallbackRecord, CallbackStatus
+
+
+@dataclass(frozen=True)
+class FakeOutput:
+    png: bytes
+    sha256: str
+    width: int
+    height: int
+    recipe: str
+    seconds: float
+
+
+class FakeEngine:
+    """Same surface as KontextEngine; the "edit" is a PNG whose colour is a hash of the inputs.
+
+    ``gate`` (if given) holds each job after its first step until the test sets it, so tests can
+    observe a job while it runs.
+    """
+
+    def __init__(self, *, fail_load: Optional[str] = None, gate: Optional[threading.Event] = None) -> None:
+        self.state = "loading"
+        self.error: Optional[str] = None
+        self.device = "cpu"
+        self.fail_load = fail_load
+        self.gate = gate
+        self.calls: list[tuple[bytes, object]] = []
+
+    def load(self) -> None:
+        if self.fail_load:
+            self.state, self.error = "failed", self.fail_load
+        else:
+            self.state = "ready"
+
+    def edit(self, image_bytes: bytes, params: object, *, max_pixels: int,
+             on_step: Optional[Callable[[int, int], None]] = None) -> FakeOutput:
+        try:
+            with Image.open(io.BytesIO(image_bytes)) as source:
+                source.load()
+        except Exception as exc:  # noqa: BLE001 - mirrors the recipe's ValueError contract
+            raise ValueError(f"not an image: {exc}") from None
+        self.calls.append((image_bytes, params))
+        total = getattr(params, "num_inference_steps", 1)
+        for step in range(1, total + 1):
+            if on_step:
+                on_step(step, total)
+            if step == 1 and self.gate is not None:
+                self.gate.wait(timeout=30)
+        digest = hashlib.sha256(image_bytes + repr(params).encode()).digest()
+        image = Image.new("RGB", (16, 16), tuple(digest[:3]))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        png = buffer.getvalue()
+        return FakeOutput(png, hashlib.sha256(png).hexdigest(), 16, 16, "fake-v1", 0.0)
+
+
+class RecordingDeliverer:
+    """Stands in for CallbackSender: records each delivery and answers ``delivered``."""
+
+    def __init__(self, status_code: int = 200) -> None:
+        self.status_code = status_code
+        self.sent: list[tuple[str, Optional[str], CallbackPayload, Optional[bytes]]] = []
+
+    async def deliver(self, url: str, secret: Optional[str], payload: CallbackPayload,
+                      png: Optional[bytes]) -> CallbackRecord:
+        from datetime import datetime, timezone
+
+        self.sent.append((url, secret, payload, png))
+        ok = 200 <= self.status_code < 300
+        return CallbackRecord(
+            status=CallbackStatus.DELIVERED if ok else CallbackStatus.FAILED,
+            status_code=self.status_code,
+            attempted_at=datetime.now(timezone.utc),
+            payload_status=payload.status,
+        )
+
+
+def png_bytes(size: tuple[int, int] = (32, 32), colour: tuple[int, int, int] = (120, 30, 200),
+              fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format=fmt)
+    return buffer.getvalue()
