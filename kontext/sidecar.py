@@ -96,23 +96,29 @@ def _png(png: bytes, sha256: str) -> web.Response:
 
 
 def create_app(
-    settings: Settings, *, runtime: Optional[Runtime] = None, verifier: Optional[RequestVerifier] = None
+    settings: Settings,
+    *,
+    runtime: Optional[Runtime] = None,
+    verifier: Optional[RequestVerifier] = None,
+    start_runtime: Optional[bool] = None,
 ) -> web.Application:
-    """The sidecar. Without ``runtime`` the app owns one (started and stopped with the app)."""
+    """The sidecar app.
+
+    Without ``runtime`` the app builds its own. The app starts and stops the runtime with
+    itself unless ``start_runtime=False`` (the neuron shares one runtime between two apps).
+    """
     app = web.Application(middlewares=[json_errors], client_max_size=settings.max_request_bytes)
     app[SETTINGS] = settings
     if verifier is not None:
         app[VERIFIER] = verifier
-    if runtime is not None:
-        app[RUNTIME] = runtime
-    else:
-        own = Runtime(settings)
-        app[RUNTIME] = own
+    owned = runtime or Runtime(settings)
+    app[RUNTIME] = owned
+    if start_runtime if start_runtime is not None else runtime is None:
 
         async def runtime_ctx(_: web.Application) -> AsyncIterator[None]:
-            await own.start()
+            await owned.start()
             yield
-            await own.stop()
+            await owned.stop()
 
         app.cleanup_ctx.append(runtime_ctx)
     app.add_routes(routes)

@@ -13,6 +13,9 @@ from PIL import Image
 from protocol import CallbackPayload, CallbackRecord, CallbackStatus
 
 
+FAIL_PROMPT = "fail on purpose"
+
+
 @dataclass(frozen=True)
 class FakeOutput:
     png: bytes
@@ -51,6 +54,8 @@ class FakeEngine:
                 source.load()
         except Exception as exc:  # noqa: BLE001 - mirrors the recipe's ValueError contract
             raise ValueError(f"not an image: {exc}") from None
+        if getattr(params, "prompt", "") == FAIL_PROMPT:
+            raise ValueError("this prompt always fails (test double)")
         self.calls.append((image_bytes, params))
         total = getattr(params, "num_inference_steps", 1)
         for step in range(1, total + 1):

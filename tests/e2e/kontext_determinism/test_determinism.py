@@ -1,0 +1,60 @@
+"""Same request and seed -> the same PNG bytes, across jobs and across processes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.e2e.kontext_determinism.conftest import EXTERNAL_MINER, MinerClient
+from tests.e2e.servers import SidecarProcess
+
+pytestmark = pytest.mark.e2e
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_same_seed_same_png(miner: MinerClient, sample_image_b64: str) -> None:
+    first, png1 = miner.edit_and_wait(prompt="Add a red hat", image_b64=sample_image_b64, seed=42)
+    second, png2 = miner.edit_and_wait(prompt="Add a red hat", image_b64=sample_image_b64, seed=42)
+    assert png1 == png2 and _sha(png1) == first["result_sha256"] == second["result_sha256"]
+    assert first["recipe"] and first["recipe"] == second["recipe"]
+
+
+@pytest.mark.parametrize("change", [{"seed": 43}, {"prompt": "Make it blue"}, {"guidance_scale": 7.0}])
+def test_a_different_input_gives_a_different_png(miner: MinerClient, sample_image_b64: str, change: dict) -> None:
+    base = {"prompt": "Add a red hat", "image_b64": sample_image_b64, "seed": 42}
+    _, reference = miner.edit_and_wait(**base)
+    _, changed = miner.edit_and_wait(**{**base, **change})
+    assert _sha(reference) != _sha(changed)
+
+
+def test_result_is_a_png_of_the_requested_size(miner: MinerClient, sample_image_b64: str) -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    status, png = miner.edit_and_wait(prompt="p", image_b64=sample_image_b64, seed=5, width=96, height=64)
+    with Image.open(BytesIO(png)) as image:
+        assert image.format == "PNG" and image.size == (96, 64)
+    headers = requests.get(status["image_url"], timeout=10).headers if not EXTERNAL_MINER else {}
+    if headers:
+        assert headers["X-Image-SHA256"] == status["result_sha256"]
+
+
+@pytest.mark.skipif(bool(EXTERNAL_MINER), reason="starts its own processes")
+def test_same_request_after_a_restart_gives_the_same_png(
+    tiny_model_dir: Path, tmp_path: Path, miner: MinerClient, sample_image_b64: str
+) -> None:
+    request = {"prompt": "Add a red hat", "image_b64": sample_image_b64, "seed": 1234}
+    _, from_session_server = miner.edit_and_wait(**request)
+    fresh = SidecarProcess(tiny_model_dir, tmp_path / "data").start()
+    try:
+        _, from_fresh_process = MinerClient(fresh.url).edit_and_wait(**request)
+    finally:
+        fresh.stop()
+    assert _sha(from_fresh_process) == _sha(from_session_server)

@@ -1,0 +1,198 @@
+"""Real servers on loopback for the end-to-end suites: the sidecar process and a webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import requests
+from aiohttp import web
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class SidecarProcess:
+    """`python -m kontext.main` in its own process, on a free loopback port, with the tiny model."""
+
+    def __init__(self, model_dir: Path, data_dir: Path, *, port: Optional[int] = None,
+                 extra_env: Optional[dict[str, str]] = None) -> None:
+        self.model_dir = model_dir
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.extra_env = extra_env or {}
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.log_path = data_dir.parent / f"sidecar-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "ENABLE_KONTEXT_EDIT": "true", "KONTEXT_MODEL_PATH": str(self.model_dir),
+            "KONTEXT_DEVICE": "cpu", "KONTEXT_LOCAL_FILES_ONLY": "true",
+            "MINER_SERVER_HOST": "127.0.0.1", "MINER_SERVER_PORT": str(self.port),
+            "DATA_DIR": str(self.data_dir), "CALLBACK_ALLOW_PRIVATE": "true",
+            "CALLBACK_TIMEOUT_SECONDS": "5",
+        })
+        env.update(self.extra_env)
+        return env
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 180) -> "SidecarProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kontext.main", "--env-file", os.devnull],
+            cwd=REPO_ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"sidecar exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                health = requests.get(f"{self.url}/health", timeout=2).json()
+                if health["services"]["kontext_edit"] == "ready":
+                    return health
+                if health["services"]["kontext_edit"] == "failed":
+                    raise RuntimeError(f"engine failed: {health}\n{self.log_tail()}")
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"sidecar not ready in {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup runs, as in a crash or OOM kill."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, as pm2 sends on stop; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.terminate(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class ReceivedCallback:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    fields: dict[str, str]
+    image: Optional[bytes]
+
+
+@dataclass
+class CallbackReceiver:
+    """A webhook receiver in a background thread. ``/status/<code>`` answers with that code."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    received: list[ReceivedCallback] = field(default_factory=list)
+
+    def start(self) -> "CallbackReceiver":
+        self.port = self.port or free_port(self.host)
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            fields: dict[str, str] = {}
+            image = None
+            reader = await _multipart_from_bytes(request, body)
+            if reader is not None:
+                async for part in reader:
+                    if part.name == "image":
+                        image = await part.read(decode=False)
+                    else:
+                        fields[part.name or ""] = await part.text()
+            self.received.append(ReceivedCallback(request.path, dict(request.headers), body, fields, image))
+            code = int(request.match_info.get("code", "200"))
+            return web.Response(status=code, text="ok" if code < 300 else "receiver says no")
+
+        async def serve() -> None:
+            app = web.Application(client_max_size=64 * 1024 * 1024)
+            app.router.add_post("/status/{code}", handle)
+            app.router.add_post("/{tail:.*}", handle)
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, self.host, self.port).start()
+            ready.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(serve())
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True, name="callback-receiver")
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def wait_for(self, job_id: str, timeout: float = 30) -> ReceivedCallback:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for item in self.received:
+                if item.fields.get("job_id") == job_id:
+                    return item
+            time.sleep(0.05)
+        raise TimeoutError(f"no callback for {job_id}")
+
+
+async def _multipart_from_bytes(request: web.Request, body: bytes):
+    """Parse the multipart body we already read (the raw bytes are kept for the HMAC check)."""
+    from aiohttp import MultipartReader
+    from aiohttp.streams import StreamReader
+
+    if not request.content_type.startswith("multipart/"):
+        return None
+    stream = StreamReader(request.protocol, limit=2**16, loop=asyncio.get_running_loop())
+    stream.feed_data(body)
+    stream.feed_eof()
+    return MultipartReader(request.headers, stream)

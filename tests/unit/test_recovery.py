@@ -1,0 +1,165 @@
+"""Restarts forget nothing: queued and interrupted jobs run again; crash loops end in a clear failure."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+from pathlib import Path
+
+from kontext.runtime import Runtime
+from protocol import EditRequest, JobStatus
+from tests.fakes import FakeEngine, RecordingDeliverer, png_bytes
+from tests.unit.test_sidecar import make_settings
+
+IMAGE_B64 = base64.b64encode(png_bytes()).decode()
+
+
+def _request(seed: int, **extra: object) -> EditRequest:
+    return EditRequest.model_validate({"prompt": "p", "seed": seed, "image_b64": IMAGE_B64,
+                                       "num_inference_steps": 2, **extra})
+
+
+async def _wait(runtime: Runtime, job_id: str, timeout: float = 10) -> JobStatus:
+    for _ in range(int(timeout / 0.02)):
+        status = (await runtime.service.status(job_id)).status
+        if status.finished:
+            return status
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{job_id} did not finish")
+
+
+async def test_restart_runs_queued_and_interrupted_jobs(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    gate = threading.Event()
+    first = Runtime(settings, engine=FakeEngine(gate=gate))
+    await first.start()
+    ids = [(await first.service.submit(_request(seed))).job_id for seed in range(3)]
+    for _ in range(200):
+        if (await first.service.status(ids[0])).status is JobStatus.PROCESSING:
+            break
+        await asyncio.sleep(0.01)
+    await first.stop(grace_seconds=0.05)  # the running job is interrupted mid-flight
+    gate.set()
+
+    second = Runtime(settings, engine=FakeEngine())
+    await second.start()
+    try:
+        assert [await _wait(second, job_id) for job_id in ids] == [JobStatus.COMPLETED] * 3
+        interrupted = await second.service.status(ids[0])
+        assert interrupted.attempts == 2
+        assert [(await second.service.status(j)).attempts for j in ids[1:]] == [1, 1]
+        results = {(await second.service.result(j)).sha256 for j in ids}
+        assert len(results) == 3
+    finally:
+        await second.stop()
+
+
+async def test_a_job_interrupted_too_often_is_failed_not_looped(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, max_attempts=1)
+    gate = threading.Event()
+    first = Runtime(settings, engine=FakeEngine(gate=gate))
+    await first.start()
+    job_id = (await first.service.submit(_request(1))).job_id
+    for _ in range(200):
+        if (await first.service.status(job_id)).status is JobStatus.PROCESSING:
+            break
+        await asyncio.sleep(0.01)
+    await first.stop(grace_seconds=0.05)
+    gate.set()
+
+    second = Runtime(settings, engine=FakeEngine())
+    await second.start()
+    try:
+        assert await _wait(second, job_id) is JobStatus.FAILED
+        status = await second.service.status(job_id)
+        assert "interrupted 1 time(s)" in (status.error or "")
+    finally:
+        await second.stop()
+
+
+async def test_graceful_stop_lets_the_running_job_finish(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    gate = threading.Event()
+    runtime = Runtime(settings, engine=FakeEngine(gate=gate))
+    await runtime.start()
+    job_id = (await runtime.service.submit(_request(5))).job_id
+    for _ in range(200):
+        if (await runtime.service.status(job_id)).status is JobStatus.PROCESSING:
+            break
+        await asyncio.sleep(0.01)
+    threading.Timer(0.2, gate.set).start()
+    await runtime.stop(grace_seconds=10)
+    again = Runtime(settings, engine=FakeEngine())
+    await again.start()
+    try:
+        status = await again.service.status(job_id)
+        assert status.status is JobStatus.COMPLETED and status.attempts == 1
+    finally:
+        await again.stop()
+
+
+async def test_unsent_callback_is_sent_after_restart(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, callback_timeout_seconds=0.3)
+    runtime = Runtime(settings, engine=FakeEngine())
+    await runtime.start()
+    blocked = asyncio.Event()
+
+    class Hanging(RecordingDeliverer):
+        async def deliver(self, *args, **kwargs):  # the process "dies" before delivering
+            await blocked.wait()
+
+    runtime.notifier.sender = Hanging()
+    job_id = (await runtime.service.submit(_request(1, callback_url="http://hook.test/x"))).job_id
+    await _wait(runtime, job_id)
+    await runtime.stop()
+    assert (await _status_callback(settings, job_id)) == "pending"
+
+    again = Runtime(settings, engine=FakeEngine())
+    deliverer = RecordingDeliverer()
+    await again.start()
+    again.notifier.sender = deliverer
+    try:
+        await again.notifier.resend_pending()
+        for _ in range(100):
+            if (await again.service.status(job_id)).callback.status.value != "pending":
+                break
+            await asyncio.sleep(0.02)
+        assert (await again.service.status(job_id)).callback.status.value == "delivered"
+        assert [sent[2].job_id for sent in deliverer.sent] == [job_id]
+    finally:
+        await again.stop()
+
+
+async def _status_callback(settings, job_id: str) -> str:
+    from kontext.store import SqliteJobStore
+
+    store = SqliteJobStore(settings.database_path)
+    await store.open()
+    try:
+        return (await store.get(job_id)).callback_status.value
+    finally:
+        await store.close()
+
+
+async def test_retention_sweep_answers_410(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, retention_hours=0.0001)
+    runtime = Runtime(settings, engine=FakeEngine())
+    await runtime.start()
+    try:
+        job_id = (await runtime.service.submit(_request(1))).job_id
+        await _wait(runtime, job_id)
+        await asyncio.sleep(0.5)
+        assert await runtime.service.sweep() == [job_id]
+        assert not runtime.files.result_path(job_id).exists()
+        from kontext.errors import JobExpired
+
+        for call in (runtime.service.status, runtime.service.result):
+            try:
+                await call(job_id)
+            except JobExpired as exc:
+                assert "expired" in exc.message and exc.status == 410
+            else:
+                raise AssertionError("swept job still answered")
+    finally:
+        await runtime.stop()
