@@ -13,6 +13,8 @@ from protocol import ErrorBody
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ON_ERROR = web.AppKey("on_error", Callable[[str], None])
+"""Optional hook told each error code (the runtime counts them as metrics)."""
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -36,17 +38,22 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except EditError as exc:
-        return error_response(exc.status, exc.code, exc.message, fields=exc.fields, headers=exc.headers)
+        response = error_response(exc.status, exc.code, exc.message, fields=exc.fields, headers=exc.headers)
+        code = exc.code
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
-        message = _describe(request, exc)
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return error_response(exc.status, code, message, headers=headers)
+        response = error_response(exc.status, code, _describe(request, exc), headers=headers)
     except Exception:  # noqa: BLE001 - the caller still gets JSON; the trace goes to the log
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "internal error; the miner logged the details")
+        code = "internal_error"
+        response = error_response(500, code, "internal error; the miner logged the details")
+    hook = request.app.get(ON_ERROR)
+    if hook is not None:
+        hook(code)
+    return response
 
 
 def _describe(request: web.Request, exc: web.HTTPException) -> str:

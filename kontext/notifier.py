@@ -9,6 +9,7 @@ from typing import Optional, Protocol
 
 from kontext.files import ImageFiles
 from kontext.jobs import JobRecord
+from kontext.metrics import Metrics
 from kontext.store import JobStore
 from protocol import CallbackPayload, CallbackRecord, CallbackStatus, JobStatus
 
@@ -27,8 +28,10 @@ class CallbackNotifier:
     the next start: that is the first attempt, not a retry.
     """
 
-    def __init__(self, store: JobStore, files: ImageFiles, sender: Deliverer, *, image_url_base: str) -> None:
+    def __init__(self, store: JobStore, files: ImageFiles, sender: Deliverer, *, image_url_base: str,
+                 metrics: Optional[Metrics] = None) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         self.files = files
         self.sender = sender
         self.image_url_base = image_url_base.rstrip("/")
@@ -74,6 +77,7 @@ class CallbackNotifier:
             png = await self.files.read_result(job.id) if completed else None
             record = await self.sender.deliver(request.callback_url, request.callback_secret, payload, png)
         await self.store.set_callback(job.id, record)
+        self.metrics.callbacks.labels(record.status.value).inc()
         log.info("callback for %s: %s%s", job.id, record.status.value,
                  f" ({record.status_code})" if record.status_code else "")
         return record

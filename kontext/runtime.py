@@ -12,6 +12,7 @@ import aiohttp
 from kontext.callbacks import CallbackSender
 from kontext.fetch import fetch_image
 from kontext.files import ImageFiles
+from kontext.metrics import Metrics
 from kontext.netguard import make_guarded_session
 from kontext.notifier import CallbackNotifier
 from kontext.queue import JobQueue
@@ -37,6 +38,8 @@ class Runtime:
         self.store = SqliteJobStore(settings.database_path)
         self.files = ImageFiles(settings.inputs_dir, settings.edits_dir)
         self.queue = JobQueue()
+        self.metrics = Metrics()
+        self.metrics.watch_queue(lambda: len(self.queue))
         self._session: Optional[aiohttp.ClientSession] = None
         self._tasks: list[asyncio.Task[None]] = []
         self.worker: Optional[Worker] = None
@@ -62,7 +65,7 @@ class Runtime:
         session = self._session
         self.notifier = CallbackNotifier(
             self.store, self.files, CallbackSender(session, timeout=settings.callback_timeout_seconds),
-            image_url_base=settings.public_base_url,
+            image_url_base=settings.public_base_url, metrics=self.metrics,
         )
         if self.engine is None and settings.enable_kontext_edit:
             from kontext.engine import EngineConfig, KontextEngine  # torch is heavy: import on demand
@@ -78,9 +81,10 @@ class Runtime:
                 self.engine, self.store, self.queue, self.files,
                 fetch_image=download, on_finished=self.notifier.schedule,
                 max_pixels=settings.max_image_pixels, max_attempts=settings.max_attempts,
+                metrics=self.metrics,
             )
         self._service = EditService(settings, self.store, self.queue, self.files,
-                                    engine=self.engine, progress=self.worker)
+                                    engine=self.engine, progress=self.worker, metrics=self.metrics)
         await self._service.recover()
         await self.notifier.resend_pending()
         if self.worker is not None:

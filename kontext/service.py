@@ -23,6 +23,7 @@ from kontext.errors import (
 from kontext.files import ImageFiles
 from kontext.images import decode_base64_image
 from kontext.jobs import JobRecord, now
+from kontext.metrics import Metrics
 from kontext.queue import JobQueue
 from kontext.settings import Settings
 from kontext.store import JobStore
@@ -79,6 +80,7 @@ class EditService:
         *,
         engine: Optional[EngineView] = None,
         progress: Optional[ProgressView] = None,
+        metrics: Optional[Metrics] = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -86,6 +88,7 @@ class EditService:
         self.files = files
         self.engine = engine
         self.progress_view = progress
+        self.metrics = metrics
         self.accepting = True
         self._submit_lock = asyncio.Lock()
 
@@ -126,6 +129,8 @@ class EditService:
                 await self.files.write_input(job_id, input_bytes)
             await self.store.insert(job)
             await self.queue.put(job_id, priority)
+        if self.metrics is not None:
+            self.metrics.jobs_submitted.inc()
         log.info("accepted %s (source=%s, priority=%s)", job_id, source.value, priority)
         return EditAccepted(job_id=job_id, status_url=f"/edit/status/{job_id}", result_url=f"/edit/result/{job_id}")
 

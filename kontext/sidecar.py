@@ -10,7 +10,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from kontext.errors import InvalidRequest, JobNotFound, invalid_from_validation
-from kontext.http_errors import json_errors
+from kontext.http_errors import ON_ERROR, json_errors
+from kontext.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kontext.runtime import Runtime
 from kontext.service import EditService
 from kontext.settings import Settings
@@ -90,6 +91,12 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(await _service(request).health())
 
 
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[RUNTIME].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
 def _png(png: bytes, sha256: str) -> web.Response:
     headers = {"X-Image-SHA256": sha256, "Cache-Control": "public, max-age=86400, immutable"}
     return web.Response(body=png, content_type="image/png", headers=headers)
@@ -113,6 +120,7 @@ def create_app(
         app[VERIFIER] = verifier
     owned = runtime or Runtime(settings)
     app[RUNTIME] = owned
+    app[ON_ERROR] = lambda code: owned.metrics.jobs_rejected.labels(code).inc()
     if start_runtime if start_runtime is not None else runtime is None:
 
         async def runtime_ctx(_: web.Application) -> AsyncIterator[None]:

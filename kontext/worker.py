@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable, Optional, Protocol
 from kontext.fetch import ImageFetchError
 from kontext.files import ImageFiles
 from kontext.jobs import JobRecord, now
+from kontext.metrics import Metrics
 from kontext.queue import JobQueue
 from kontext.recipe import EditParams
 from kontext.store import JobStore
@@ -68,6 +69,7 @@ class Worker:
         on_finished: JobFinished,
         max_pixels: int,
         max_attempts: int,
+        metrics: Optional[Metrics] = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -77,6 +79,7 @@ class Worker:
         self.on_finished = on_finished
         self.max_pixels = max_pixels
         self.max_attempts = max_attempts
+        self.metrics = metrics or Metrics()
         self.state = WorkerState.NEW
         self.current_job: Optional[str] = None
         self._progress: Optional[tuple[str, int, int]] = None
@@ -89,9 +92,12 @@ class Worker:
     async def load_engine(self) -> None:
         """Load the model on the engine thread; a failure makes the worker defunct, not the process."""
         self.state = WorkerState.STARTING
+        started = now()
         await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.load)
         failed = getattr(self.engine.state, "value", self.engine.state) == "failed"
         self.state = WorkerState.DEFUNCT if failed else WorkerState.READY
+        self.metrics.engine_load_seconds.set(now() - started)
+        self.metrics.engine_ready.set(0 if failed else 1)
         if failed:
             log.error("engine failed to load: %s", self.engine.error)
 
@@ -218,6 +224,10 @@ class Worker:
             job = job.evolve(status=JobStatus.FAILED, finished_at=finished, error=error, run_ms=run_ms)
         await self.store.save(job)
         await self.files.remove_input(job.id)
+        self.metrics.jobs_finished.labels(job.status.value).inc()
+        self.metrics.job_seconds.observe(finished - job.queued_at)
+        if output is not None:
+            self.metrics.edit_seconds.observe(output.seconds)
         log.info("job %s %s in %s ms", job.id, job.status.value, run_ms)
         self.on_finished(job)
 

@@ -257,3 +257,19 @@ async def test_callbacks_are_recorded(start, settings) -> None:
     late = await (await client.get(f"/edit/status/{expired}")).json()
     assert late["callback"]["status"] == "expired"
     assert len(deliverer.sent) == 1
+
+
+async def test_metrics_count_jobs_rejections_and_queue(start, settings) -> None:
+    client, _ = await start(settings)
+    job_id = (await submit(client, image_b64=IMAGE_B64))["job_id"]
+    await wait_finished(client, job_id)
+    await client.post("/edit", json={"prompt": "p"})  # a 422
+    response = await client.get("/metrics")
+    assert response.status == 200 and response.content_type == "text/plain"
+    text = await response.text()
+    assert 'kontext_jobs_finished_total{status="completed"} 1.0' in text
+    assert "kontext_jobs_submitted_total 1.0" in text
+    assert 'kontext_requests_rejected_total{code="validation_error"} 1.0' in text
+    assert "kontext_queue_depth 0.0" in text
+    assert "kontext_edit_seconds_count 1.0" in text
+    assert "kontext_engine_ready 1.0" in text
