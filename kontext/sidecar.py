@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from kontext.errors import InvalidRequest, JobNotFound, invalid_from_validation
 from kontext.http_errors import ON_ERROR, json_errors
 from kontext.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from kontext.openapi import openapi_document
 from kontext.runtime import Runtime
 from kontext.service import EditService
 from kontext.settings import Settings
@@ -89,6 +90,11 @@ async def edit_image(request: web.Request) -> web.Response:
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
     return web.json_response(await _service(request).health())
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
 
 
 @routes.get("/metrics")

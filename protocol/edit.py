@@ -66,12 +66,6 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
-def _multiple_of_16(value: Optional[int]) -> Optional[int]:
-    if value is not None and value % limits.DIMENSION_MULTIPLE:
-        raise ValueError(f"must be a multiple of {limits.DIMENSION_MULTIPLE}")
-    return value
-
-
 def _http_url(value: Optional[str]) -> Optional[str]:
     if value is not None and not re.match(r"^https?://[^\s/]+", value, re.IGNORECASE):
         raise ValueError("must be an absolute http:// or https:// URL")
@@ -80,8 +74,8 @@ def _http_url(value: Optional[str]) -> Optional[str]:
 
 Dimension = Annotated[
     Optional[int],
-    Field(default=None, ge=limits.DIMENSION_MIN, le=limits.DIMENSION_MAX, strict=True),
-    AfterValidator(_multiple_of_16),
+    Field(default=None, ge=limits.DIMENSION_MIN, le=limits.DIMENSION_MAX, multiple_of=limits.DIMENSION_MULTIPLE,
+          strict=True),
 ]
 HttpUrlText = Annotated[
     Optional[str],

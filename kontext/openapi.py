@@ -1,0 +1,78 @@
+"""The sidecar's OpenAPI 3.1 document, generated from the protocol models so it cannot drift."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from kontext import __version__
+from protocol import EditAccepted, EditRequest, ErrorBody, StatusRecord
+
+_REF = "#/components/schemas/{model}"
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": _REF.format(model="ErrorBody")}}}}
+
+
+def _json(model: str, description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": _REF.format(model=model)}}}}
+
+
+_PNG = {"description": "The edited image.", "content": {"image/png": {"schema": {"type": "string",
+                                                                                   "format": "binary"}}}}
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    _, schemas = models_json_schema(
+        [(m, "validation") for m in (EditRequest, EditAccepted, StatusRecord, ErrorBody)],
+        ref_template=_REF,
+    )
+    errors_common = {"404": _error("Unknown job."), "410": _error("Job expired (retention).")}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "kontext-miner sidecar", "version": __version__,
+                 "description": "Deterministic FLUX.1-Kontext-dev image editing."},
+        "paths": {
+            "/edit": {"post": {
+                "operationId": "submitEdit",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": _REF.format(model="EditRequest")}}}},
+                "responses": {
+                    "200": _json("EditAccepted", "Job accepted and queued."),
+                    "400": _error("Malformed JSON, bad image, or no usable image source."),
+                    "401": _error("Signature required (when enabled)."),
+                    "409": _error("job_id already exists."),
+                    "413": _error("Body or image over the limits."),
+                    "422": _error("A field is missing, of the wrong type or out of range."),
+                    "503": _error("Editing disabled, engine failed, queue full or shutting down."),
+                },
+            }},
+            "/edit/status/{job_id}": {"get": {
+                "operationId": "editStatus", "parameters": [_JOB_ID],
+                "responses": {"200": _json("StatusRecord", "The job's status."), **errors_common},
+            }},
+            "/edit/result/{job_id}": {"get": {
+                "operationId": "editResult", "parameters": [_JOB_ID],
+                "responses": {"200": _PNG, "409": _error("Not completed yet, or failed."), **errors_common},
+            }},
+            "/images/edits/{name}": {"get": {
+                "operationId": "editImage",
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _PNG, "409": _error("Not completed yet."), **errors_common},
+            }},
+            "/health": {"get": {"operationId": "health", "responses": {"200": {
+                "description": "Engine state, queue depth and job counts.",
+                "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/metrics": {"get": {"operationId": "metrics", "responses": {"200": {
+                "description": "Prometheus text format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        },
+        "components": {"schemas": schemas["$defs"]},
+    }
