@@ -196,3 +196,42 @@ async def _multipart_from_bytes(request: web.Request, body: bytes):
     stream.feed_data(body)
     stream.feed_eof()
     return MultipartReader(request.headers, stream)
+
+
+class ThreadedApp:
+    """Run an aiohttp application on its own event loop in a background thread, on loopback."""
+
+    def __init__(self, make_app, host: str = "127.0.0.1") -> None:  # type: ignore[no-untyped-def]
+        self.make_app = make_app
+        self.host = host
+        self.port = free_port(host)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "ThreadedApp":
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        async def serve() -> None:
+            self._runner = web.AppRunner(self.make_app(), access_log=None)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, self.host, self.port).start()
+            ready.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(serve())
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True, name="threaded-app")
+        self._thread.start()
+        if not ready.wait(30):
+            raise TimeoutError("app did not start")
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

@@ -1,0 +1,85 @@
+"""Fuzz the sidecar's HTTP contract from its own OpenAPI document: no input may cause a 5xx.
+
+Schemathesis generates valid and invalid requests for every operation; hypothesis adds raw
+bodies of arbitrary JSON and bytes. The engine is the fast fake: the contract is under test.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings, strategies as st
+from schemathesis.checks import not_a_server_error
+
+from kontext.openapi import openapi_document
+from kontext.runtime import Runtime
+from kontext.sidecar import create_app
+from tests.e2e.servers import ThreadedApp
+from tests.fakes import FakeEngine, png_bytes
+from tests.unit.test_sidecar import make_settings
+
+schema = schemathesis.openapi.from_dict(openapi_document())
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
+                suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedApp]:
+    cfg = make_settings(tmp_path_factory.mktemp("fuzz"), max_queue=10_000, max_image_pixels=256 * 256)
+    app = ThreadedApp(lambda: create_app(cfg, runtime=Runtime(cfg, engine=FakeEngine()), start_runtime=True))
+    app.start()
+    yield app
+    app.stop()
+
+
+@schema.parametrize()
+@FUZZ
+def test_no_operation_answers_5xx(case: schemathesis.Case, server: ThreadedApp) -> None:
+    response = case.call(base_url=server.url, timeout=10)
+    case.validate_response(response, checks=[not_a_server_error])
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400 and case.path != "/metrics":
+        body = response.json()
+        assert body["error"] and body["message"]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+FIELDS = ["prompt", "seed", "image_b64", "image_url", "reference_job_id", "guidance_scale",
+          "num_inference_steps", "width", "height", "job_id", "callback_url", "callback_secret", "expiry"]
+VALID_B64 = base64.b64encode(png_bytes((16, 16))).decode()
+
+
+@given(body=st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=8))
+@FUZZ
+def test_arbitrary_field_values_never_5xx(server: ThreadedApp, body: dict) -> None:
+    body.setdefault("image_b64", VALID_B64)
+    response = requests.post(f"{server.url}/edit", json=body, timeout=10)
+    assert response.status_code in (200, 400, 409, 413, 422), (response.status_code, response.text)
+    assert "message" in response.json() or response.json().get("accepted") is True
+
+
+@given(raw=st.binary(max_size=300))
+@FUZZ
+def test_arbitrary_bytes_never_5xx(server: ThreadedApp, raw: bytes) -> None:
+    response = requests.post(f"{server.url}/edit", data=raw, timeout=10,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 422), (response.status_code, response.text)
+
+
+@given(job_id=st.text(max_size=40))
+@FUZZ
+def test_arbitrary_job_ids_never_5xx(server: ThreadedApp, job_id: str) -> None:
+    from urllib.parse import quote
+
+    for route in ("/edit/status/", "/edit/result/", "/images/edits/"):
+        response = requests.get(f"{server.url}{route}{quote(job_id, safe='')}", timeout=10)
+        assert response.status_code in (404, 405, 409, 410), (route, job_id, response.status_code)
