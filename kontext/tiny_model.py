@@ -1,0 +1,137 @@
+"""A tiny, randomly initialised but real FluxKontextPipeline, built fully offline for dev and tests."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+COMPLETE_MARKER = ".tiny-kontext-complete"
+
+# Words for the T5 tokenizer's training corpus: edit instructions of the kind validators send.
+_WORDS = (
+    "add remove make change turn replace put give the a an to of on in with and into more less "
+    "red blue green yellow purple orange black white golden silver warm cold bright dark glow "
+    "hat person cat dog sky tree car house face hair background light shadow water fire snow "
+    "style painting photo sketch cartoon realistic vintage neon contrast tint highlights color"
+).split()
+
+
+def _corpus(lines: int = 600) -> list[str]:
+    """Deterministic sentences over ``_WORDS`` (no randomness: the tokenizer must rebuild identically)."""
+    out = []
+    for i, combo in enumerate(itertools.islice(itertools.product(_WORDS, repeat=3), 0, lines * 7, 7)):
+        out.append(" ".join(combo) + (f" {i % 97}" if i % 5 == 0 else ""))
+    return out
+
+
+def _t5_vocab() -> list[tuple[str, float]]:
+    """Pieces and scores of a sentencepiece unigram model trained in-process (no download)."""
+    import sentencepiece as spm
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus()), model_writer=buffer, model_type="unigram", vocab_size=256,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, num_threads=1,
+        hard_vocab_limit=False, minloglevel=2,
+    )
+    processor = spm.SentencePieceProcessor(model_proto=buffer.getvalue())
+    return [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character map."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars)))
+
+
+def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE vocab with every byte alone and word-final, plus merges for common words."""
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in _bytes_to_unicode().values():
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in sorted(set(_WORDS)):
+        current = word[0]
+        for index, char in enumerate(word[1:], start=1):
+            right = char + ("</w>" if index == len(word) - 1 else "")
+            merges.append((current, right))
+            current = current + right
+            vocab.setdefault(current, len(vocab))
+    return vocab, list(dict.fromkeys(merges))
+
+
+def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
+    """Write the pipeline with ``save_pretrained`` into ``out_dir`` and return it.
+
+    1 double + 1 single transformer block, tiny CLIP and T5 encoders, a 4-block VAE (so the
+    8x resolution arithmetic is the real one). Every module is seeded and in eval mode with
+    dropout 0, so the same ``seed`` writes the same weights.
+    """
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+
+    out_dir = Path(out_dir)
+    clip_vocab, clip_merges = _clip_vocab()
+    tokenizer = CLIPTokenizer(vocab=clip_vocab, merges=clip_merges, model_max_length=77)
+    t5_vocab = _t5_vocab()
+    tokenizer_2 = T5Tokenizer(vocab=t5_vocab, extra_ids=0, model_max_length=512)
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(clip_vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=77, projection_dim=32, bos_token_id=0, eos_token_id=1,
+        pad_token_id=1, hidden_act="gelu", attention_dropout=0.0, dropout=0.0,
+    ))
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(t5_vocab), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu",
+        pad_token_id=0, eos_token_id=1, is_encoder_decoder=False,
+    ))
+    torch.manual_seed(seed + 2)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(4, 4, 4, 4), layers_per_block=1, norm_num_groups=2,
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, use_dynamic_shifting=True,
+    )
+    pipe = FluxKontextPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
+    )
+    for module in (text_encoder, text_encoder_2, transformer, vae):
+        module.eval()
+
+    staging = out_dir.with_name(out_dir.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging)
+    (staging / COMPLETE_MARKER).write_text(json.dumps({"seed": seed}))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    return out_dir
+
+
+def is_complete(model_dir: Path) -> bool:
+    return (Path(model_dir) / COMPLETE_MARKER).is_file()
