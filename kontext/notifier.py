@@ -35,14 +35,15 @@ class CallbackNotifier:
         self.files = files
         self.sender = sender
         self.image_url_base = image_url_base.rstrip("/")
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[str, asyncio.Task[CallbackRecord]] = {}
 
     def schedule(self, job: JobRecord) -> None:
-        if job.callback_status is not CallbackStatus.PENDING:
+        """Send in the background; a job already being sent is not sent twice."""
+        if job.callback_status is not CallbackStatus.PENDING or job.id in self._tasks:
             return
         task = asyncio.get_running_loop().create_task(self.notify(job), name=f"callback-{job.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
 
     async def resend_pending(self) -> int:
         jobs = await self.store.pending_callbacks()
@@ -53,8 +54,8 @@ class CallbackNotifier:
     async def drain(self, timeout: float) -> None:
         """Wait for callbacks under way (bounded); what is left stays pending for the next start."""
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
-        for task in list(self._tasks):
+            await asyncio.wait(set(self._tasks.values()), timeout=timeout)
+        for task in list(self._tasks.values()):
             task.cancel()
 
     async def notify(self, job: JobRecord) -> CallbackRecord:

@@ -14,7 +14,7 @@ from kontext.fetch import fetch_image
 from kontext.files import ImageFiles
 from kontext.metrics import Metrics
 from kontext.netguard import make_guarded_session
-from kontext.notifier import CallbackNotifier
+from kontext.notifier import CallbackNotifier, Deliverer
 from kontext.queue import JobQueue
 from kontext.service import EditService
 from kontext.settings import Settings
@@ -27,14 +27,16 @@ log = logging.getLogger(__name__)
 class Runtime:
     """Owns everything the sidecar and the axon share; one per process.
 
-    ``engine`` may be injected (tests use a fake); by default the real ``KontextEngine`` is
-    built from the settings. Shutdown order: stop accepting -> let the running job finish
+    ``engine`` and ``sender`` may be injected (tests use fakes); by default the real
+    ``KontextEngine`` and ``CallbackSender`` are built from the settings. Shutdown order: stop accepting -> let the running job finish
     (bounded) -> stop the worker -> flush callbacks -> close the session and the store.
     """
 
-    def __init__(self, settings: Settings, *, engine: Optional[Engine] = None) -> None:
+    def __init__(self, settings: Settings, *, engine: Optional[Engine] = None,
+                 sender: Optional[Deliverer] = None) -> None:
         self.settings = settings
         self.engine = engine
+        self._sender = sender
         self.store = SqliteJobStore(settings.database_path)
         self.files = ImageFiles(settings.inputs_dir, settings.edits_dir)
         self.queue = JobQueue()
@@ -63,8 +65,10 @@ class Runtime:
             timeout=max(settings.callback_timeout_seconds, settings.image_url_timeout_seconds),
         )
         session = self._session
+        sender = self._sender or CallbackSender(session, timeout=settings.callback_timeout_seconds,
+                                                allow_private=settings.callback_allow_private)
         self.notifier = CallbackNotifier(
-            self.store, self.files, CallbackSender(session, timeout=settings.callback_timeout_seconds),
+            self.store, self.files, sender,
             image_url_base=settings.public_base_url, metrics=self.metrics,
         )
         if self.engine is None and settings.enable_kontext_edit:
@@ -74,7 +78,8 @@ class Runtime:
 
         async def download(url: str) -> bytes:
             return await fetch_image(session, url, max_bytes=settings.max_image_bytes,
-                                     timeout=settings.image_url_timeout_seconds)
+                                     timeout=settings.image_url_timeout_seconds,
+                                     allow_private=settings.callback_allow_private)
 
         if self.engine is not None:
             self.worker = Worker(

@@ -101,26 +101,24 @@ async def test_graceful_stop_lets_the_running_job_finish(tmp_path: Path) -> None
 
 async def test_unsent_callback_is_sent_after_restart(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, callback_timeout_seconds=0.3)
-    runtime = Runtime(settings, engine=FakeEngine())
-    await runtime.start()
     blocked = asyncio.Event()
 
     class Hanging(RecordingDeliverer):
         async def deliver(self, *args, **kwargs):  # the process "dies" before delivering
             await blocked.wait()
 
-    runtime.notifier.sender = Hanging()
+    runtime = Runtime(settings, engine=FakeEngine(), sender=Hanging())
+    await runtime.start()
     job_id = (await runtime.service.submit(_request(1, callback_url="http://hook.test/x"))).job_id
     await _wait(runtime, job_id)
     await runtime.stop()
     assert (await _status_callback(settings, job_id)) == "pending"
 
-    again = Runtime(settings, engine=FakeEngine())
     deliverer = RecordingDeliverer()
-    await again.start()
-    again.notifier.sender = deliverer
+    again = Runtime(settings, engine=FakeEngine(), sender=deliverer)
+    await again.start()  # sends what is still pending
     try:
-        await again.notifier.resend_pending()
+        await again.notifier.resend_pending()  # a second call must not send it twice
         for _ in range(100):
             if (await again.service.status(job_id)).callback.status.value != "pending":
                 break

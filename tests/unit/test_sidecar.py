@@ -235,10 +235,10 @@ async def test_health_shape(start, settings) -> None:
     assert health["queue"] == {"depth": 0, "max": settings.max_queue}
 
 
-async def test_callbacks_are_recorded(start, settings) -> None:
-    client, runtime = await start(settings)
+async def test_callbacks_are_recorded(aiohttp_client, settings) -> None:
     deliverer = RecordingDeliverer()
-    runtime.notifier.sender = deliverer
+    runtime = Runtime(settings, engine=FakeEngine(), sender=deliverer)
+    client = await aiohttp_client(create_app(settings, runtime=runtime, start_runtime=True))
     job = (await submit(client, image_b64=IMAGE_B64, callback_url="http://hook.test/cb",
                         callback_secret="s3cret"))["job_id"]
     expired = (await submit(client, image_b64=IMAGE_B64, callback_url="http://hook.test/cb",
