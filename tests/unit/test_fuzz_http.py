@@ -49,7 +49,7 @@ def test_no_operation_answers_5xx(case: schemathesis.Case, server: ThreadedApp) 
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
@@ -73,6 +73,13 @@ def test_arbitrary_bytes_never_5xx(server: ThreadedApp, raw: bytes) -> None:
     response = requests.post(f"{server.url}/edit", data=raw, timeout=10,
                              headers={"Content-Type": "application/json"})
     assert response.status_code in (400, 422), (response.status_code, response.text)
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_non_finite_numbers_are_refused(server: ThreadedApp, literal: bytes) -> None:
+    body = b'{"prompt": "p", "seed": 1, "image_b64": "%s", "guidance_scale": %s}' % (VALID_B64.encode(), literal)
+    response = requests.post(f"{server.url}/edit", data=body, timeout=10)
+    assert response.status_code == 422 and "guidance_scale" in response.text
 
 
 @given(job_id=st.text(max_size=40))
