@@ -1,0 +1,66 @@
+"""Determinism switches: environment checks before CUDA, torch settings, seeded CPU noise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kontext.determinism import DeterminismError, configure_torch, ensure_environment, seeded_generator
+
+
+def test_wrong_hash_seed_is_refused() -> None:
+    with pytest.raises(DeterminismError, match="PYTHONHASHSEED"):
+        ensure_environment({"PYTHONHASHSEED": "random"})
+    with pytest.raises(DeterminismError, match="PYTHONHASHSEED"):
+        ensure_environment({})
+
+
+def test_cublas_config_is_set_when_missing_and_refused_when_wrong() -> None:
+    env = {"PYTHONHASHSEED": "0"}
+    ensure_environment(env)
+    assert env["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    ensure_environment({"PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":16:8"})
+    with pytest.raises(DeterminismError, match="CUBLAS_WORKSPACE_CONFIG"):
+        ensure_environment({"PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":0:0"})
+
+
+def test_configure_torch() -> None:
+    threads = torch.get_num_threads()
+    try:
+        configure_torch(1)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.set_num_threads(threads)
+
+
+def test_seeded_generator_is_cpu_and_repeatable() -> None:
+    a = torch.randn(4, generator=seeded_generator(42))
+    b = torch.randn(4, generator=seeded_generator(42))
+    c = torch.randn(4, generator=seeded_generator(43))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert seeded_generator(2**64 - 1).device.type == "cpu"
+
+
+def test_entry_point_reexecs_with_hash_seed_zero(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {os.getcwd()!r})\n"
+        "from kontext.determinism import reexec_if_needed\n"
+        "reexec_if_needed(sys.argv)\n"
+        "print(os.environ['PYTHONHASHSEED'], os.environ['CUBLAS_WORKSPACE_CONFIG'], sys.argv[1:])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG")}
+    out = subprocess.run([sys.executable, str(script), "--flag"], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0 :4096:8 ['--flag']"
+    bad = subprocess.run([sys.executable, str(script)], env={**env, "PYTHONHASHSEED": "123"},
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "PYTHONHASHSEED" in bad.stderr

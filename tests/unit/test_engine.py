@@ -1,0 +1,97 @@
+"""KontextEngine on the tiny real FluxKontextPipeline, loaded through from_pretrained."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from kontext.engine import EngineConfig, EngineState, KontextEngine
+from kontext.recipe import EditParams, output_size
+from tests.fakes import png_bytes
+
+MAX_PIXELS = 4096 * 4096
+
+
+def _params(**change: object) -> EditParams:
+    values = dict(prompt="add a red hat", seed=1, guidance_scale=2.5, num_inference_steps=2, width=64, height=64)
+    values.update(change)
+    return EditParams(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> KontextEngine:
+    engine = KontextEngine(EngineConfig(model_path=str(tiny_model_dir), device="cpu", local_files_only=True))
+    engine.load()
+    assert engine.state is EngineState.READY, engine.error
+    return engine
+
+
+IMAGE = png_bytes((48, 40), (30, 160, 90))
+
+
+def test_same_params_same_bytes_across_engine_instances(engine: KontextEngine, tiny_model_dir: Path) -> None:
+    other = KontextEngine(EngineConfig(model_path=str(tiny_model_dir), device="cpu", local_files_only=True))
+    other.load()
+    first = engine.edit(IMAGE, _params(), max_pixels=MAX_PIXELS)
+    second = other.edit(IMAGE, _params(), max_pixels=MAX_PIXELS)
+    assert first.png == second.png and first.sha256 == hashlib.sha256(first.png).hexdigest()
+    assert first.recipe == "kontext-v1" and engine.device == "cpu" and engine.dtype == "float32"
+
+
+@pytest.mark.parametrize("change", [{"seed": 2}, {"prompt": "make it blue"}, {"guidance_scale": 6.0}])
+def test_any_change_changes_the_bytes(engine: KontextEngine, change: dict) -> None:
+    assert engine.edit(IMAGE, _params(), max_pixels=MAX_PIXELS).sha256 != \
+        engine.edit(IMAGE, _params(**change), max_pixels=MAX_PIXELS).sha256
+
+
+def test_output_size_follows_the_rule_and_steps_are_reported(engine: KontextEngine) -> None:
+    steps: list[tuple[int, int]] = []
+    params = _params(width=96, height=64, num_inference_steps=3)
+    out = engine.edit(IMAGE, params, max_pixels=MAX_PIXELS, on_step=lambda k, n: steps.append((k, n)))
+    assert (out.width, out.height) == output_size((48, 40), params) == (96, 64)
+    with Image.open(io.BytesIO(out.png)) as image:
+        assert image.size == (96, 64) and image.format == "PNG"
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_bad_bytes_raise_value_error(engine: KontextEngine) -> None:
+    with pytest.raises(ValueError, match="not a readable image"):
+        engine.edit(b"garbage", _params(), max_pixels=MAX_PIXELS)
+
+
+def test_load_failure_is_a_state_not_an_exception(tmp_path: Path) -> None:
+    engine = KontextEngine(EngineConfig(model_path=str(tmp_path / "missing"), device="cpu", local_files_only=True))
+    engine.load()
+    assert engine.state is EngineState.FAILED and engine.error
+    with pytest.raises(RuntimeError, match="failed"):
+        engine.edit(IMAGE, _params(), max_pixels=MAX_PIXELS)
+
+
+_CHILD = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from kontext.engine import EngineConfig, KontextEngine
+from kontext.recipe import EditParams
+from tests.fakes import png_bytes
+engine = KontextEngine(EngineConfig(model_path={model!r}, device="cpu", local_files_only=True))
+engine.load()
+out = engine.edit(png_bytes((48, 40), (30, 160, 90)), EditParams("add a red hat", 7, 2.5, 2, 64, 64),
+                  max_pixels=1 << 24)
+print(out.sha256)
+"""
+
+
+def test_two_processes_give_the_same_sha256(tiny_model_dir: Path) -> None:
+    """The product guarantee: a fresh process reproduces the bytes exactly."""
+    code = _CHILD.format(root=str(Path(__file__).resolve().parents[2]), model=str(tiny_model_dir))
+    env_runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                               env={**__import__("os").environ, "PYTHONHASHSEED": "0"}).stdout.split()[-1]
+                for _ in range(2)]
+    assert len(env_runs[0]) == 64 and env_runs[0] == env_runs[1]
