@@ -96,13 +96,17 @@ class Runtime:
             self._spawn(self.worker.run(eager=settings.kontext_load == "eager"), "worker")
         self._spawn(self._sweep_forever(), "retention-sweep")
 
-    async def stop(self, grace_seconds: float = 30.0) -> None:
+    async def quiesce(self, grace_seconds: float) -> None:
+        """Stop accepting jobs (503) and give the running job up to ``grace_seconds`` to finish."""
         if self._service is not None:
             self._service.accepting = False
-        if self.worker is not None and self.worker.current_job is not None:
+        if self.worker is not None and self.worker.current_job is not None and grace_seconds > 0:
             log.info("waiting up to %.0fs for job %s to finish", grace_seconds, self.worker.current_job)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.worker.wait_idle(), grace_seconds)
+
+    async def stop(self, grace_seconds: float = 30.0) -> None:
+        await self.quiesce(grace_seconds)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     service_url: Optional[str] = None
     """Public base URL used in ``image_url`` (default: http://<host>:<port>)."""
 
+    sidecar_require_signature: bool = False
+    """Require btauth/1 or Epistula signatures on the sidecar's POST /edit (neuron only; off locally)."""
+
     # Storage and retention.
     data_dir: Path = Path("data")
     retention_hours: float = Field(default=24.0, gt=0)

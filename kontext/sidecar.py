@@ -39,22 +39,28 @@ def _json(model: BaseModel, status: int = 200) -> web.Response:
     return web.json_response(model.model_dump(mode="json"), status=status)
 
 
+def _json_object(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return data
+
+
+async def parse_json_object(body: bytes) -> dict:
+    """Bytes -> a JSON object, or a 400 that says what is wrong (large bodies parsed off the loop)."""
+    return await asyncio.to_thread(_json_object, body) if len(body) > JSON_IN_THREAD_BYTES else _json_object(body)
+
+
 async def parse_edit_request(body: bytes) -> EditRequest:
     """Bytes -> ``EditRequest``: 400 for malformed JSON, 422 naming each field for schema errors."""
-
-    def parse() -> EditRequest:
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise InvalidRequest("request body must be a JSON object")
-        try:
-            return EditRequest.model_validate(data)
-        except ValidationError as exc:
-            raise invalid_from_validation(exc) from None
-
-    return await asyncio.to_thread(parse) if len(body) > JSON_IN_THREAD_BYTES else parse()
+    data = await parse_json_object(body)
+    try:
+        return EditRequest.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_from_validation(exc) from None
 
 
 @routes.post("/edit")

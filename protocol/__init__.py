@@ -14,6 +14,7 @@ from protocol.edit import (
     StatusRecord,
     format_timestamp,
 )
+from protocol.synapses import SYNAPSES, EditSynapse, ResultSynapse, StatusSynapse
 
 __all__ = [
     "CallbackPayload",
@@ -21,11 +22,15 @@ __all__ = [
     "CallbackStatus",
     "EditAccepted",
     "EditRequest",
+    "EditSynapse",
     "ErrorBody",
     "ImageSource",
     "JobStatus",
     "Progress",
     "RequestSummary",
+    "ResultSynapse",
+    "SYNAPSES",
     "StatusRecord",
+    "StatusSynapse",
     "format_timestamp",
 ]

@@ -1,0 +1,130 @@
+"""Signed-request verification for the axon (and, when enabled, the sidecar): btauth/1 and Epistula."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import deque
+from typing import Callable, Mapping, Optional
+
+from aiohttp import web
+from bittensor import http_auth
+from bittensor.sp_core import CRYPTO_SR25519
+from bittensor.sp_core import verify as sr25519_verify
+
+from kontext.errors import Forbidden, Unauthorized
+from neurons.registry import ValidatorRegistry
+
+log = logging.getLogger(__name__)
+
+EPISTULA_MAX_AGE_MS = 8_000
+BTAUTH_MAX_AGE_S = http_auth.DEFAULT_MAX_AGE
+REPLAY_RETENTION_S = 60.0
+
+EPISTULA_SIGNATURE = "Epistula-Signature"
+EPISTULA_TIMESTAMP = "Epistula-Timestamp"
+EPISTULA_UUID = "Epistula-Uuid"
+EPISTULA_SIGNED_BY = "Epistula-Signed-By"
+EPISTULA_SIGNED_FOR = "Epistula-Signed-For"
+
+
+def epistula_message(body: bytes, uuid: str, timestamp_ms: int | str, signed_for: str) -> bytes:
+    """The signed string: ``sha256(body).uuid.timestamp.signed_for``."""
+    return f"{hashlib.sha256(body).hexdigest()}.{uuid}.{timestamp_ms}.{signed_for}".encode()
+
+
+class _SeenStore:
+    """Remembers (hotkey, nonce) pairs for the freshness window; thread-safe."""
+
+    def __init__(self, retention: float = REPLAY_RETENTION_S) -> None:
+        self.retention = retention
+        self._seen: set[tuple[str, str]] = set()
+        self._expiry: deque[tuple[float, tuple[str, str]]] = deque()
+        self._lock = threading.Lock()
+
+    def check_and_store(self, hotkey: str, nonce: object) -> bool:
+        key = (hotkey, str(nonce))
+        now = time.monotonic()
+        with self._lock:
+            while self._expiry and self._expiry[0][0] <= now:
+                self._seen.discard(self._expiry.popleft()[1])
+            if key in self._seen:
+                return False
+            self._seen.add(key)
+            self._expiry.append((now + self.retention, key))
+            return True
+
+
+class SignatureVerifier:
+    """Authenticates a request, then applies the blacklist. Returns the caller's hotkey.
+
+    401 for anything about the signature (missing, malformed, stale, tampered, replayed, for
+    another receiver); 403 when a valid caller is not allowed (not registered, no permit).
+    """
+
+    def __init__(self, self_hotkey: str, registry: ValidatorRegistry, *,
+                 on_reject: Optional[Callable[[str], None]] = None) -> None:
+        self.self_hotkey = self_hotkey
+        self.registry = registry
+        self.on_reject = on_reject
+        self._btauth_nonces = http_auth.InMemoryNonceStore(retention=REPLAY_RETENTION_S)
+        self._epistula_seen = _SeenStore()
+
+    async def __call__(self, request: web.Request, body: bytes) -> str:
+        try:
+            hotkey = self.authenticate(request.headers, body, method=request.method, path=request.path_qs)
+            refusal = self.registry.refusal(hotkey)
+            if refusal:
+                raise Forbidden(refusal)
+        except (Unauthorized, Forbidden) as exc:
+            reason = exc.code if isinstance(exc, Forbidden) else "bad_signature"
+            log.info("refused %s %s from %s: %s", request.method, request.path, request.remote, exc.message)
+            if self.on_reject:
+                self.on_reject(reason)
+            raise
+        return hotkey
+
+    def authenticate(self, headers: Mapping[str, str], body: bytes, *, method: str, path: str) -> str:
+        lowered = {k.lower() for k in headers}
+        if http_auth.HEADER_SIGNATURE.lower() in lowered:
+            return self._btauth(headers, body, method, path)
+        if EPISTULA_SIGNATURE.lower() in lowered:
+            return self._epistula(headers, body)
+        raise Unauthorized("request is not signed: send btauth/1 (X-Bittensor-*) or Epistula-* headers")
+
+    def _btauth(self, headers: Mapping[str, str], body: bytes, method: str, path: str) -> str:
+        try:
+            caller = http_auth.verify(dict(headers), body, method=method, path=path,
+                                      self_hotkey_ss58=self.self_hotkey, nonce_store=self._btauth_nonces)
+        except http_auth.AuthError as exc:
+            raise Unauthorized(f"btauth/1: {type(exc).__name__}: {exc}") from None
+        return caller.hotkey_ss58
+
+    def _epistula(self, headers: Mapping[str, str], body: bytes) -> str:
+        get = {k.lower(): v for k, v in headers.items()}.get
+        signature, timestamp = get(EPISTULA_SIGNATURE.lower()), get(EPISTULA_TIMESTAMP.lower())
+        uuid, signed_by = get(EPISTULA_UUID.lower()), get(EPISTULA_SIGNED_BY.lower())
+        signed_for = get(EPISTULA_SIGNED_FOR.lower(), "")
+        if not (signature and timestamp and uuid and signed_by):
+            raise Unauthorized("Epistula: Signature, Timestamp, Uuid and Signed-By headers are required")
+        if signed_for != self.self_hotkey:
+            raise Unauthorized("Epistula: request was signed for a different receiving hotkey")
+        try:
+            timestamp_ms = int(timestamp)
+            signature_bytes = bytes.fromhex(signature.removeprefix("0x"))
+        except ValueError:
+            raise Unauthorized("Epistula: timestamp or signature is malformed") from None
+        if abs(time.time() * 1000 - timestamp_ms) > EPISTULA_MAX_AGE_MS:
+            raise Unauthorized(f"Epistula: timestamp is outside the {EPISTULA_MAX_AGE_MS // 1000}s window")
+        message = epistula_message(body, uuid, timestamp, signed_for)
+        try:
+            valid = sr25519_verify(message, signature_bytes, signed_by, CRYPTO_SR25519)
+        except ValueError:
+            raise Unauthorized("Epistula: invalid hotkey address or signature encoding") from None
+        if not valid:
+            raise Unauthorized("Epistula: signature does not verify against Signed-By")
+        if not self._epistula_seen.check_and_store(signed_by, uuid):
+            raise Unauthorized("Epistula: this uuid was already used (replay)")
+        return signed_by

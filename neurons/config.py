@@ -1,0 +1,56 @@
+"""Command-line flags of the miner neuron, in bittensor's dotted style."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional, Sequence
+
+OFFLINE = "offline"
+DEFAULT_AXON_PORT = 8901
+"""The axon's port; 8091 stays the sidecar's (the HTTP contract)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neurons/miner.py",
+        description="kontext-miner neuron: serves Edit/Status/Result synapses on the axon and the HTTP "
+        "contract on the sidecar, from one process. Service settings come from the environment and .env "
+        "(see .env.example).",
+    )
+    add = parser.add_argument
+    add("--netuid", type=int, default=11, help="subnet uid (default 11)")
+    add("--subtensor.network", dest="network", default="finney",
+        help=f"finney | test | local | ws(s)://endpoint | {OFFLINE} (no chain: validators from --neuron.validators)")
+    add("--subtensor.chain_endpoint", dest="chain_endpoint", help="explicit ws(s):// endpoint (overrides network)")
+    add("--wallet.name", dest="wallet_name", default="default")
+    add("--wallet.hotkey", dest="wallet_hotkey", default="default")
+    add("--wallet.path", dest="wallet_path", default=str(Path("~/.bittensor/wallets")))
+    add("--axon.ip", dest="axon_ip", default="0.0.0.0", help="bind address of the axon (default 0.0.0.0)")
+    add("--axon.port", dest="axon_port", type=int, default=DEFAULT_AXON_PORT,
+        help=f"axon port (default {DEFAULT_AXON_PORT})")
+    add("--axon.external_ip", dest="axon_external_ip", help="IP published on chain (default: --axon.ip if public)")
+    add("--axon.external_port", dest="axon_external_port", type=int, help="port published on chain")
+    add("--sidecar.host", dest="sidecar_host", help="sidecar bind address (MINER_SERVER_HOST)")
+    add("--sidecar.port", dest="sidecar_port", type=int, help="sidecar port (MINER_SERVER_PORT, default 8091)")
+    add("--blacklist.force_validator_permit", dest="force_validator_permit",
+        action=argparse.BooleanOptionalAction, default=True,
+        help="refuse callers without a validator permit (default on)")
+    add("--blacklist.allow_non_registered", dest="allow_non_registered", action="store_true",
+        help="accept hotkeys that are not registered on the subnet (default off)")
+    add("--neuron.validators", dest="validators",
+        help="offline mode: allowed callers, a JSON file {hotkey: {stake, validator_permit}} or "
+        "'HOTKEY:STAKE[:nopermit],...'")
+    add("--neuron.metagraph_refresh_seconds", dest="metagraph_refresh", type=float, default=300.0)
+    add("--neuron.skip_serve_axon", dest="skip_serve_axon", action="store_true",
+        help="do not publish ip:port on chain (e.g. when it is managed elsewhere)")
+    add("--env-file", dest="env_file", default=".env", help="dotenv file with the service settings")
+    add("--logging.debug", dest="debug", action="store_true", help="debug logging")
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.axon_port == (args.sidecar_port or 8091):
+        build_parser().error("--axon.port must differ from the sidecar port")
+    return args
