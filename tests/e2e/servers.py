@@ -56,13 +56,14 @@ class SidecarProcess:
         env.update(self.extra_env)
         return env
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "kontext.main", "--env-file", os.devnull]
+
     def start(self, *, wait_ready: bool = True, timeout: float = 180) -> "SidecarProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kontext.main", "--env-file", os.devnull],
-            cwd=REPO_ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-        )
+        self.proc = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=self.env(), stdout=log,
+                                     stderr=subprocess.STDOUT)
         log.close()
         if wait_ready:
             self.wait_ready(timeout)
@@ -109,6 +110,28 @@ class SidecarProcess:
                 self.terminate(30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class NeuronProcess(SidecarProcess):
+    """`python neurons/miner.py` offline: the sidecar on ``port`` and the axon on ``axon_port``."""
+
+    def __init__(self, model_dir: Path, data_dir: Path, *, wallet_path: Path, validators: str,
+                 extra_args: Optional[list[str]] = None, extra_env: Optional[dict[str, str]] = None) -> None:
+        super().__init__(model_dir, data_dir, extra_env={"HOME": str(wallet_path.parent), **(extra_env or {})})
+        self.axon_port = free_port()
+        self.wallet_path = wallet_path
+        self.validators = validators
+        self.extra_args = extra_args or []
+
+    @property
+    def axon_url(self) -> str:
+        return f"http://127.0.0.1:{self.axon_port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(REPO_ROOT / "neurons" / "miner.py"), "--subtensor.network", "offline",
+                "--wallet.path", str(self.wallet_path), "--wallet.name", "miner", "--wallet.hotkey", "default",
+                "--axon.ip", "127.0.0.1", "--axon.port", str(self.axon_port),
+                "--neuron.validators", self.validators, "--env-file", os.devnull, *self.extra_args]
 
 
 @dataclass

@@ -1,0 +1,148 @@
+"""Signature verification and the blacklist: btauth/1, Epistula, replays, receivers, permits."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from bittensor.sp_core import Keypair
+from multidict import CIMultiDict
+
+from kontext.errors import Forbidden, Unauthorized
+from neurons.auth import SignatureVerifier, epistula_message
+from neurons.registry import Gate, Member, ValidatorRegistry, load_offline_members
+from neurons.signing import btauth_headers, epistula_headers
+
+MINER = Keypair.create_from_uri("//Miner")
+VALIDATOR = Keypair.create_from_uri("//Validator")
+NO_PERMIT = Keypair.create_from_uri("//NoPermit")
+STRANGER = Keypair.create_from_uri("//Stranger")
+BODY = b'{"job_id": "edit-1"}'
+PATH = "/StatusSynapse"
+
+
+def _verifier(gate: Gate = Gate()) -> SignatureVerifier:
+    members = {VALIDATOR.ss58_address: Member(VALIDATOR.ss58_address, 5000.0, True),
+               NO_PERMIT.ss58_address: Member(NO_PERMIT.ss58_address, 10.0, False)}
+    return SignatureVerifier(MINER.ss58_address, ValidatorRegistry(gate, members))
+
+
+class FakeRequest:
+    def __init__(self, headers: dict[str, str], path: str = PATH) -> None:
+        self.headers = CIMultiDict(headers)
+        self.method, self.path, self.path_qs, self.remote = "POST", path, path, "127.0.0.1"
+
+
+async def _call(verifier: SignatureVerifier, headers: dict[str, str], body: bytes = BODY, path: str = PATH) -> str:
+    return await verifier(FakeRequest(headers, path), body)  # type: ignore[arg-type]
+
+
+async def test_btauth_and_epistula_accept_a_permitted_validator() -> None:
+    verifier = _verifier()
+    assert await _call(verifier, btauth_headers(VALIDATOR, path=PATH, body=BODY, receiver=MINER.ss58_address)) \
+        == VALIDATOR.ss58_address
+    assert await _call(verifier, epistula_headers(VALIDATOR, body=BODY, receiver=MINER.ss58_address)) \
+        == VALIDATOR.ss58_address
+
+
+@pytest.mark.parametrize("scheme", ["btauth", "epistula"])
+async def test_bad_signatures_are_401(scheme: str) -> None:
+    verifier = _verifier()
+
+    def sign(body: bytes = BODY, receiver: str = MINER.ss58_address) -> dict[str, str]:
+        if scheme == "btauth":
+            return btauth_headers(VALIDATOR, path=PATH, body=body, receiver=receiver)
+        return epistula_headers(VALIDATOR, body=body, receiver=receiver)
+
+    with pytest.raises(Unauthorized, match="not signed"):
+        await _call(verifier, {})
+    with pytest.raises(Unauthorized):  # tampered body
+        await _call(verifier, sign(), body=b'{"job_id": "edit-2"}')
+    with pytest.raises(Unauthorized, match="different receiving hotkey"):
+        await _call(verifier, sign(receiver=STRANGER.ss58_address))
+    headers = sign()
+    await _call(verifier, headers)
+    with pytest.raises(Unauthorized, match="(?i)replay"):
+        await _call(verifier, headers)
+
+
+async def test_stale_requests_are_401() -> None:
+    verifier = _verifier()
+    old = btauth_headers(VALIDATOR, path=PATH, body=BODY, receiver=MINER.ss58_address)
+    old["X-Bittensor-Nonce"] = str(time.time_ns() - 60 * 10**9)
+    with pytest.raises(Unauthorized, match="StaleRequest"):
+        await _call(verifier, old)
+    stale_ms = str(int(time.time() * 1000) - 9_000)
+    signature = bytes(VALIDATOR.sign(epistula_message(BODY, "u-1", stale_ms, MINER.ss58_address))).hex()
+    with pytest.raises(Unauthorized, match="window"):
+        await _call(verifier, {"Epistula-Signature": signature, "Epistula-Timestamp": stale_ms,
+                               "Epistula-Uuid": "u-1", "Epistula-Signed-By": VALIDATOR.ss58_address,
+                               "Epistula-Signed-For": MINER.ss58_address})
+
+
+async def test_btauth_path_is_bound() -> None:
+    headers = btauth_headers(VALIDATOR, path="/ResultSynapse", body=BODY, receiver=MINER.ss58_address)
+    with pytest.raises(Unauthorized, match="BadSignature"):
+        await _call(_verifier(), headers, path="/EditSynapse")
+
+
+async def test_blacklist_unknown_hotkey_and_missing_permit_are_403() -> None:
+    verifier = _verifier()
+    with pytest.raises(Forbidden, match="not registered"):
+        await _call(verifier, btauth_headers(STRANGER, path=PATH, body=BODY, receiver=MINER.ss58_address))
+    with pytest.raises(Forbidden, match="no validator permit"):
+        await _call(verifier, epistula_headers(NO_PERMIT, body=BODY, receiver=MINER.ss58_address))
+
+
+async def test_blacklist_switches() -> None:
+    relaxed = _verifier(Gate(force_validator_permit=False, allow_non_registered=True))
+    for caller in (STRANGER, NO_PERMIT):
+        assert await _call(relaxed, epistula_headers(caller, body=BODY, receiver=MINER.ss58_address)) \
+            == caller.ss58_address
+
+
+def test_rejections_are_counted() -> None:
+    reasons: list[str] = []
+    verifier = _verifier()
+    verifier.on_reject = reasons.append
+    import asyncio
+
+    with pytest.raises(Unauthorized):
+        asyncio.run(_call(verifier, {}))
+    with pytest.raises(Forbidden):
+        asyncio.run(_call(verifier, epistula_headers(STRANGER, body=BODY, receiver=MINER.ss58_address)))
+    assert reasons == ["bad_signature", "forbidden"]
+
+
+def test_offline_members_inline_and_file(tmp_path) -> None:
+    inline = load_offline_members(f"{VALIDATOR.ss58_address}:100,{NO_PERMIT.ss58_address}:5:nopermit")
+    assert inline[VALIDATOR.ss58_address] == Member(VALIDATOR.ss58_address, 100.0, True)
+    assert inline[NO_PERMIT.ss58_address].validator_permit is False
+    path = tmp_path / "validators.json"
+    path.write_text('{"%s": {"stake": 7, "validator_permit": true}}' % STRANGER.ss58_address)
+    assert load_offline_members(str(path))[STRANGER.ss58_address].stake == 7.0
+
+
+async def test_sidecar_edit_can_require_signatures(aiohttp_client, tmp_path) -> None:
+    """SIDECAR_REQUIRE_SIGNATURE: the orchestrator's Epistula-signed POST /edit is the only way in."""
+    import base64
+    import json
+
+    from kontext.runtime import Runtime
+    from kontext.sidecar import create_app
+    from tests.fakes import FakeEngine, png_bytes
+    from tests.unit.test_sidecar import make_settings
+
+    settings = make_settings(tmp_path, sidecar_require_signature=True)
+    verifier = _verifier()
+    app = create_app(settings, runtime=Runtime(settings, engine=FakeEngine()), start_runtime=True, verifier=verifier)
+    client = await aiohttp_client(app)
+    body = json.dumps({"prompt": "p", "seed": 1, "image_b64": base64.b64encode(png_bytes()).decode()}).encode()
+    unsigned = await client.post("/edit", data=body)
+    assert unsigned.status == 401 and (await unsigned.json())["error"] == "unauthorized"
+    signed = await client.post("/edit", data=body,
+                               headers=epistula_headers(VALIDATOR, body=body, receiver=MINER.ss58_address))
+    assert signed.status == 200 and (await signed.json())["accepted"] is True
+    stranger = await client.post("/edit", data=body,
+                                 headers=epistula_headers(STRANGER, body=body, receiver=MINER.ss58_address))
+    assert stranger.status == 403
