@@ -24,6 +24,8 @@ setup(
     entry_points={
         "console_scripts": [
             "kontext-sidecar=kontext.main:main",
+            "kontext-miner=neurons.client:main",
+            "kontext-neuron=neurons.miner:main",
         ]
     },
 )
