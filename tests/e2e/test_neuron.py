@@ -34,7 +34,9 @@ def neuron(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     wallets = home / "wallets"
     wallet = bt.Wallet("miner", "default", path=str(wallets)).create_new_hotkey(use_password=False, suppress=True)
     miner_hotkey = wallet.hotkey.ss58_address
-    validators = f"{VALIDATOR.ss58_address}:5000,{NO_PERMIT.ss58_address}:10:nopermit"
+    cli_validator = bt.Wallet("vali", "default", path=str(wallets)).create_new_hotkey(use_password=False, suppress=True)
+    validators = (f"{VALIDATOR.ss58_address}:5000,{NO_PERMIT.ss58_address}:10:nopermit,"
+                  f"{cli_validator.hotkey.ss58_address}:100")
     process = NeuronProcess(tiny_model_dir, home / "data", wallet_path=wallets, validators=validators).start()
     try:
         yield process, miner_hotkey
@@ -136,7 +138,29 @@ def test_health_reports_the_metagraph(neuron) -> None:
     process, miner_hotkey = neuron
     health = requests.get(f"{process.axon_url}/health", timeout=10).json()
     assert health["hotkey"] == miner_hotkey and health["metagraph"]["source"] == "offline"
-    assert health["metagraph"]["validators"] == 1 and health["services"]["kontext_edit"] == "ready"
+    assert health["metagraph"]["validators"] == 2 and health["metagraph"]["members"] == 3 and health["services"]["kontext_edit"] == "ready"
     assert _post(process, "StatusSynapse", {"job_id": "edit-x"}, {}).status_code == 401
     metrics = requests.get(f"{process.url}/metrics", timeout=10).text
     assert 'kontext_auth_rejections_total{reason="bad_signature"}' in metrics
+
+
+def test_client_command_through_sidecar_and_axon(neuron, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    process, miner_hotkey = neuron
+    image = tmp_path / "in.png"
+    image.write_bytes(base64.b64decode(EDIT["image_b64"]))
+    common = ["edit", str(image), "--prompt", "Add a red hat", "--seed", "77", "--steps", "2", "--width", "64",
+              "--height", "64"]
+    via_sidecar = subprocess.run(
+        [sys.executable, "-m", "neurons.client", "--url", process.url, *common, "--out", str(tmp_path / "a.png")],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
+    wallet_path = str(process.wallet_path)
+    via_axon = subprocess.run(
+        [sys.executable, "-m", "neurons.client", "--axon", process.axon_url, "--miner-hotkey", miner_hotkey,
+         "--wallet.name", "vali", "--wallet.path", wallet_path, *common, "--out", str(tmp_path / "b.png")],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
+    first, second = json.loads(via_sidecar.stdout), json.loads(via_axon.stdout)
+    assert first["sha256"] == second["sha256"] == hashlib.sha256((tmp_path / "a.png").read_bytes()).hexdigest()
+    assert "step" in via_sidecar.stderr or "completed" in via_sidecar.stderr
