@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from kontext import recipe
+from pathlib import Path
+
+from kontext import acceleration, recipe, selfcheck
+from kontext.acceleration import EngineOptions
 from kontext.determinism import configure_torch
 from kontext.recipe import EditParams
 
@@ -42,6 +45,9 @@ class EngineConfig:
     dtype: str = "auto"
     num_threads: int = 1
     local_files_only: bool = False
+    options: EngineOptions = EngineOptions()
+    golden_file: Optional[Path] = None
+    """Where self-check hashes are recorded; None turns the warm-up self-check off."""
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "EngineConfig":
@@ -51,6 +57,16 @@ class EngineConfig:
             dtype=settings.kontext_dtype,
             num_threads=settings.kontext_cpu_threads,
             local_files_only=settings.kontext_local_files_only,
+            options=EngineOptions(
+                attention_backend=settings.kontext_attention_backend,
+                compile=settings.kontext_compile,
+                memory_mode=settings.kontext_memory_mode,
+                vram_budget_gb=settings.kontext_vram_budget_gb,
+                fp8_layerwise=settings.kontext_fp8_layerwise,
+                first_block_cache=settings.kontext_first_block_cache,
+                strict=settings.kontext_strict_determinism,
+            ),
+            golden_file=settings.golden_file if settings.kontext_self_check else None,
         )
 
 
@@ -71,64 +87,113 @@ class KontextEngine:
         self.error: Optional[str] = None
         self.device = "unknown"
         self.dtype = "unknown"
+        self.memory_mode = "unknown"
+        self.profile = "unknown"
+        self.self_check: Optional[selfcheck.SelfCheckResult] = None
+        self.load_seconds: Optional[float] = None
         self.pipe: Any = None
         self._lock = threading.Lock()
 
     def load(self) -> None:
-        """Blocking. Never raises: a failure sets ``state=failed`` and ``error``."""
+        """Blocking: load, place, accelerate, warm up and self-check. Never raises: a failure
+        (including a self-check drift) sets ``state=failed`` and ``error``."""
         self.state = EngineState.LOADING
+        started = time.perf_counter()
         try:
-            import torch
-            from diffusers import FluxKontextPipeline
-
-            configure_torch(self.config.num_threads)
-            self.device = _resolve_device(self.config.device, torch)
-            torch_dtype = _resolve_dtype(self.config.dtype, self.device, torch)
-            self.dtype = str(torch_dtype).removeprefix("torch.")
-            pipe = FluxKontextPipeline.from_pretrained(
-                self.config.model_path, torch_dtype=torch_dtype, local_files_only=self.config.local_files_only
-            )
-            for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-                getattr(pipe, name).eval()
-            pipe.to(self.device)
-            pipe.set_progress_bar_config(disable=True)
-            self.pipe = pipe
+            self._load()
         except Exception as exc:  # noqa: BLE001 - reported through state/error and /health
             self.error = f"{type(exc).__name__}: {exc}"[:1000]
             self.state = EngineState.FAILED
-            log.error("could not load %s: %s", self.config.model_path, self.error)
+            log.error("engine not ready (%s): %s", self.config.model_path, self.error)
             return
+        self.load_seconds = time.perf_counter() - started
         self.state = EngineState.READY
-        log.info("loaded %s on %s (%s)", self.config.model_path, self.device, self.dtype)
+        log.info("loaded %s on %s (%s, %s, memory=%s) in %.1fs", self.config.model_path, self.device, self.dtype,
+                 self.profile, self.memory_mode, self.load_seconds)
+
+    def _load(self) -> None:
+        import torch
+        from diffusers import FluxKontextPipeline
+
+        options = self.config.options
+        options.validate()
+        # 1. process-wide determinism, device and dtype
+        configure_torch(self.config.num_threads)
+        self.device = _resolve_device(self.config.device, torch)
+        torch_dtype = _resolve_dtype(self.config.dtype, self.device, torch)
+        self.dtype = str(torch_dtype).removeprefix("torch.")
+        self.profile = options.profile(self.dtype)
+        # 2. weights, through the same from_pretrained path for the real and the tiny model
+        pipe = FluxKontextPipeline.from_pretrained(
+            self.config.model_path, torch_dtype=torch_dtype, local_files_only=self.config.local_files_only
+        )
+        for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+            getattr(pipe, name).eval()
+        # 3. placement from the VRAM budget, then the number-changing options
+        free = torch.cuda.mem_get_info()[0] if self.device == "cuda" else None
+        self.memory_mode = acceleration.choose_memory_mode(options, self.device, acceleration.model_bytes(pipe),
+                                                           free)
+        acceleration.place(pipe, self.memory_mode, self.device)
+        acceleration.apply(pipe, options, torch_dtype)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+        # 4. warm-up (compiles, if compiling) and the golden-hash self-check
+        warm = self._run(selfcheck.self_check_image(), selfcheck.SELF_CHECK_PARAMS, max_pixels=1 << 24)
+        if self.config.golden_file is not None:
+            key, details = selfcheck.environment_key(profile=self.profile, device_name=self.device_name(torch),
+                                                     model_path=self.config.model_path)
+            self.self_check = selfcheck.verify(self.config.golden_file, key, details, warm.sha256)
+            if self.self_check.status == "drift":
+                raise RuntimeError(
+                    f"self-check drift: the fixed warm-up edit gave {warm.sha256[:16]}…, recorded "
+                    f"{(self.self_check.expected or '')[:16]}… for this recipe, profile, hardware and library "
+                    f"versions (key {key} in {self.config.golden_file}); outputs would fail the audit")
+
+    def describe(self) -> dict[str, Any]:
+        """What /health shows about the engine."""
+        return {
+            "state": self.state.value, "error": self.error, "device": self.device, "dtype": self.dtype,
+            "profile": self.profile, "memory_mode": self.memory_mode, "recipe": recipe.RECIPE_ID,
+            "load_seconds": self.load_seconds, "self_check": self.self_check.as_dict() if self.self_check else None,
+        }
+
+    def device_name(self, torch: Any) -> str:
+        if self.device == "cuda":
+            return torch.cuda.get_device_name()
+        return f"cpu/{self.config.num_threads}-threads"
 
     def edit(self, image_bytes: bytes, params: EditParams, *, max_pixels: int,
              on_step: Optional[StepCallback] = None) -> EditOutput:
         """Blocking. Raises ``ValueError`` for an unusable input image."""
-        import torch
-
         with self._lock:
             if self.state is not EngineState.READY:
                 raise RuntimeError(f"engine is {self.state.value}: {self.error or 'not loaded'}")
-            started = time.perf_counter()
-            # 1. decode and normalise the input (the recipe's preprocessing)
-            image = recipe.preprocess(image_bytes, max_pixels=max_pixels)
-            # 2. the recipe's call arguments, plus progress reporting
-            kwargs = recipe.pipeline_kwargs(image, params)
-            if on_step is not None:
-                kwargs["callback_on_step_end"] = _step_reporter(on_step, params.num_inference_steps)
-            # 3. run the pipeline
-            with torch.inference_mode():
-                result = self.pipe(**kwargs).images[0]
-            # 4. encode deterministically
-            png = recipe.encode_png(result)
-            return EditOutput(
-                png=png,
-                sha256=hashlib.sha256(png).hexdigest(),
-                width=result.width,
-                height=result.height,
-                recipe=recipe.RECIPE_ID,
-                seconds=time.perf_counter() - started,
-            )
+            return self._run(image_bytes, params, max_pixels=max_pixels, on_step=on_step)
+
+    def _run(self, image_bytes: bytes, params: EditParams, *, max_pixels: int,
+             on_step: Optional[StepCallback] = None) -> EditOutput:
+        import torch
+
+        started = time.perf_counter()
+        # 1. decode and normalise the input (the recipe's preprocessing)
+        image = recipe.preprocess(image_bytes, max_pixels=max_pixels)
+        # 2. the recipe's call arguments, plus progress reporting
+        kwargs = recipe.pipeline_kwargs(image, params)
+        if on_step is not None:
+            kwargs["callback_on_step_end"] = _step_reporter(on_step, params.num_inference_steps)
+        # 3. run the pipeline
+        with torch.inference_mode(), acceleration.call_context(self.pipe, self.config.options):
+            result = self.pipe(**kwargs).images[0]
+        # 4. encode deterministically
+        png = recipe.encode_png(result)
+        return EditOutput(
+            png=png,
+            sha256=hashlib.sha256(png).hexdigest(),
+            width=result.width,
+            height=result.height,
+            recipe=recipe.RECIPE_ID,
+            seconds=time.perf_counter() - started,
+        )
 
 
 def _step_reporter(on_step: StepCallback, total: int) -> Callable[..., dict]:

@@ -274,6 +274,8 @@ class EditService:
             edit_state = "ready"
         else:
             edit_state = getattr(self.engine.state, "value", str(self.engine.state))
+            if edit_state == "unloaded":  # lazy loading: accepting, the first job loads the model
+                edit_state = "ready"
         body: dict[str, Any] = {
             "status": "ok" if edit_state in ("ready", "loading", "disabled") else "degraded",
             "services": {"kontext_edit": edit_state},
@@ -281,8 +283,11 @@ class EditService:
             "queue": {"depth": len(self.queue), "max": self.settings.max_queue},
             "jobs": counts,
         }
-        if self.engine is not None and self.engine.error:
-            body["engine_error"] = self.engine.error
+        if self.engine is not None:
+            describe = getattr(self.engine, "describe", None)
+            body["engine"] = describe() if describe else {"state": edit_state, "error": self.engine.error}
+            if self.engine.error:
+                body["engine_error"] = self.engine.error
         return body
 
 

@@ -27,6 +27,19 @@ class Settings(BaseSettings):
     kontext_cpu_threads: int = Field(default=1, ge=1, le=256)
     kontext_local_files_only: bool = False
 
+    # GPU performance options (kontext/acceleration.py says what each does to speed and numbers).
+    kontext_attention_backend: str = "native"
+    kontext_compile: bool = False
+    kontext_memory_mode: Literal["auto", "gpu", "model_offload", "group_offload"] = "auto"
+    kontext_vram_budget_gb: Optional[float] = Field(default=None, gt=0)
+    kontext_fp8_layerwise: bool = False
+    kontext_first_block_cache: float = Field(default=0.0, ge=0, le=1)
+    kontext_strict_determinism: bool = True
+    kontext_self_check: bool = True
+    """Warm up with a fixed edit and refuse to serve if its hash drifted from the recorded one."""
+    kontext_golden_file: Optional[Path] = None
+    """Recorded self-check hashes (default <DATA_DIR>/golden_hashes.json)."""
+
     # Sidecar HTTP server.
     miner_server_host: str = "0.0.0.0"
     miner_server_port: int = Field(default=8091, ge=1, le=65535)
@@ -62,6 +75,10 @@ class Settings(BaseSettings):
             return self.service_url.rstrip("/")
         host = "127.0.0.1" if self.miner_server_host in ("0.0.0.0", "::", "") else self.miner_server_host
         return f"http://{host}:{self.miner_server_port}"
+
+    @property
+    def golden_file(self) -> Path:
+        return self.kontext_golden_file or self.data_dir / "golden_hashes.json"
 
     @property
     def database_path(self) -> Path:

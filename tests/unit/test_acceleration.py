@@ -1,0 +1,91 @@
+"""Engine options on CPU (all but the CUDA kernels), and the golden-hash self-check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kontext.acceleration import GIB, EngineOptions, choose_memory_mode
+from kontext.engine import EngineConfig, EngineState, KontextEngine
+from kontext.recipe import EditParams
+from tests.fakes import png_bytes
+
+IMAGE = png_bytes((48, 40), (30, 160, 90))
+PARAMS = EditParams(prompt="add a red hat", seed=3, guidance_scale=2.5, num_inference_steps=3, width=64, height=64)
+
+
+def test_strict_mode_refuses_nondeterministic_attention() -> None:
+    with pytest.raises(ValueError, match="not allowed in strict"):
+        EngineOptions(attention_backend="_native_cudnn").validate()
+    EngineOptions(attention_backend="_native_cudnn", strict=False).validate()
+    EngineOptions(attention_backend="_native_math").validate()
+    with pytest.raises(ValueError, match="MEMORY_MODE"):
+        EngineOptions(memory_mode="swap").validate()
+
+
+def test_profile_names_every_number_changing_option() -> None:
+    assert EngineOptions().profile("bfloat16") == "bfloat16/attn=native"
+    options = EngineOptions(attention_backend="flash", compile=True, fp8_layerwise=True, first_block_cache=0.08,
+                            memory_mode="group_offload")
+    assert options.profile("bfloat16") == "bfloat16/attn=flash/compile=regional/fp8=layerwise/fbc=0.08"
+
+
+@pytest.mark.parametrize("budget, free, expected", [
+    (80, None, "gpu"),             # 33 GB of weights fit an 80 GB H100 with headroom
+    (40, None, "model_offload"),   # sharing the card with FLUX.1-dev: the transformer fits, not all
+    (16, None, "group_offload"),   # a small budget: block by block
+    (None, 80 * GIB, "gpu"),       # no budget: the free VRAM decides
+])
+def test_memory_mode_from_the_vram_budget(budget, free, expected) -> None:
+    options = EngineOptions(vram_budget_gb=budget)
+    assert choose_memory_mode(options, "cuda", weights=33 * GIB, free_vram=free) == expected
+    assert choose_memory_mode(options, "cpu", weights=33 * GIB, free_vram=None) == "gpu"  # CPU: in place
+
+
+def _engine(model: Path, golden: Path | None = None, **options: object) -> KontextEngine:
+    engine = KontextEngine(EngineConfig(model_path=str(model), device="cpu", local_files_only=True,
+                                        options=EngineOptions(**options), golden_file=golden))  # type: ignore[arg-type]
+    engine.load()
+    assert engine.state is EngineState.READY, engine.error
+    return engine
+
+
+@pytest.mark.parametrize("options", [
+    {"attention_backend": "_native_math"},
+    {"first_block_cache": 0.05},
+    {"fp8_layerwise": True},
+    {"memory_mode": "group_offload"},
+])
+def test_each_option_runs_on_cpu_and_stays_repeatable(tiny_model_dir: Path, options: dict) -> None:
+    engine = _engine(tiny_model_dir, **options)
+    first = engine.edit(IMAGE, PARAMS, max_pixels=1 << 24)
+    second = engine.edit(IMAGE, PARAMS, max_pixels=1 << 24)
+    assert first.sha256 == second.sha256
+    assert engine.describe()["memory_mode"] == options.get("memory_mode", "gpu")
+
+
+def test_placement_does_not_change_the_numbers(tiny_model_dir: Path) -> None:
+    in_place = _engine(tiny_model_dir).edit(IMAGE, PARAMS, max_pixels=1 << 24)
+    offloaded = _engine(tiny_model_dir, memory_mode="group_offload").edit(IMAGE, PARAMS, max_pixels=1 << 24)
+    assert in_place.sha256 == offloaded.sha256
+
+
+def test_self_check_records_then_matches_then_refuses_drift(tiny_model_dir: Path, tmp_path: Path) -> None:
+    golden = tmp_path / "golden.json"
+    first = _engine(tiny_model_dir, golden)
+    assert first.self_check is not None and first.self_check.status == "recorded"
+    recorded = json.loads(golden.read_text())
+    assert list(recorded.values())[0]["recipe"] == "kontext-v1"
+    second = _engine(tiny_model_dir, golden)
+    assert second.self_check.status == "match" and second.self_check.actual == first.self_check.actual
+
+    key = first.self_check.key
+    recorded[key]["sha256"] = "0" * 64  # as if a driver or library update changed the numbers
+    golden.write_text(json.dumps(recorded))
+    drifted = KontextEngine(EngineConfig(model_path=str(tiny_model_dir), device="cpu", local_files_only=True,
+                                         golden_file=golden))
+    drifted.load()
+    assert drifted.state is EngineState.FAILED and "self-check drift" in (drifted.error or "")
+    assert drifted.describe()["self_check"]["status"] == "drift"
