@@ -74,6 +74,16 @@ class ServiceUnavailable(EditError):
     status, code = 503, "service_unavailable"
 
 
+class StorageUnavailable(EditError):
+    """The data directory refused a write (disk full, read-only, permissions)."""
+
+    status, code = 503, "storage_unavailable"
+
+
+class StartupError(RuntimeError):
+    """The process cannot start serving; the message tells the operator what to fix."""
+
+
 def invalid_from_validation(exc: Any, *, what: str = "request body") -> ValidationFailed:
     """Turn a pydantic ``ValidationError`` into a 422 that names every offending field."""
     fields = []

@@ -31,18 +31,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     determinism.ensure_environment()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from kontext.errors import StartupError
     from kontext.settings import Settings
     from kontext.sidecar import create_app
 
     overrides = {k: v for k, v in {"miner_server_host": args.host, "miner_server_port": args.port}.items() if v}
     settings = Settings(_env_file=args.env_file, **overrides)  # type: ignore[call-arg]
-    web.run_app(
-        create_app(settings),
-        host=settings.miner_server_host,
-        port=settings.miner_server_port,
-        shutdown_timeout=5.0,
-        access_log=None,
-    )
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.miner_server_host,
+            port=settings.miner_server_port,
+            shutdown_timeout=5.0,
+            access_log=None,
+        )
+    except StartupError as exc:
+        logging.getLogger("kontext").error("%s", exc)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

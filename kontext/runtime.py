@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from pathlib import Path
 from typing import Optional
 
 import aiohttp
 
 from kontext.callbacks import CallbackSender
+from kontext.errors import StartupError
 from kontext.fetch import fetch_image
 from kontext.files import ImageFiles
 from kontext.metrics import Metrics
@@ -56,7 +59,12 @@ class Runtime:
 
     async def start(self) -> None:
         settings = self.settings
-        removed = await asyncio.to_thread(self.files.prepare)
+        try:
+            removed = await asyncio.to_thread(self.files.prepare)
+            await asyncio.to_thread(_probe_writable, settings.data_dir)
+        except OSError as exc:
+            raise StartupError(f"data directory {settings.data_dir} is not usable: {exc}. Fix DATA_DIR (it must be "
+                               "a writable directory with free space).") from None
         if removed:
             log.warning("removed %d half-written file(s) left by an earlier crash", removed)
         await self.store.open()
@@ -138,3 +146,12 @@ class Runtime:
             except Exception:  # noqa: BLE001 - a failed sweep must not stop the next one
                 log.exception("retention sweep failed")
             await asyncio.sleep(self.settings.retention_sweep_seconds)
+
+
+def _probe_writable(directory: "os.PathLike[str]") -> None:
+    """Write, sync and remove a small file: catches read-only mounts and full disks at start."""
+    from kontext.images import remove_quietly, write_atomic
+
+    probe = Path(directory) / ".write-probe"
+    write_atomic(probe, b"kontext-miner" * 64)
+    remove_quietly(probe)

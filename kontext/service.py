@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ from kontext.errors import (
     ServiceBusy,
     ServiceDisabled,
     ServiceUnavailable,
+    StorageUnavailable,
 )
 from kontext.files import ImageFiles
 from kontext.images import decode_base64_image
@@ -125,9 +127,15 @@ class EditService:
             callback = CallbackStatus.PENDING if request.callback_url else CallbackStatus.SKIPPED
             job = JobRecord(id=job_id, request=request, priority=priority, image_source=source,
                             callback_status=callback)
-            if input_bytes is not None:
-                await self.files.write_input(job_id, input_bytes)
-            await self.store.insert(job)
+            try:
+                if input_bytes is not None:
+                    await self.files.write_input(job_id, input_bytes)
+                await self.store.insert(job)
+            except (OSError, sqlite3.OperationalError) as exc:
+                await self.files.remove_input(job_id)
+                log.error("cannot store job %s: %s", job_id, exc)
+                raise StorageUnavailable(f"the miner cannot store new jobs right now ({exc}); retry later",
+                                         headers={"Retry-After": "30"}) from None
             await self.queue.put(job_id, priority)
         if self.metrics is not None:
             self.metrics.jobs_submitted.inc()

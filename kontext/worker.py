@@ -146,7 +146,10 @@ class Worker:
         try:
             job, image = await self._resolve_input(job)
             output = await self._run_engine(job, image)
-            await self.files.write_result(job.id, output.png)
+            try:
+                await self.files.write_result(job.id, output.png)
+            except OSError as exc:  # disk full, read-only: the temp file is already gone
+                raise JobFailure(f"could not store the result PNG: {exc.strerror or exc}") from None
         except JobFailure as failure:
             await self._finish(job, error=str(failure))
         except asyncio.CancelledError:

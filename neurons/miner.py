@@ -82,8 +82,13 @@ async def serve(args: Any, *, chain: Any = None) -> None:
 
         tasks.append(asyncio.create_task(registry.refresh_forever(fetch, args.metagraph_refresh)))
 
+    from kontext.errors import StartupError
+
     runtime = Runtime(settings)
-    await runtime.start()
+    try:
+        await runtime.start()
+    except StartupError as exc:
+        raise SystemExit(f"cannot start: {exc}") from None
     verifier = SignatureVerifier(hotkey.ss58_address, registry,
                                  on_reject=lambda reason: runtime.metrics.auth_rejections.labels(reason).inc())
     sidecar = create_app(settings, runtime=runtime, start_runtime=False,

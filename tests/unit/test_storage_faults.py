@@ -1,0 +1,85 @@
+"""Disk faults: an unusable data directory stops start-up clearly; a full disk never loses or corrupts."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import errno
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kontext.errors import StartupError, StorageUnavailable
+from kontext.runtime import Runtime
+from protocol import EditRequest, JobStatus
+from tests.fakes import FakeEngine, png_bytes
+from tests.unit.test_sidecar import make_settings
+
+REQUEST = EditRequest.model_validate({"prompt": "p", "seed": 1, "num_inference_steps": 2,
+                                      "image_b64": base64.b64encode(png_bytes()).decode()})
+
+
+async def test_unusable_data_dir_is_a_clear_startup_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the data directory should be")
+    runtime = Runtime(make_settings(tmp_path, data_dir=blocker / "data"), engine=FakeEngine())
+    with pytest.raises(StartupError, match="not usable.*DATA_DIR"):
+        await runtime.start()
+
+
+def test_sidecar_process_exits_2_with_the_reason(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    env = {**os.environ, "DATA_DIR": str(blocker / "data"), "ENABLE_KONTEXT_EDIT": "false",
+           "MINER_SERVER_HOST": "127.0.0.1", "MINER_SERVER_PORT": "18999", "PYTHONHASHSEED": "0"}
+    run = subprocess.run([sys.executable, "-m", "kontext.main", "--env-file", os.devnull], env=env,
+                         capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert run.returncode == 2 and "not usable" in run.stderr and "Traceback" not in run.stderr
+
+
+async def test_disk_full_on_submit_is_503_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
+    await runtime.start()
+    try:
+        async def full(*args, **kwargs):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(runtime.store, "insert", full)
+        with pytest.raises(StorageUnavailable, match="cannot store new jobs") as info:
+            await runtime.service.submit(REQUEST)
+        assert info.value.status == 503 and info.value.headers["Retry-After"]
+        assert list(runtime.files.inputs_dir.iterdir()) == []  # the upload was removed again
+        assert len(runtime.queue) == 0
+    finally:
+        await runtime.stop()
+
+
+async def test_disk_full_while_writing_the_result_fails_the_job_cleanly(tmp_path: Path, monkeypatch) -> None:
+    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
+    await runtime.start()
+    try:
+        real_fsync = os.fsync
+        results = str(runtime.files.results_dir)
+
+        def no_space(fd: int) -> None:  # the disk fills up exactly when the result is written
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(results):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", no_space)
+        job_id = (await runtime.service.submit(REQUEST)).job_id
+        for _ in range(200):
+            status = await runtime.service.status(job_id)
+            if status.status.finished:
+                break
+            await asyncio.sleep(0.02)
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        assert status.status is JobStatus.FAILED
+        assert status.error == "could not store the result PNG: No space left on device"
+        assert list(runtime.files.results_dir.iterdir()) == []  # no half-written PNG, no temp file
+    finally:
+        await runtime.stop()
