@@ -273,3 +273,13 @@ async def test_metrics_count_jobs_rejections_and_queue(start, settings) -> None:
     assert "kontext_queue_depth 0.0" in text
     assert "kontext_edit_seconds_count 1.0" in text
     assert "kontext_engine_ready 1.0" in text
+
+
+async def test_lazy_loading_accepts_then_loads_on_the_first_job(start, tmp_path: Path) -> None:
+    engine = FakeEngine()
+    engine.state = "unloaded"
+    client, _ = await start(make_settings(tmp_path, kontext_load="lazy"), engine)
+    health = await (await client.get("/health")).json()
+    assert health["services"]["kontext_edit"] == "ready" and engine.state == "unloaded"
+    job_id = (await submit(client, image_b64=IMAGE_B64))["job_id"]
+    assert (await wait_finished(client, job_id))["status"] == "completed" and engine.state == "ready"
