@@ -109,8 +109,9 @@ def apply(pipe: Any, options: EngineOptions, torch_dtype: Any) -> None:
     import torch
 
     transformer = pipe.transformer
-    if options.attention_backend != "native":
-        transformer.set_attention_backend(options.attention_backend)
+    # Always explicit, "native" included: diffusers' set_attention_backend also sets a process-wide
+    # default, and a model left without its own backend would silently inherit another engine's.
+    transformer.set_attention_backend(options.attention_backend)
     if options.fp8_layerwise:
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch_dtype)
     if options.first_block_cache:

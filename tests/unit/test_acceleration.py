@@ -89,3 +89,18 @@ def test_self_check_records_then_matches_then_refuses_drift(tiny_model_dir: Path
     drifted.load()
     assert drifted.state is EngineState.FAILED and "self-check drift" in (drifted.error or "")
     assert drifted.describe()["self_check"]["status"] == "drift"
+
+
+def test_an_engine_keeps_its_attention_backend_whatever_another_engine_set(tiny_model_dir: Path) -> None:
+    """diffusers' set_attention_backend also sets a process-wide default; each engine pins its own."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    native_before = _engine(tiny_model_dir).edit(IMAGE, PARAMS, max_pixels=1 << 24)
+    math = _engine(tiny_model_dir, attention_backend="_native_math")
+    math.edit(IMAGE, PARAMS, max_pixels=1 << 24)
+    assert str(_AttentionBackendRegistry._active_backend.value) == "_native_math"  # the global leaked
+    native_after = _engine(tiny_model_dir)
+    backends = {getattr(m.processor, "_attention_backend", None) for m in native_after.pipe.transformer.modules()
+                if hasattr(m, "processor")}
+    assert {str(getattr(b, "value", b)) for b in backends} == {"native"}
+    assert native_after.edit(IMAGE, PARAMS, max_pixels=1 << 24).sha256 == native_before.sha256
