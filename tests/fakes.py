@@ -5,25 +5,15 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 from PIL import Image
 
+from kontext.engine import EditOutput
 from protocol import CallbackPayload, CallbackRecord, CallbackStatus
 
 
 FAIL_PROMPT = "fail on purpose"
-
-
-@dataclass(frozen=True)
-class FakeOutput:
-    png: bytes
-    sha256: str
-    width: int
-    height: int
-    recipe: str
-    seconds: float
 
 
 class FakeEngine:
@@ -48,7 +38,7 @@ class FakeEngine:
             self.state = "ready"
 
     def edit(self, image_bytes: bytes, params: object, *, max_pixels: int,
-             on_step: Optional[Callable[[int, int], None]] = None) -> FakeOutput:
+             on_step: Optional[Callable[[int, int], None]] = None) -> EditOutput:
         try:
             with Image.open(io.BytesIO(image_bytes)) as source:
                 source.load()
@@ -68,7 +58,7 @@ class FakeEngine:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         png = buffer.getvalue()
-        return FakeOutput(png, hashlib.sha256(png).hexdigest(), 16, 16, "fake-v1", 0.0)
+        return EditOutput(png, hashlib.sha256(png).hexdigest(), 16, 16, "fake-v1", 0.0)
 
 
 class RecordingDeliverer:

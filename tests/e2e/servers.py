@@ -152,10 +152,6 @@ class CallbackReceiver:
     received: list[ReceivedCallback] = field(default_factory=list)
 
     def start(self) -> "CallbackReceiver":
-        self.port = self.port or free_port(self.host)
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
         async def handle(request: web.Request) -> web.Response:
             body = await request.read()
             fields: dict[str, str] = {}
@@ -171,32 +167,18 @@ class CallbackReceiver:
             code = int(request.match_info.get("code", "200"))
             return web.Response(status=code, text="ok" if code < 300 else "receiver says no")
 
-        async def serve() -> None:
+        def make_app() -> web.Application:
             app = web.Application(client_max_size=64 * 1024 * 1024)
             app.router.add_post("/status/{code}", handle)
             app.router.add_post("/{tail:.*}", handle)
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, self.host, self.port).start()
-            ready.set()
+            return app
 
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(serve())
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, daemon=True, name="callback-receiver")
-        self._thread.start()
-        ready.wait(10)
+        self._server = ThreadedApp(make_app, self.host, self.port or None).start()
+        self.port = self._server.port
         return self
 
     def stop(self) -> None:
-        async def shutdown() -> None:
-            await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._server.stop()
 
     def wait_for(self, job_id: str, timeout: float = 30) -> ReceivedCallback:
         deadline = time.monotonic() + timeout
@@ -224,10 +206,10 @@ async def _multipart_from_bytes(request: web.Request, body: bytes):
 class ThreadedApp:
     """Run an aiohttp application on its own event loop in a background thread, on loopback."""
 
-    def __init__(self, make_app, host: str = "127.0.0.1") -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, make_app, host: str = "127.0.0.1", port: Optional[int] = None) -> None:  # type: ignore[no-untyped-def]
         self.make_app = make_app
         self.host = host
-        self.port = free_port(host)
+        self.port = port or free_port(host)
 
     @property
     def url(self) -> str:
@@ -248,7 +230,7 @@ class ThreadedApp:
             self._loop.run_until_complete(serve())
             self._loop.run_forever()
 
-        self._thread = threading.Thread(target=run, daemon=True, name="threaded-app")
+        self._thread = threading.Thread(target=run, daemon=True, name=f"app-{self.port}")
         self._thread.start()
         if not ready.wait(30):
             raise TimeoutError("app did not start")

@@ -29,16 +29,21 @@ async def _wait(runtime: Runtime, job_id: str, timeout: float = 10) -> JobStatus
     raise AssertionError(f"{job_id} did not finish")
 
 
+async def _wait_processing(runtime: Runtime, job_id: str) -> None:
+    for _ in range(500):
+        if (await runtime.service.status(job_id)).status is JobStatus.PROCESSING:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{job_id} never started")
+
+
 async def test_restart_runs_queued_and_interrupted_jobs(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     gate = threading.Event()
     first = Runtime(settings, engine=FakeEngine(gate=gate))
     await first.start()
     ids = [(await first.service.submit(_request(seed))).job_id for seed in range(3)]
-    for _ in range(200):
-        if (await first.service.status(ids[0])).status is JobStatus.PROCESSING:
-            break
-        await asyncio.sleep(0.01)
+    await _wait_processing(first, ids[0])
     await first.stop(grace_seconds=0.05)  # the running job is interrupted mid-flight
     gate.set()
 
@@ -61,10 +66,7 @@ async def test_a_job_interrupted_too_often_is_failed_not_looped(tmp_path: Path) 
     first = Runtime(settings, engine=FakeEngine(gate=gate))
     await first.start()
     job_id = (await first.service.submit(_request(1))).job_id
-    for _ in range(200):
-        if (await first.service.status(job_id)).status is JobStatus.PROCESSING:
-            break
-        await asyncio.sleep(0.01)
+    await _wait_processing(first, job_id)
     await first.stop(grace_seconds=0.05)
     gate.set()
 
@@ -84,10 +86,7 @@ async def test_graceful_stop_lets_the_running_job_finish(tmp_path: Path) -> None
     runtime = Runtime(settings, engine=FakeEngine(gate=gate))
     await runtime.start()
     job_id = (await runtime.service.submit(_request(5))).job_id
-    for _ in range(200):
-        if (await runtime.service.status(job_id)).status is JobStatus.PROCESSING:
-            break
-        await asyncio.sleep(0.01)
+    await _wait_processing(runtime, job_id)
     threading.Timer(0.2, gate.set).start()
     await runtime.stop(grace_seconds=10)
     again = Runtime(settings, engine=FakeEngine())
