@@ -13,7 +13,7 @@ from protocol import ErrorBody
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ON_ERROR = web.AppKey("on_error", Callable[[str], None])
+ON_ERROR: web.AppKey[Callable[[str], None]] = web.AppKey("on_error")
 """Optional hook told each error code (the runtime counts them as metrics)."""
 
 _HTTP_CODES = {

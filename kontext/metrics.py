@@ -19,7 +19,7 @@ class _LiveGauges(Collector):
     def __init__(self, queue_depth: Callable[[], int]) -> None:
         self._queue_depth = queue_depth
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self):
         yield GaugeMetricFamily("kontext_queue_depth", "Jobs waiting in the queue.", value=self._queue_depth())
 
 

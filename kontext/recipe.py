@@ -52,7 +52,7 @@ def preprocess(image_bytes: bytes, *, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(image_bytes))
+            image: Image.Image = Image.open(io.BytesIO(image_bytes))
             if image.width * image.height > max_pixels:
                 raise ValueError(f"image is {image.width}x{image.height}, over the limit of {max_pixels} pixels")
             image.load()

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Coroutine, Optional
 
 import aiohttp
 
@@ -136,7 +136,7 @@ class Runtime:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    def _spawn(self, coro: "asyncio.coroutines.Coroutine[object, object, None]", name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
 
     async def _sweep_forever(self) -> None:

@@ -22,6 +22,7 @@ from kontext.errors import (
     ServiceUnavailable,
     StorageUnavailable,
 )
+from kontext.engine import state_name
 from kontext.files import ImageFiles
 from kontext.images import decode_base64_image
 from kontext.jobs import JobRecord, now
@@ -148,7 +149,7 @@ class EditService:
         if not self.accepting:
             raise ServiceUnavailable("the miner is shutting down; retry against another miner",
                                      headers={"Retry-After": "30"})
-        if self.engine is not None and getattr(self.engine.state, "value", self.engine.state) == "failed":
+        if self.engine is not None and state_name(self.engine.state) == "failed":
             raise ServiceUnavailable(f"the edit engine failed to load: {self.engine.error}")
 
     async def _choose_source(self, request: EditRequest, priority: float) -> tuple[ImageSource, float]:
@@ -223,7 +224,7 @@ class EditService:
         return StatusRecord(
             id=job.id,
             status=job.status,
-            queued_at=_dt(job.queued_at),
+            queued_at=datetime.fromtimestamp(job.queued_at, tz=timezone.utc),
             started_at=_dt(job.started_at),
             completed_at=_dt(job.finished_at) if completed else None,
             failed_at=_dt(job.finished_at) if job.status is JobStatus.FAILED else None,
@@ -281,7 +282,7 @@ class EditService:
         elif self.engine is None:
             edit_state = "ready"
         else:
-            edit_state = getattr(self.engine.state, "value", str(self.engine.state))
+            edit_state = state_name(self.engine.state)
             if edit_state == "unloaded":  # lazy loading: accepting, the first job loads the model
                 edit_state = "ready"
         body: dict[str, Any] = {

@@ -85,7 +85,8 @@ def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
 
     out_dir = Path(out_dir)
     clip_vocab, clip_merges = _clip_vocab()
-    tokenizer = CLIPTokenizer(vocab=clip_vocab, merges=clip_merges, model_max_length=77)
+    # tokenizers' BPE takes merges as (left, right) pairs; transformers' annotation says list[str]
+    tokenizer = CLIPTokenizer(vocab=clip_vocab, merges=clip_merges, model_max_length=77)  # type: ignore[arg-type]
     t5_vocab = _t5_vocab()
     tokenizer_2 = T5Tokenizer(vocab=t5_vocab, extra_ids=0, model_max_length=512)
 
@@ -93,7 +94,7 @@ def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(clip_vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4,
         num_hidden_layers=2, max_position_embeddings=77, projection_dim=32, bos_token_id=0, eos_token_id=1,
-        pad_token_id=1, hidden_act="gelu", attention_dropout=0.0, dropout=0.0,
+        pad_token_id=1, hidden_act="gelu", attention_dropout=0.0,
     ))
     torch.manual_seed(seed + 1)
     text_encoder_2 = T5EncoderModel(T5Config(
@@ -122,11 +123,11 @@ def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
     )
     for module in (text_encoder, text_encoder_2, transformer, vae):
-        module.eval()
+        module.eval()  # type: ignore[union-attr]
 
     staging = out_dir.with_name(out_dir.name + ".building")
     shutil.rmtree(staging, ignore_errors=True)
-    pipe.save_pretrained(staging)
+    pipe.save_pretrained(staging)  # type: ignore[attr-defined]
     (staging / COMPLETE_MARKER).write_text(json.dumps({"seed": seed}))
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)

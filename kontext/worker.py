@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from typing import Any, Awaitable, Callable, Optional, Protocol
 
+from kontext.engine import state_name
 from kontext.fetch import ImageFetchError
 from kontext.files import ImageFiles
 from kontext.jobs import JobRecord, now
@@ -94,7 +95,7 @@ class Worker:
         self.state = WorkerState.STARTING
         started = now()
         await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.load)
-        failed = getattr(self.engine.state, "value", self.engine.state) == "failed"
+        failed = state_name(self.engine.state) == "failed"
         self.state = WorkerState.DEFUNCT if failed else WorkerState.READY
         self.metrics.engine_load_seconds.set(now() - started)
         self.metrics.engine_ready.set(0 if failed else 1)

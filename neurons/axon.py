@@ -19,7 +19,7 @@ from protocol import EditSynapse, ResultSynapse, StatusSynapse
 RUNTIME = web.AppKey("runtime", Runtime)
 VERIFIER = web.AppKey("verifier", SignatureVerifier)
 REGISTRY = web.AppKey("registry", ValidatorRegistry)
-HEALTH_EXTRA = web.AppKey("health_extra", Callable[[], dict])
+HEALTH_EXTRA: web.AppKey[Callable[[], dict]] = web.AppKey("health_extra")
 
 MAX_AXON_BODY_BYTES = 32 * 1024 * 1024
 

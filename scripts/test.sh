@@ -7,4 +7,8 @@ cd "$ROOT"
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONHASHSEED=0 CUBLAS_WORKSPACE_CONFIG=:4096:8
+if [ "$#" -eq 0 ]; then
+  echo "[test] mypy (kontext, protocol, neurons)"
+  python -m mypy
+fi
 exec python -m pytest -q "$@"
