@@ -32,10 +32,10 @@ def reexec_if_needed(argv: Sequence[str], environ: Mapping[str, str] = os.enviro
 
 
 def _python_argv(argv: Sequence[str]) -> list[str]:
-    """argv for the new interpreter: ``-m module`` is kept when we were started that way."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name and not argv[0].endswith(spec.name.replace(".", "/") + ".py"):
+    """argv for the new interpreter: ``python -m pkg.mod`` is restarted as ``-m pkg.mod`` (running the
+    file directly would put the wrong directory on sys.path); scripts and console entry points as is."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
         return ["-m", spec.name.removesuffix(".__main__"), *argv[1:]]
     return list(argv)
 

@@ -31,13 +31,18 @@ async def test_unusable_data_dir_is_a_clear_startup_error(tmp_path: Path) -> Non
         await runtime.start()
 
 
-def test_sidecar_process_exits_2_with_the_reason(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hash_seed", ["0", None])
+def test_sidecar_process_exits_2_with_the_reason(tmp_path: Path, hash_seed: str | None) -> None:
+    """Also proves ``python -m kontext.main`` re-executes itself correctly when PYTHONHASHSEED is unset."""
     blocker = tmp_path / "file"
     blocker.write_text("x")
     env = {**os.environ, "DATA_DIR": str(blocker / "data"), "ENABLE_KONTEXT_EDIT": "false",
-           "MINER_SERVER_HOST": "127.0.0.1", "MINER_SERVER_PORT": "18999", "PYTHONHASHSEED": "0"}
+           "MINER_SERVER_HOST": "127.0.0.1", "MINER_SERVER_PORT": "18999"}
+    env.pop("PYTHONHASHSEED", None)
+    if hash_seed is not None:
+        env["PYTHONHASHSEED"] = hash_seed
     run = subprocess.run([sys.executable, "-m", "kontext.main", "--env-file", os.devnull], env=env,
-                         capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert run.returncode == 2 and "not usable" in run.stderr and "Traceback" not in run.stderr
 
 
