@@ -18,7 +18,7 @@ from kontext.files import ImageFiles
 from kontext.metrics import Metrics
 from kontext.netguard import make_guarded_session
 from kontext.notifier import CallbackNotifier, Deliverer
-from kontext.queue import JobQueue
+from kontext.job_queue import JobQueue
 from kontext.service import EditService
 from kontext.settings import Settings
 from kontext.store import SqliteJobStore

@@ -27,7 +27,7 @@ from kontext.files import ImageFiles
 from kontext.images import decode_base64_image
 from kontext.jobs import JobRecord, now
 from kontext.metrics import Metrics
-from kontext.queue import JobQueue
+from kontext.job_queue import JobQueue
 from kontext.settings import Settings
 from kontext.store import JobStore
 from protocol import (

@@ -13,7 +13,7 @@ from kontext.fetch import ImageFetchError
 from kontext.files import ImageFiles
 from kontext.jobs import JobRecord, now
 from kontext.metrics import Metrics
-from kontext.queue import JobQueue
+from kontext.job_queue import JobQueue
 from kontext.recipe import EditParams
 from kontext.store import JobStore
 from protocol import ImageSource, JobStatus
