@@ -39,6 +39,9 @@ class ImageFiles:
     async def read_input(self, job_id: str) -> Optional[bytes]:
         return await asyncio.to_thread(read_if_exists, self.input_path(job_id))
 
+    async def has_input(self, job_id: str) -> bool:
+        return await asyncio.to_thread(self.input_path(job_id).is_file)
+
     async def write_result(self, job_id: str, png: bytes) -> None:
         await asyncio.to_thread(write_atomic, self.result_path(job_id), png)
 

@@ -21,6 +21,8 @@ from protocol import ImageSource, JobStatus
 log = logging.getLogger(__name__)
 
 ERROR_MAX_CHARS = 500
+RETRY_SECONDS = 5.0
+"""Delay before a job the store could not update is tried again."""
 
 
 class WorkerState(str, Enum):
@@ -87,6 +89,7 @@ class Worker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kontext-engine")
         self._idle = asyncio.Event()
         self._idle.set()
+        self._retries: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -113,14 +116,30 @@ class Worker:
                 await self.load_engine()
             try:
                 await self._run_one(job_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the store itself failed (disk full?): keep the job, keep going
+                log.exception("could not process %s; it stays queued and is retried in %ss", job_id, RETRY_SECONDS)
+                self._retry_later(job_id)
             finally:
                 self._idle.set()
+
+    def _retry_later(self, job_id: str) -> None:
+        async def requeue() -> None:
+            await asyncio.sleep(RETRY_SECONDS)
+            await self.queue.put(job_id)
+
+        task = asyncio.get_running_loop().create_task(requeue())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
     def shutdown(self) -> None:
         self.state = WorkerState.STOPPED
+        for task in self._retries:
+            task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def progress(self, job_id: str) -> Optional[tuple[int, int]]:
@@ -176,7 +195,7 @@ class Worker:
                 data = await self.files.read_result(reference_id)
             if data is not None:
                 return job, data
-            if await self.files.read_input(job.id) is not None:
+            if await self.files.has_input(job.id):
                 source = ImageSource.BASE64_FALLBACK
             elif job.request.image_url:
                 source = ImageSource.URL_FALLBACK

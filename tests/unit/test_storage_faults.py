@@ -88,3 +88,37 @@ async def test_disk_full_while_writing_the_result_fails_the_job_cleanly(tmp_path
         assert list(runtime.files.results_dir.iterdir()) == []  # no half-written PNG, no temp file
     finally:
         await runtime.stop()
+
+
+async def test_a_store_failure_while_running_keeps_the_worker_alive(tmp_path: Path, monkeypatch) -> None:
+    import kontext.worker
+
+    monkeypatch.setattr(kontext.worker, "RETRY_SECONDS", 0.05)
+    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
+    await runtime.start()
+    try:
+        real_save = runtime.store.save
+        failures = {"left": 1}
+
+        async def flaky_save(job):  # the first save (mark processing) hits a full disk
+            if failures["left"]:
+                failures["left"] -= 1
+                raise sqlite3.OperationalError("database or disk is full")
+            await real_save(job)
+
+        monkeypatch.setattr(runtime.store, "save", flaky_save)
+        job_id = (await runtime.service.submit(REQUEST)).job_id
+        for _ in range(300):
+            if (await runtime.service.status(job_id)).status.finished:
+                break
+            await asyncio.sleep(0.02)
+        status = await runtime.service.status(job_id)
+        assert status.status is JobStatus.COMPLETED and failures["left"] == 0
+        second = (await runtime.service.submit(REQUEST)).job_id  # the worker still takes work
+        for _ in range(300):
+            if (await runtime.service.status(second)).status.finished:
+                break
+            await asyncio.sleep(0.02)
+        assert (await runtime.service.status(second)).status is JobStatus.COMPLETED
+    finally:
+        await runtime.stop()
