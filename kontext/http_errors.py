@@ -50,6 +50,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         log.exception("unhandled error on %s %s", request.method, request.path)
         code = "internal_error"
         response = error_response(500, code, "internal error; the miner logged the details")
+    if response.status < 500:  # 5xx were logged with their traceback above
+        log.info("%s %s from %s -> %d %s: %s", request.method, request.path, request.remote, response.status, code,
+                 response.text[:300] if response.text else "")
     hook = request.app.get(ON_ERROR)
     if hook is not None:
         hook(code)

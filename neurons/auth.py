@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 import time
 from collections import deque
@@ -16,8 +15,6 @@ from bittensor.sp_core import verify as sr25519_verify
 
 from kontext.errors import Forbidden, Unauthorized
 from neurons.registry import ValidatorRegistry
-
-log = logging.getLogger(__name__)
 
 EPISTULA_MAX_AGE_MS = 8_000
 BTAUTH_MAX_AGE_S = http_auth.DEFAULT_MAX_AGE
@@ -78,9 +75,8 @@ class SignatureVerifier:
             refusal = self.registry.refusal(hotkey)
             if refusal:
                 raise Forbidden(refusal)
-        except (Unauthorized, Forbidden) as exc:
+        except (Unauthorized, Forbidden) as exc:  # logged once, by the JSON error middleware
             reason = exc.code if isinstance(exc, Forbidden) else "bad_signature"
-            log.info("refused %s %s from %s: %s", request.method, request.path, request.remote, exc.message)
             if self.on_reject:
                 self.on_reject(reason)
             raise

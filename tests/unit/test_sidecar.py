@@ -283,3 +283,14 @@ async def test_lazy_loading_accepts_then_loads_on_the_first_job(start, tmp_path:
     assert health["services"]["kontext_edit"] == "ready" and engine.state == "unloaded"
     job_id = (await submit(client, image_b64=IMAGE_B64))["job_id"]
     assert (await wait_finished(client, job_id))["status"] == "completed" and engine.state == "ready"
+
+
+async def test_each_refused_request_is_logged_once_without_secrets(start, settings, caplog) -> None:
+    import logging
+
+    client, _ = await start(settings)
+    caplog.set_level(logging.INFO, logger="kontext.http_errors")
+    await client.post("/edit", json={"prompt": "p", "seed": "x", "callback_secret": "hunter2", "image_b64": "QQ=="})
+    lines = [r.getMessage() for r in caplog.records if r.name == "kontext.http_errors"]
+    assert len(lines) == 1 and "422 validation_error" in lines[0] and "seed" in lines[0]
+    assert "hunter2" not in caplog.text
