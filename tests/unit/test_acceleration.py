@@ -104,3 +104,12 @@ def test_an_engine_keeps_its_attention_backend_whatever_another_engine_set(tiny_
                 if hasattr(m, "processor")}
     assert {str(getattr(b, "value", b)) for b in backends} == {"native"}
     assert native_after.edit(IMAGE, PARAMS, max_pixels=1 << 24).sha256 == native_before.sha256
+
+
+@pytest.mark.slow
+def test_regional_compile_warms_up_at_load_and_stays_repeatable(tiny_model_dir: Path) -> None:
+    """compile_repeated_blocks(fullgraph=True), compiled by the warm-up edit during load (inductor on CPU)."""
+    engine = _engine(tiny_model_dir, compile=True)
+    assert "compile=regional" in engine.profile and engine.load_seconds is not None
+    first = engine.edit(IMAGE, PARAMS, max_pixels=1 << 24)
+    assert engine.edit(IMAGE, PARAMS, max_pixels=1 << 24).sha256 == first.sha256
