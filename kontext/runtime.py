@@ -31,8 +31,10 @@ class Runtime:
     """Owns everything the sidecar and the axon share; one per process.
 
     ``engine`` and ``sender`` may be injected (tests use fakes); by default the real
-    ``KontextEngine`` and ``CallbackSender`` are built from the settings. Shutdown order: stop accepting -> let the running job finish
-    (bounded) -> stop the worker -> flush callbacks -> close the session and the store.
+    ``KontextEngine`` and ``CallbackSender`` are built from the settings. Shutdown order: stop
+    accepting -> let the running job finish (bounded) -> stop the worker -> flush callbacks ->
+    close the session and the store. With editing disabled there is no worker: queued jobs wait
+    (and their status answers) until editing is enabled again.
     """
 
     def __init__(self, settings: Settings, *, engine: Optional[Engine] = None,
