@@ -27,8 +27,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from kontext import determinism
 
     args = build_parser().parse_args(argv)
-    determinism.reexec_if_needed(sys.argv)  # PYTHONHASHSEED can only be set before start
-    determinism.ensure_environment()
+    try:
+        determinism.reexec_if_needed(sys.argv)
+        determinism.ensure_environment()
+    except determinism.DeterminismError as exc:
+        raise SystemExit(f"cannot start: {exc}") from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from kontext.errors import StartupError

@@ -125,8 +125,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     from kontext import determinism
 
-    determinism.reexec_if_needed(sys.argv)
-    determinism.ensure_environment()
+    try:
+        determinism.reexec_if_needed(sys.argv)
+        determinism.ensure_environment()
+    except determinism.DeterminismError as exc:
+        raise SystemExit(f"cannot start: {exc}") from None
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(args))

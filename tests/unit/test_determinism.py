@@ -64,3 +64,15 @@ def test_entry_point_reexecs_with_hash_seed_zero(tmp_path) -> None:
     bad = subprocess.run([sys.executable, str(script)], env={**env, "PYTHONHASHSEED": "123"},
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "PYTHONHASHSEED" in bad.stderr
+
+
+def test_sidecar_refuses_a_wrong_hash_seed_with_a_plain_message(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONHASHSEED": "random", "DATA_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "kontext.main", "--env-file", os.devnull], env=env,
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert run.returncode == 1 and "cannot start: PYTHONHASHSEED='random'" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -78,6 +78,9 @@ async def test_submit_status_result_and_image(start, settings: Settings) -> None
     assert status["request"]["image_source"] == "base64" and status["request"]["seed"] == 42
     assert status["callback"]["status"] == "skipped"
     assert status["completed_at"] and status["failed_at"] is None and status["recipe"] == "fake-v1"
+    assert isinstance(status["queued_ms"], int) and status["queued_ms"] >= 0
+    assert isinstance(status["run_ms"], int) and status["run_ms"] >= 0 and status["attempts"] == 1
+    assert status["queue_position"] is None and status["progress"] is None
     result = await client.get(f"/edit/result/{job_id}")
     assert result.status == 200 and result.content_type == "image/png"
     png = await result.read()

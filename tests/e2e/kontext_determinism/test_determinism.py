@@ -58,3 +58,12 @@ def test_same_request_after_a_restart_gives_the_same_png(
     finally:
         fresh.stop()
     assert _sha(from_fresh_process) == _sha(from_session_server)
+
+
+@pytest.mark.skipif(bool(EXTERNAL_MINER), reason="checks the self-started tiny-model miner's engine")
+def test_health_reports_the_engine_and_its_self_check(miner: MinerClient) -> None:
+    health = requests.get(f"{miner.base_url}/health", timeout=10).json()
+    engine = health["engine"]
+    assert health["services"]["kontext_edit"] == "ready" and engine["state"] == "ready"
+    assert engine["device"] == "cpu" and engine["recipe"] == "kontext-v1" and engine["profile"] == "float32/attn=native"
+    assert engine["self_check"]["status"] in ("recorded", "match") and len(engine["self_check"]["actual"]) == 64
