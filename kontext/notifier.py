@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timezone
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from kontext.files import ImageFiles
 from kontext.jobs import JobRecord
@@ -28,13 +28,13 @@ class CallbackNotifier:
     the next start: that is the first attempt, not a retry.
     """
 
-    def __init__(self, store: JobStore, files: ImageFiles, sender: Deliverer, *, image_url_base: str,
-                 metrics: Optional[Metrics] = None) -> None:
+    def __init__(self, store: JobStore, files: ImageFiles, sender: Deliverer, *,
+                 image_url: Callable[[str], str], metrics: Optional[Metrics] = None) -> None:
         self.store = store
         self.metrics = metrics or Metrics()
         self.files = files
         self.sender = sender
-        self.image_url_base = image_url_base.rstrip("/")
+        self.image_url = image_url
         self._tasks: dict[str, asyncio.Task[CallbackRecord]] = {}
 
     def schedule(self, job: JobRecord) -> None:
@@ -72,7 +72,7 @@ class CallbackNotifier:
                 job_id=job.id,
                 status=job.status,
                 completed_at=finished_at,
-                image_url=f"{self.image_url_base}/images/edits/{job.id}.png" if completed else None,
+                image_url=self.image_url(job.id) if completed else None,
                 error=job.error,
             )
             png = await self.files.read_result(job.id) if completed else None

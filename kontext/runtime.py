@@ -79,7 +79,7 @@ class Runtime:
                                                 allow_private=settings.callback_allow_private)
         self.notifier = CallbackNotifier(
             self.store, self.files, sender,
-            image_url_base=settings.public_base_url, metrics=self.metrics,
+            image_url=settings.image_url, metrics=self.metrics,
         )
         if self.engine is None and settings.enable_kontext_edit:
             from kontext.engine import EngineConfig, KontextEngine  # torch is heavy: import on demand
@@ -105,6 +105,10 @@ class Runtime:
         if self.worker is not None:
             self._spawn(self.worker.run(eager=settings.kontext_load == "eager"), "worker")
         self._spawn(self._sweep_forever(), "retention-sweep")
+
+    def count_rejection(self, code: str) -> None:
+        """Every refused request, from either door, by error code (the metrics' one entry point)."""
+        self.metrics.jobs_rejected.labels(code).inc()
 
     async def quiesce(self, grace_seconds: float) -> None:
         """Stop accepting jobs (503) and give the running job up to ``grace_seconds`` to finish."""

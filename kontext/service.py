@@ -141,7 +141,7 @@ class EditService:
         if self.metrics is not None:
             self.metrics.jobs_submitted.inc()
         log.info("accepted %s (source=%s, priority=%s)", job_id, source.value, priority)
-        return EditAccepted(job_id=job_id, status_url=f"/edit/status/{job_id}", result_url=f"/edit/result/{job_id}")
+        return EditAccepted(job_id=job_id, status_url=f"/edit/status/{job_id}", result_url=_result_url(job_id))
 
     def _check_accepting(self) -> None:
         if not self.settings.enable_kontext_edit:
@@ -213,9 +213,6 @@ class EditService:
             )
         return job
 
-    def image_url(self, job_id: str) -> str:
-        return f"{self.settings.public_base_url}/images/edits/{job_id}.png"
-
     def status_record(self, job: JobRecord) -> StatusRecord:
         request = job.request
         current = self.progress_view.progress(job.id) if self.progress_view else None
@@ -229,8 +226,8 @@ class EditService:
             completed_at=_dt(job.finished_at) if completed else None,
             failed_at=_dt(job.finished_at) if job.status is JobStatus.FAILED else None,
             error=job.error,
-            result_url=f"/edit/result/{job.id}",
-            image_url=self.image_url(job.id) if completed else None,
+            result_url=_result_url(job.id),
+            image_url=self.settings.image_url(job.id) if completed else None,
             result_sha256=job.result_sha256,
             recipe=job.recipe,
             attempts=job.attempts,
@@ -298,6 +295,10 @@ class EditService:
             if self.engine.error:
                 body["engine_error"] = self.engine.error
         return body
+
+
+def _result_url(job_id: str) -> str:
+    return f"/edit/result/{job_id}"
 
 
 def _valid_job_id(job_id: str) -> bool:

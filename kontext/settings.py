@@ -76,6 +76,10 @@ class Settings(BaseSettings):
         host = "127.0.0.1" if self.miner_server_host in ("0.0.0.0", "::", "") else self.miner_server_host
         return f"http://{host}:{self.miner_server_port}"
 
+    def image_url(self, job_id: str) -> str:
+        """The public URL of a job's result PNG, as the status record and the callback both give it."""
+        return f"{self.public_base_url}/images/edits/{job_id}.png"
+
     @property
     def golden_file(self) -> Path:
         return self.kontext_golden_file or self.data_dir / "golden_hashes.json"

@@ -23,7 +23,7 @@ RequestVerifier = Callable[[web.Request, bytes], Awaitable[str]]
 
 RUNTIME = web.AppKey("runtime", Runtime)
 SETTINGS = web.AppKey("settings", Settings)
-VERIFIER = web.AppKey("verifier", object)
+VERIFIER: web.AppKey[RequestVerifier] = web.AppKey("verifier")
 
 JSON_IN_THREAD_BYTES = 256 * 1024
 """Bodies above this size are parsed off the event loop (base64 images can be tens of MB)."""
@@ -66,7 +66,7 @@ async def parse_edit_request(body: bytes) -> EditRequest:
 @routes.post("/edit")
 async def submit_edit(request: web.Request) -> web.Response:
     body = await request.read()
-    verifier: Optional[RequestVerifier] = request.app.get(VERIFIER)  # type: ignore[assignment]
+    verifier = request.app.get(VERIFIER)
     if verifier is not None:
         await verifier(request, body)
     edit = await parse_edit_request(body)
@@ -132,7 +132,7 @@ def create_app(
         app[VERIFIER] = verifier
     owned = runtime or Runtime(settings)
     app[RUNTIME] = owned
-    app[ON_ERROR] = lambda code: owned.metrics.jobs_rejected.labels(code).inc()
+    app[ON_ERROR] = owned.count_rejection
     if start_runtime if start_runtime is not None else runtime is None:
 
         async def runtime_ctx(_: web.Application) -> AsyncIterator[None]:

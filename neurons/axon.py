@@ -83,7 +83,7 @@ def create_axon_app(runtime: Runtime, verifier: SignatureVerifier, registry: Val
     """The axon app; the runtime is shared with the sidecar and started by the caller."""
     app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
     app[RUNTIME], app[VERIFIER], app[REGISTRY] = runtime, verifier, registry
-    app[ON_ERROR] = lambda code: runtime.metrics.jobs_rejected.labels(code).inc()
+    app[ON_ERROR] = runtime.count_rejection
     if health_extra is not None:
         app[HEALTH_EXTRA] = health_extra
     app.add_routes(routes)
