@@ -19,12 +19,14 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["protocol", "protocol.*", "kontext", "kontext.*", "neurons", "neurons.*"]),
+    packages=find_packages(include=["protocol", "protocol.*", "kontext", "kontext.*", "neurons", "neurons.*", "client",
+                                    "client.*"]),
     install_requires=requirements(),
     entry_points={
         "console_scripts": [
             "kontext-sidecar=kontext.main:main",
-            "kontext-miner=neurons.client:main",
+            "kontext-client=client.cli:main",
+            "kontext-miner=client.cli:main",  # the client's old name, kept as an alias for one release
             "kontext-neuron=neurons.miner:main",
         ]
     },

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from kontext import determinism
+    from kontext.engine import determinism
 
     args = build_parser().parse_args(argv)
     try:
@@ -36,7 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     from kontext.errors import StartupError
     from kontext.settings import Settings
-    from kontext.sidecar import create_app
+    from kontext.http.app import create_app
 
     overrides = {k: v for k, v in {"miner_server_host": args.host, "miner_server_port": args.port}.items() if v}
     settings = Settings(_env_file=args.env_file, **overrides)  # type: ignore[call-arg]

@@ -11,18 +11,18 @@ from typing import Any, Coroutine, Optional
 
 import aiohttp
 
-from kontext.callbacks import CallbackSender
+from kontext.delivery.callbacks import CallbackSender
 from kontext.errors import StartupError
-from kontext.fetch import fetch_image
-from kontext.files import ImageFiles
+from kontext.delivery.fetch import fetch_image
+from kontext.media.files import ImageFiles
 from kontext.metrics import Metrics
-from kontext.netguard import make_guarded_session
-from kontext.notifier import CallbackNotifier, Deliverer
-from kontext.job_queue import JobQueue
-from kontext.service import EditService
+from kontext.delivery.guard import make_guarded_session
+from kontext.delivery.notifier import CallbackNotifier, Deliverer
+from kontext.jobs.queue import JobQueue
+from kontext.jobs.service import EditService
 from kontext.settings import Settings
-from kontext.store import SqliteJobStore
-from kontext.worker import Engine, Worker
+from kontext.jobs.store import SqliteJobStore
+from kontext.jobs.worker import Engine, Worker
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Runtime:
             image_url=settings.image_url, metrics=self.metrics,
         )
         if self.engine is None and settings.enable_kontext_edit:
-            from kontext.engine import EngineConfig, KontextEngine  # torch is heavy: import on demand
+            from kontext.engine.engine import EngineConfig, KontextEngine  # torch is heavy: import on demand
 
             self.engine = KontextEngine(EngineConfig.from_settings(settings))
 
@@ -156,7 +156,7 @@ class Runtime:
 
 def _probe_writable(directory: "os.PathLike[str]") -> None:
     """Write, sync and remove a small file: catches read-only mounts and full disks at start."""
-    from kontext.images import remove_quietly, write_atomic
+    from kontext.media.images import remove_quietly, write_atomic
 
     probe = Path(directory) / ".write-probe"
     write_atomic(probe, b"kontext-miner" * 64)

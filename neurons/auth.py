@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import deque
@@ -15,21 +14,18 @@ from bittensor.sp_core import verify as sr25519_verify
 
 from kontext.errors import Forbidden, Unauthorized
 from neurons.registry import ValidatorRegistry
+from protocol.headers import (
+    EPISTULA_SIGNATURE,
+    EPISTULA_SIGNED_BY,
+    EPISTULA_SIGNED_FOR,
+    EPISTULA_TIMESTAMP,
+    EPISTULA_UUID,
+    epistula_message,
+)
 
 EPISTULA_MAX_AGE_MS = 8_000
 BTAUTH_MAX_AGE_S = http_auth.DEFAULT_MAX_AGE
 REPLAY_RETENTION_S = 60.0
-
-EPISTULA_SIGNATURE = "Epistula-Signature"
-EPISTULA_TIMESTAMP = "Epistula-Timestamp"
-EPISTULA_UUID = "Epistula-Uuid"
-EPISTULA_SIGNED_BY = "Epistula-Signed-By"
-EPISTULA_SIGNED_FOR = "Epistula-Signed-For"
-
-
-def epistula_message(body: bytes, uuid: str, timestamp_ms: int | str, signed_for: str) -> bytes:
-    """The signed string: ``sha256(body).uuid.timestamp.signed_for``."""
-    return f"{hashlib.sha256(body).hexdigest()}.{uuid}.{timestamp_ms}.{signed_for}".encode()
 
 
 class _SeenStore:

@@ -9,9 +9,9 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from kontext.errors import InvalidRequest, invalid_from_validation
-from kontext.http_errors import ON_ERROR, json_errors
+from kontext.http.errors import ON_ERROR, json_errors
 from kontext.runtime import Runtime
-from kontext.sidecar import parse_json_object
+from kontext.http.app import parse_json_object
 from neurons.auth import SignatureVerifier
 from neurons.registry import ValidatorRegistry
 from protocol import EditSynapse, ResultSynapse, StatusSynapse

@@ -47,7 +47,7 @@ async def serve(args: Any, *, chain: Any = None) -> None:
 
     from kontext.runtime import Runtime
     from kontext.settings import Settings
-    from kontext.sidecar import create_app
+    from kontext.http.app import create_app
     from neurons.auth import SignatureVerifier
     from neurons.axon import create_axon_app
     from neurons.chain import BittensorChain, ChainError, check_and_serve
@@ -123,7 +123,7 @@ async def serve(args: Any, *, chain: Any = None) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
-    from kontext import determinism
+    from kontext.engine import determinism
 
     try:
         determinism.reexec_if_needed(sys.argv)

@@ -30,8 +30,3 @@ JOB_ID_PREFIX = "edit-"
 
 CALLBACK_SECRET_MAX_CHARS = 1024
 URL_MAX_CHARS = 2048
-
-# Callback signature header (HMAC-SHA256 over the raw multipart body, keyed by the secret).
-CALLBACK_SECRET_HEADER = "X-Callback-Secret"
-CALLBACK_SIGNATURE_HEADER = "X-Callback-Signature"
-CALLBACK_TIMESTAMP_HEADER = "X-Callback-Timestamp"

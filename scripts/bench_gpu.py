@@ -58,9 +58,9 @@ def percentile(values: list[float], q: float) -> float:
 def bench_combo(name: str, model: str, sizes: list[int], steps: list[int], repeats: int, device: str) -> dict:
     import torch
 
-    from kontext.acceleration import EngineOptions
-    from kontext.engine import EngineConfig, EngineState, KontextEngine
-    from kontext.recipe import EditParams
+    from kontext.engine.acceleration import EngineOptions
+    from kontext.engine.engine import EngineConfig, EngineState, KontextEngine
+    from kontext.engine.recipe import EditParams
 
     options = EngineOptions(**COMBOS[name])
     engine = KontextEngine(EngineConfig(model_path=model, device=device, local_files_only=True, options=options))
@@ -127,7 +127,7 @@ def main() -> None:
 
     import torch
 
-    from kontext import determinism
+    from kontext.engine import determinism
 
     determinism.ensure_environment()
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,7 +135,7 @@ def main() -> None:
         args.sizes, args.steps, args.repeats = "64", "2", 2
     model = args.model
     if model is None:
-        from kontext.tiny_model import build_tiny_kontext
+        from tools.tiny_kontext import build_tiny_kontext
 
         model = str(build_tiny_kontext(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny-kontext"))
     names = args.combos.split(",") if args.combos else list(COMBOS if device == "cuda" else CPU_COMBOS)

@@ -47,8 +47,8 @@ def bench_engine_vs_bare(model: str, image: bytes, params, repeats: int) -> tupl
     import torch
     from diffusers import FluxKontextPipeline
 
-    from kontext import recipe
-    from kontext.engine import EngineConfig, KontextEngine
+    from kontext.engine import recipe
+    from kontext.engine.engine import EngineConfig, KontextEngine
 
     engine = KontextEngine(EngineConfig(model_path=model, device="cpu", local_files_only=True))
     engine.load()
@@ -71,10 +71,10 @@ async def bench_service(model: str, image: bytes, jobs: int, poll_seconds: float
     import aiohttp
     from aiohttp import web
 
-    from kontext.engine import EngineConfig, KontextEngine
+    from kontext.engine.engine import EngineConfig, KontextEngine
     from kontext.runtime import Runtime
     from kontext.settings import Settings
-    from kontext.sidecar import create_app
+    from kontext.http.app import create_app
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-service-"))
     settings = Settings(_env_file=None, data_dir=data_dir, kontext_model_path=model, kontext_device="cpu",
@@ -148,13 +148,13 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from kontext import determinism
-    from kontext.recipe import EditParams
+    from kontext.engine import determinism
+    from kontext.engine.recipe import EditParams
 
     determinism.ensure_environment()
     model = args.model
     if model is None:
-        from kontext.tiny_model import build_tiny_kontext
+        from tools.tiny_kontext import build_tiny_kontext
 
         model = str(build_tiny_kontext(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny-kontext"))
     image = test_image(64)

@@ -21,7 +21,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from kontext.tiny_model import build_tiny_kontext, is_complete
+    from tools.tiny_kontext import build_tiny_kontext, is_complete
 
     out_dir = Path(args.out_dir)
     if is_complete(out_dir) and not args.force:

@@ -17,7 +17,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     ``KONTEXT_TINY_MODEL_DIR`` reuses (or builds into) a fixed directory across sessions.
     """
-    from kontext.tiny_model import build_tiny_kontext, is_complete
+    from tools.tiny_kontext import build_tiny_kontext, is_complete
 
     fixed = os.environ.get("KONTEXT_TINY_MODEL_DIR")
     target = Path(fixed) if fixed else tmp_path_factory.mktemp("models") / "tiny-kontext"

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from PIL import Image
 
-from kontext.engine import EditOutput
+from kontext.engine.engine import EditOutput
 from protocol import CallbackPayload, CallbackRecord, CallbackStatus
 
 

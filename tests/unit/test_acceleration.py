@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kontext.acceleration import GIB, EngineOptions, choose_memory_mode
-from kontext.engine import EngineConfig, EngineState, KontextEngine
-from kontext.recipe import EditParams
+from kontext.engine.acceleration import GIB, EngineOptions, choose_memory_mode
+from kontext.engine.engine import EngineConfig, EngineState, KontextEngine
+from kontext.engine.recipe import EditParams
 from tests.fakes import png_bytes
 
 IMAGE = png_bytes((48, 40), (30, 160, 90))

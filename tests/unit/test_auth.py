@@ -9,9 +9,10 @@ from bittensor.sp_core import Keypair
 from multidict import CIMultiDict
 
 from kontext.errors import Forbidden, Unauthorized
-from neurons.auth import SignatureVerifier, epistula_message
+from neurons.auth import SignatureVerifier
+from protocol.headers import epistula_message
 from neurons.registry import Gate, Member, ValidatorRegistry, load_offline_members
-from neurons.signing import btauth_headers, epistula_headers
+from client.signing import btauth_headers, epistula_headers
 
 MINER = Keypair.create_from_uri("//Miner")
 VALIDATOR = Keypair.create_from_uri("//Validator")
@@ -129,7 +130,7 @@ async def test_sidecar_edit_can_require_signatures(aiohttp_client, tmp_path) -> 
     import json
 
     from kontext.runtime import Runtime
-    from kontext.sidecar import create_app
+    from kontext.http.app import create_app
     from tests.fakes import FakeEngine, png_bytes
     from tests.unit.test_sidecar import make_settings
 

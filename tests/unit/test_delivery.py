@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 import pytest
 from aiohttp import web
 
-from kontext.callbacks import CallbackSender, verify_signature
-from kontext.fetch import ImageFetchError, fetch_image
-from kontext.netguard import BlockedAddressError, check_url, is_blocked, make_guarded_session
+from kontext.delivery.callbacks import CallbackSender, verify_signature
+from kontext.delivery.fetch import ImageFetchError, fetch_image
+from kontext.delivery.guard import BlockedAddressError, check_url, is_blocked, make_guarded_session
 from protocol import CallbackPayload, CallbackStatus, JobStatus
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"fake-png-bytes" * 10

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kontext.determinism import DeterminismError, configure_torch, ensure_environment, seeded_generator
+from kontext.engine.determinism import DeterminismError, configure_torch, ensure_environment, seeded_generator
 
 
 def test_wrong_hash_seed_is_refused() -> None:
@@ -54,7 +54,7 @@ def test_entry_point_reexecs_with_hash_seed_zero(tmp_path) -> None:
     script.write_text(
         "import os, sys\n"
         f"sys.path.insert(0, {os.getcwd()!r})\n"
-        "from kontext.determinism import reexec_if_needed\n"
+        "from kontext.engine.determinism import reexec_if_needed\n"
         "reexec_if_needed(sys.argv)\n"
         "print(os.environ['PYTHONHASHSEED'], os.environ['CUBLAS_WORKSPACE_CONFIG'], sys.argv[1:])\n"
     )

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kontext.engine import EngineConfig, EngineState, KontextEngine
-from kontext.recipe import EditParams, output_size
+from kontext.engine.engine import EngineConfig, EngineState, KontextEngine
+from kontext.engine.recipe import EditParams, output_size
 from tests.fakes import png_bytes
 
 MAX_PIXELS = 4096 * 4096
@@ -77,8 +77,8 @@ _CHILD = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from kontext.engine import EngineConfig, KontextEngine
-from kontext.recipe import EditParams
+from kontext.engine.engine import EngineConfig, KontextEngine
+from kontext.engine.recipe import EditParams
 from tests.fakes import png_bytes
 engine = KontextEngine(EngineConfig(model_path={model!r}, device="cpu", local_files_only=True))
 engine.load()

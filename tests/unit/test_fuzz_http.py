@@ -16,9 +16,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings, strategies as st
 from schemathesis.checks import not_a_server_error
 
-from kontext.openapi import openapi_document
+from kontext.http.openapi import openapi_document
 from kontext.runtime import Runtime
-from kontext.sidecar import create_app
+from kontext.http.app import create_app
 from tests.e2e.servers import ThreadedApp
 from tests.fakes import FakeEngine, png_bytes
 from tests.unit.test_sidecar import make_settings

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from kontext.job_queue import JobQueue
+from kontext.jobs.queue import JobQueue
 
 
 async def test_priority_then_fifo() -> None:

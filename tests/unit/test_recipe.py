@@ -9,8 +9,8 @@ import sys
 import pytest
 from PIL import Image
 
-from kontext import recipe
-from kontext.recipe import EditParams
+from kontext.engine import recipe
+from kontext.engine.recipe import EditParams
 
 PARAMS = EditParams(prompt="p", seed=1, guidance_scale=2.5, num_inference_steps=2, width=None, height=None)
 
@@ -81,7 +81,7 @@ def test_png_encoding_is_byte_identical_across_processes() -> None:
     here = recipe.encode_png(image)
     assert recipe.encode_png(image) == here
     code = (
-        "import sys; from PIL import Image; from kontext import recipe; "
+        "import sys; from PIL import Image; from kontext.engine import recipe; "
         "im = Image.new('RGB', (32, 32)); "
         "im.putdata([(x * 8 % 256, y * 8 % 256, 99) for y in range(32) for x in range(32)]); "
         "sys.stdout.buffer.write(recipe.encode_png(im))"

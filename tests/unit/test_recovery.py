@@ -129,7 +129,7 @@ async def test_unsent_callback_is_sent_after_restart(tmp_path: Path) -> None:
 
 
 async def _status_callback(settings, job_id: str) -> str:
-    from kontext.store import SqliteJobStore
+    from kontext.jobs.store import SqliteJobStore
 
     store = SqliteJobStore(settings.database_path)
     await store.open()

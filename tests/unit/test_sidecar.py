@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from kontext.runtime import Runtime
 from kontext.settings import Settings
-from kontext.sidecar import create_app
+from kontext.http.app import create_app
 from tests.fakes import FAIL_PROMPT, FakeEngine, RecordingDeliverer, png_bytes
 
 IMAGE_B64 = base64.b64encode(png_bytes()).decode()
@@ -292,8 +292,8 @@ async def test_each_refused_request_is_logged_once_without_secrets(start, settin
     import logging
 
     client, _ = await start(settings)
-    caplog.set_level(logging.INFO, logger="kontext.http_errors")
+    caplog.set_level(logging.INFO, logger="kontext.http.errors")
     await client.post("/edit", json={"prompt": "p", "seed": "x", "callback_secret": "hunter2", "image_b64": "QQ=="})
-    lines = [r.getMessage() for r in caplog.records if r.name == "kontext.http_errors"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "kontext.http.errors"]
     assert len(lines) == 1 and "422 validation_error" in lines[0] and "seed" in lines[0]
     assert "hunter2" not in caplog.text

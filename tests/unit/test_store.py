@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from kontext.errors import JobConflict
-from kontext.jobs import JobRecord
-from kontext.store import SqliteJobStore
+from kontext.jobs.record import JobRecord
+from kontext.jobs.store import SqliteJobStore
 from protocol import CallbackRecord, CallbackStatus, EditRequest, ImageSource, JobStatus
 
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from protocol.limits import CALLBACK_SECRET_HEADER, CALLBACK_SIGNATURE_HEADER, CALLBACK_TIMESTAMP_HEADER
+from protocol.headers import CALLBACK_SECRET_HEADER, CALLBACK_SIGNATURE_HEADER, CALLBACK_TIMESTAMP_HEADER
 from tests.e2e.kontext_determinism.conftest import MinerClient
 from tests.e2e.servers import CallbackReceiver
 

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from kontext.determinism import seeded_generator
+from kontext.engine.determinism import seeded_generator
 
 RECIPE_ID = "kontext-v1"
 MAX_INPUT_SIDE = 1024

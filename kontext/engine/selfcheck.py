@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from kontext.images import write_atomic
-from kontext.recipe import RECIPE_ID, EditParams
+from kontext.media.images import write_atomic
+from kontext.engine.recipe import RECIPE_ID, EditParams
 
 SELF_CHECK_PARAMS = EditParams(prompt="self-check: add a small red hat", seed=20251014, guidance_scale=2.5,
                                num_inference_steps=2, width=64, height=64)

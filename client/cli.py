@@ -40,7 +40,7 @@ class Transport:
             return exc.code, exc.read()
 
     def _synapse(self, name: str, payload: dict) -> dict:
-        from neurons.signing import btauth_headers
+        from client.signing import btauth_headers
 
         body = json.dumps(payload).encode()
         headers = {"Content-Type": "application/json",
@@ -120,7 +120,7 @@ def save_result(transport: Transport, job_id: str, out: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kontext-miner", description=__doc__)
+    parser = argparse.ArgumentParser(prog="kontext-client", description=__doc__)
     parser.add_argument("--url", default=DEFAULT_SIDECAR, help=f"sidecar base URL (default {DEFAULT_SIDECAR})")
     parser.add_argument("--axon", help="axon base URL: talk synapses, signed with the wallet below")
     parser.add_argument("--miner-hotkey", help="the miner's ss58 hotkey (with --axon)")

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Optional
 
-from kontext.images import read_if_exists, remove_quietly, remove_stale_temp_files, write_atomic
+from kontext.media.images import read_if_exists, remove_quietly, remove_stale_temp_files, write_atomic
 
 
 class ImageFiles:

@@ -10,11 +10,11 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from kontext.errors import InvalidRequest, JobNotFound, invalid_from_validation
-from kontext.http_errors import ON_ERROR, json_errors
+from kontext.http.errors import ON_ERROR, json_errors
 from kontext.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from kontext.openapi import openapi_document
+from kontext.http.openapi import openapi_document
 from kontext.runtime import Runtime
-from kontext.service import EditService
+from kontext.jobs.service import EditService
 from kontext.settings import Settings
 from protocol import EditRequest
 

@@ -22,14 +22,14 @@ from kontext.errors import (
     ServiceUnavailable,
     StorageUnavailable,
 )
-from kontext.engine import state_name
-from kontext.files import ImageFiles
-from kontext.images import decode_base64_image
-from kontext.jobs import JobRecord, now
+from kontext.engine.engine import state_name
+from kontext.media.files import ImageFiles
+from kontext.media.images import decode_base64_image
+from kontext.jobs.record import JobRecord, now
 from kontext.metrics import Metrics
-from kontext.job_queue import JobQueue
+from kontext.jobs.queue import JobQueue
 from kontext.settings import Settings
-from kontext.store import JobStore
+from kontext.jobs.store import JobStore
 from protocol import (
     CallbackRecord,
     CallbackStatus,

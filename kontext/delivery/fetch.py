@@ -7,7 +7,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from kontext.netguard import BlockedAddressError, check_url
+from kontext.delivery.guard import BlockedAddressError, check_url
 
 MAX_REDIRECTS = 3
 CHUNK = 64 * 1024

@@ -10,7 +10,7 @@ from typing import Any, Optional, Protocol
 import aiosqlite
 
 from kontext.errors import JobConflict
-from kontext.jobs import JobRecord
+from kontext.jobs.record import JobRecord
 from protocol import CallbackRecord, CallbackStatus, EditRequest, ImageSource, JobStatus
 
 SCHEMA_VERSION = 1

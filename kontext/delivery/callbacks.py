@@ -23,9 +23,9 @@ from typing import Optional
 
 import aiohttp
 
-from kontext.netguard import check_url
+from kontext.delivery.guard import check_url
 from protocol import CallbackPayload, CallbackRecord, CallbackStatus
-from protocol.limits import CALLBACK_SECRET_HEADER, CALLBACK_SIGNATURE_HEADER, CALLBACK_TIMESTAMP_HEADER
+from protocol.headers import CALLBACK_SECRET_HEADER, CALLBACK_SIGNATURE_HEADER, CALLBACK_TIMESTAMP_HEADER
 
 ERROR_MAX_CHARS = 300
 BODY_EXCERPT_CHARS = 200

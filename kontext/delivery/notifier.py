@@ -7,10 +7,10 @@ import logging
 from datetime import datetime, timezone
 from typing import Callable, Optional, Protocol
 
-from kontext.files import ImageFiles
-from kontext.jobs import JobRecord
+from kontext.media.files import ImageFiles
+from kontext.jobs.record import JobRecord
 from kontext.metrics import Metrics
-from kontext.store import JobStore
+from kontext.jobs.store import JobStore
 from protocol import CallbackPayload, CallbackRecord, CallbackStatus, JobStatus
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pathlib import Path
 
-from kontext import acceleration, recipe, selfcheck
-from kontext.acceleration import EngineOptions
-from kontext.determinism import configure_torch
-from kontext.recipe import EditParams
+from kontext.engine import acceleration, recipe, selfcheck
+from kontext.engine.acceleration import EngineOptions
+from kontext.engine.determinism import configure_torch
+from kontext.engine.recipe import EditParams
 
 if TYPE_CHECKING:
     from kontext.settings import Settings

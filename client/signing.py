@@ -8,7 +8,7 @@ from typing import Any
 
 from bittensor import http_auth
 
-from neurons.auth import (
+from protocol.headers import (
     EPISTULA_SIGNATURE,
     EPISTULA_SIGNED_BY,
     EPISTULA_SIGNED_FOR,

@@ -8,14 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from typing import Any, Awaitable, Callable, Optional, Protocol
 
-from kontext.engine import state_name
-from kontext.fetch import ImageFetchError
-from kontext.files import ImageFiles
-from kontext.jobs import JobRecord, now
+from kontext.engine.engine import state_name
+from kontext.delivery.fetch import ImageFetchError
+from kontext.media.files import ImageFiles
+from kontext.jobs.record import JobRecord, now
 from kontext.metrics import Metrics
-from kontext.job_queue import JobQueue
-from kontext.recipe import EditParams
-from kontext.store import JobStore
+from kontext.jobs.queue import JobQueue
+from kontext.engine.recipe import EditParams
+from kontext.jobs.store import JobStore
 from protocol import ImageSource, JobStatus
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Outbound traffic: the address guard, image downloads, and callback delivery."""

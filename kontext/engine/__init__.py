@@ -1,0 +1,1 @@
+"""The engine: FluxKontextPipeline behind bytes + parameters in, PNG bytes out; recipes and determinism."""
