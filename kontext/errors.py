@@ -15,11 +15,12 @@ class EditError(Exception):
     code: str = "internal_error"
 
     def __init__(self, message: str, *, fields: Optional[list[dict[str, Any]]] = None,
-                 headers: Optional[dict[str, str]] = None) -> None:
+                 headers: Optional[dict[str, str]] = None, job_id: Optional[str] = None) -> None:
         super().__init__(message)
         self.message = message
         self.fields = fields or []
         self.headers = headers or {}
+        self.job_id = job_id
 
 
 class InvalidRequest(EditError):
@@ -58,6 +59,18 @@ class ResultNotReady(EditError):
     status, code = 409, "result_not_ready"
 
 
+class JobFailed(EditError):
+    """A ``/sync/edit`` job ran and failed; the message is the job's own error."""
+
+    status, code = 422, "job_failed"
+
+
+class SyncTimeout(EditError):
+    """A ``/sync/edit`` job did not finish in time; it keeps running and can be fetched later."""
+
+    status, code = 504, "sync_timeout"
+
+
 class PayloadTooLarge(EditError):
     status, code = 413, "payload_too_large"
 
@@ -68,6 +81,12 @@ class ServiceDisabled(EditError):
 
 class ServiceBusy(EditError):
     status, code = 503, "queue_full"
+
+
+class DeadlineUnreachable(EditError):
+    """ADMISSION_DEADLINE_SECONDS: the queue ahead says this job would finish too late."""
+
+    status, code = 503, "deadline_unreachable"
 
 
 class ServiceUnavailable(EditError):

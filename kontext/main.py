@@ -7,14 +7,12 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from aiohttp import web
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kontext-sidecar",
-        description="Serve POST /edit, status, result, images and health. Configuration comes from the "
-        "environment and .env (see .env.example); flags override it.",
+        description="Serve POST /edit, /sync/edit, status, result, images, capacity and health. Configuration "
+        "comes from the environment and .env (see .env.example); flags override it.",
     )
     parser.add_argument("--env-file", default=".env", help="dotenv file to read (default: .env)")
     parser.add_argument("--host", help="bind address (MINER_SERVER_HOST)")
@@ -34,23 +32,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise SystemExit(f"cannot start: {exc}") from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from kontext.errors import StartupError
-    from kontext.settings import Settings
     from kontext.http.app import create_app
+    from kontext.http.serve import Listener, run, serve
+    from kontext.runtime import Runtime
+    from kontext.settings import Settings
 
     overrides = {k: v for k, v in {"miner_server_host": args.host, "miner_server_port": args.port}.items() if v}
     settings = Settings(_env_file=args.env_file, **overrides)  # type: ignore[call-arg]
-    try:
-        web.run_app(
-            create_app(settings),
-            host=settings.miner_server_host,
-            port=settings.miner_server_port,
-            shutdown_timeout=5.0,
-            access_log=None,
-        )
-    except StartupError as exc:
-        logging.getLogger("kontext").error("%s", exc)
-        raise SystemExit(2) from None
+    runtime = Runtime(settings)
+    sidecar = Listener("sidecar", create_app(runtime), settings.miner_server_host, settings.miner_server_port)
+    run(serve(runtime, [sidecar]))
 
 
 if __name__ == "__main__":

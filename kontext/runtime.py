@@ -19,6 +19,7 @@ from kontext.metrics import Metrics
 from kontext.delivery.guard import make_guarded_session
 from kontext.delivery.notifier import CallbackNotifier, Deliverer
 from kontext.jobs.queue import JobQueue
+from kontext.jobs.record import JobRecord
 from kontext.jobs.service import EditService
 from kontext.settings import Settings
 from kontext.jobs.store import SqliteJobStore
@@ -78,8 +79,8 @@ class Runtime:
         sender = self._sender or CallbackSender(session, timeout=settings.callback_timeout_seconds,
                                                 allow_private=settings.callback_allow_private)
         self.notifier = CallbackNotifier(
-            self.store, self.files, sender,
-            image_url=settings.image_url, metrics=self.metrics,
+            self.store, self.files, sender, image_url=settings.image_url, metrics=self.metrics,
+            not_before_seconds=settings.callback_not_before_seconds,
         )
         if self.engine is None and settings.enable_kontext_edit:
             from kontext.engine.engine import EngineConfig, KontextEngine  # torch is heavy: import on demand
@@ -94,7 +95,7 @@ class Runtime:
         if self.engine is not None:
             self.worker = Worker(
                 self.engine, self.store, self.queue, self.files,
-                fetch_image=download, on_finished=self.notifier.schedule,
+                fetch_image=download, on_finished=self._job_finished,
                 max_pixels=settings.max_image_pixels, max_attempts=settings.max_attempts,
                 metrics=self.metrics,
             )
@@ -105,6 +106,11 @@ class Runtime:
         if self.worker is not None:
             self._spawn(self.worker.run(eager=settings.kontext_load == "eager"), "worker")
         self._spawn(self._sweep_forever(), "retention-sweep")
+
+    def _job_finished(self, job: JobRecord) -> None:
+        self.service.finished(job)
+        if self.notifier is not None:
+            self.notifier.schedule(job)
 
     def count_rejection(self, code: str) -> None:
         """Every refused request, from either door, by error code (the metrics' one entry point)."""

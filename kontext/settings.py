@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from protocol.limits import JOB_TYPE_KONTEXT_EDIT
 
 
 class Settings(BaseSettings):
@@ -49,6 +51,24 @@ class Settings(BaseSettings):
     sidecar_require_signature: bool = False
     """Require btauth/1 or Epistula signatures on the sidecar's POST /edit (neuron only; off locally)."""
 
+    # The public door (the neuron's axon port): TLS, what it claims, how long /sync/edit waits.
+    axon_certfile: Optional[Path] = None
+    """PEM certificate (chain) for HTTPS on the public door; the validator only calls https://."""
+    axon_keyfile: Optional[Path] = None
+    capacity_job_types: Annotated[tuple[str, ...], NoDecode] = (JOB_TYPE_KONTEXT_EDIT,)
+    """Job types GET /capacity claims (comma-separated), each only while the engine is ready."""
+    sync_timeout_seconds: float = Field(default=60.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=60.0, ge=0)
+    """On SIGTERM: how long the running job may take to finish before it is cut off (and re-run later)."""
+
+    # Timing rules of the subnet's validator (off by default; README "Run a miner on the subnet").
+    callback_not_before_seconds: float = Field(default=0.0, ge=0)
+    """A callback is not sent earlier than this after its request arrived (0: at once)."""
+    admission_deadline_seconds: Optional[float] = Field(default=None, gt=0)
+    """POST /edit answers 503 at once when the queue ahead says the job would finish later than this."""
+    admission_window: int = Field(default=20, ge=1)
+    """How many recent edit times the admission estimate takes the median of."""
+
     # Storage and retention.
     data_dir: Path = Path("data")
     retention_hours: float = Field(default=24.0, gt=0)
@@ -68,6 +88,13 @@ class Settings(BaseSettings):
     # Callbacks.
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_allow_private: bool = False
+
+    @field_validator("capacity_job_types", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @property
     def public_base_url(self) -> str:

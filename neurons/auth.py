@@ -1,10 +1,9 @@
-"""Signed-request verification for the axon (and, when enabled, the sidecar): btauth/1 and Epistula."""
+"""The signed gate of the public door (and of a signed sidecar): btauth/1 or Epistula, blacklist, priority."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import deque
+import uuid
 from typing import Callable, Mapping, Optional
 
 from aiohttp import web
@@ -13,6 +12,7 @@ from bittensor.sp_core import CRYPTO_SR25519
 from bittensor.sp_core import verify as sr25519_verify
 
 from kontext.errors import Forbidden, Unauthorized
+from kontext.http.gate import Caller
 from neurons.registry import ValidatorRegistry
 from protocol.headers import (
     EPISTULA_SIGNATURE,
@@ -24,37 +24,18 @@ from protocol.headers import (
 )
 
 EPISTULA_MAX_AGE_MS = 8_000
-BTAUTH_MAX_AGE_S = http_auth.DEFAULT_MAX_AGE
+"""The reference miner's allowed skew for Epistula timestamps."""
 REPLAY_RETENTION_S = 60.0
+"""How long a (hotkey, nonce) pair is remembered: longer than either scheme's freshness window."""
 
 
-class _SeenStore:
-    """Remembers (hotkey, nonce) pairs for the freshness window; thread-safe."""
-
-    def __init__(self, retention: float = REPLAY_RETENTION_S) -> None:
-        self.retention = retention
-        self._seen: set[tuple[str, str]] = set()
-        self._expiry: deque[tuple[float, tuple[str, str]]] = deque()
-        self._lock = threading.Lock()
-
-    def check_and_store(self, hotkey: str, nonce: object) -> bool:
-        key = (hotkey, str(nonce))
-        now = time.monotonic()
-        with self._lock:
-            while self._expiry and self._expiry[0][0] <= now:
-                self._seen.discard(self._expiry.popleft()[1])
-            if key in self._seen:
-                return False
-            self._seen.add(key)
-            self._expiry.append((now + self.retention, key))
-            return True
-
-
-class SignatureVerifier:
-    """Authenticates a request, then applies the blacklist. Returns the caller's hotkey.
+class SignatureGate:
+    """Authenticates a request, applies the blacklist and gives the caller its stake as priority.
 
     401 for anything about the signature (missing, malformed, stale, tampered, replayed, for
-    another receiver); 403 when a valid caller is not allowed (not registered, no permit).
+    another receiver); 403 when a valid caller is not allowed (not registered, no permit). The
+    signature is checked over the body bytes as received, whatever the method: the validator's
+    signed ``GET /capacity`` carries the body ``{}``.
     """
 
     def __init__(self, self_hotkey: str, registry: ValidatorRegistry, *,
@@ -63,22 +44,22 @@ class SignatureVerifier:
         self.registry = registry
         self.on_reject = on_reject
         self._btauth_nonces = http_auth.InMemoryNonceStore(retention=REPLAY_RETENTION_S)
-        self._epistula_seen = _SeenStore()
+        self._epistula_nonces = http_auth.InMemoryNonceStore(retention=REPLAY_RETENTION_S)
 
-    async def __call__(self, request: web.Request, body: bytes) -> str:
+    async def admit(self, request: web.Request, body: bytes) -> Caller:
         try:
             hotkey = self.authenticate(request.headers, body, method=request.method, path=request.path_qs)
             refusal = self.registry.refusal(hotkey)
             if refusal:
                 raise Forbidden(refusal)
         except (Unauthorized, Forbidden) as exc:  # logged once, by the JSON error middleware
-            reason = exc.code if isinstance(exc, Forbidden) else "bad_signature"
             if self.on_reject:
-                self.on_reject(reason)
+                self.on_reject(exc.code if isinstance(exc, Forbidden) else "bad_signature")
             raise
-        return hotkey
+        return Caller(hotkey=hotkey, priority=self.registry.stake(hotkey))
 
     def authenticate(self, headers: Mapping[str, str], body: bytes, *, method: str, path: str) -> str:
+        """The caller's hotkey, or ``Unauthorized``."""
         lowered = {k.lower() for k in headers}
         if http_auth.HEADER_SIGNATURE.lower() in lowered:
             return self._btauth(headers, body, method, path)
@@ -97,26 +78,27 @@ class SignatureVerifier:
     def _epistula(self, headers: Mapping[str, str], body: bytes) -> str:
         get = {k.lower(): v for k, v in headers.items()}.get
         signature, timestamp = get(EPISTULA_SIGNATURE.lower()), get(EPISTULA_TIMESTAMP.lower())
-        uuid, signed_by = get(EPISTULA_UUID.lower()), get(EPISTULA_SIGNED_BY.lower())
+        request_uuid, signed_by = get(EPISTULA_UUID.lower()), get(EPISTULA_SIGNED_BY.lower())
         signed_for = get(EPISTULA_SIGNED_FOR.lower(), "")
-        if not (signature and timestamp and uuid and signed_by):
+        if not (signature and timestamp and request_uuid and signed_by):
             raise Unauthorized("Epistula: Signature, Timestamp, Uuid and Signed-By headers are required")
         if signed_for != self.self_hotkey:
             raise Unauthorized("Epistula: request was signed for a different receiving hotkey")
         try:
             timestamp_ms = int(timestamp)
             signature_bytes = bytes.fromhex(signature.removeprefix("0x"))
+            nonce = uuid.UUID(request_uuid).int
         except ValueError:
-            raise Unauthorized("Epistula: timestamp or signature is malformed") from None
+            raise Unauthorized("Epistula: timestamp, uuid or signature is malformed") from None
         if abs(time.time() * 1000 - timestamp_ms) > EPISTULA_MAX_AGE_MS:
             raise Unauthorized(f"Epistula: timestamp is outside the {EPISTULA_MAX_AGE_MS // 1000}s window")
-        message = epistula_message(body, uuid, timestamp, signed_for)
+        message = epistula_message(body, request_uuid, timestamp, signed_for)
         try:
             valid = sr25519_verify(message, signature_bytes, signed_by, CRYPTO_SR25519)
         except ValueError:
             raise Unauthorized("Epistula: invalid hotkey address or signature encoding") from None
         if not valid:
             raise Unauthorized("Epistula: signature does not verify against Signed-By")
-        if not self._epistula_seen.check_and_store(signed_by, uuid):
+        if not self._epistula_nonces.check_and_store(signed_by, nonce):
             raise Unauthorized("Epistula: this uuid was already used (replay)")
         return signed_by

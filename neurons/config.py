@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 OFFLINE = "offline"
 DEFAULT_AXON_PORT = 8901
-"""The axon's port; 8091 stays the sidecar's (the HTTP contract)."""
+"""The public door's port (the axon port); 8091 stays the local sidecar's."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,9 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--wallet.name", dest="wallet_name", default="default")
     add("--wallet.hotkey", dest="wallet_hotkey", default="default")
     add("--wallet.path", dest="wallet_path", default=str(Path("~/.bittensor/wallets")))
-    add("--axon.ip", dest="axon_ip", default="0.0.0.0", help="bind address of the axon (default 0.0.0.0)")
+    add("--axon.ip", dest="axon_ip", default="0.0.0.0", help="bind address of the public door (default 0.0.0.0)")
     add("--axon.port", dest="axon_port", type=int, default=DEFAULT_AXON_PORT,
-        help=f"axon port (default {DEFAULT_AXON_PORT})")
+        help=f"port of the public door: the validator's /edit, /capacity, ... and the synapses "
+        f"(default {DEFAULT_AXON_PORT})")
+    add("--axon.certfile", dest="axon_certfile", help="PEM certificate chain: serve the door over HTTPS (AXON_CERTFILE)")
+    add("--axon.keyfile", dest="axon_keyfile", help="PEM private key of --axon.certfile (AXON_KEYFILE)")
     add("--axon.external_ip", dest="axon_external_ip", help="IP published on chain (default: --axon.ip if public)")
     add("--axon.external_port", dest="axon_external_port", type=int, help="port published on chain")
     add("--sidecar.host", dest="sidecar_host", help="sidecar bind address (MINER_SERVER_HOST)")

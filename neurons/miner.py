@@ -1,4 +1,4 @@
-"""The miner neuron operators start with pm2: wallet, chain, axon and sidecar in one process."""
+"""The miner neuron operators start with pm2: wallet, chain, the public door and the sidecar in one process."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -41,40 +40,49 @@ def _public_ip(args: Any) -> Optional[str]:
     return None if address.is_unspecified or address.is_private else args.axon_ip
 
 
-async def serve(args: Any, *, chain: Any = None) -> None:
-    """Start everything, run until SIGTERM/SIGINT, then shut down gracefully."""
-    from aiohttp import web
-
-    from kontext.runtime import Runtime
+def _settings(args: Any) -> Any:
+    """Service settings from the environment and .env; the neuron's flags override them."""
     from kontext.settings import Settings
-    from kontext.http.app import create_app
-    from neurons.auth import SignatureVerifier
-    from neurons.axon import create_axon_app
-    from neurons.chain import BittensorChain, ChainError, check_and_serve
-    from neurons.registry import Gate, ValidatorRegistry, load_offline_members
 
-    overrides = {k: v for k, v in {"miner_server_host": args.sidecar_host,
-                                   "miner_server_port": args.sidecar_port}.items() if v}
-    settings = Settings(_env_file=args.env_file, **overrides)  # type: ignore[call-arg]
+    overrides = {
+        "miner_server_host": args.sidecar_host, "miner_server_port": args.sidecar_port,
+        "axon_certfile": args.axon_certfile, "axon_keyfile": args.axon_keyfile,
+    }
+    return Settings(_env_file=args.env_file, **{k: v for k, v in overrides.items() if v})  # type: ignore[call-arg]
+
+
+async def serve(args: Any, *, chain: Any = None) -> None:
+    """Check the chain, then serve the door and the sidecar until SIGTERM/SIGINT (kontext.http.serve)."""
+    from kontext.http.app import Door, create_app
+    from kontext.http.serve import Listener
+    from kontext.http.serve import serve as serve_listeners
+    from kontext.http.tls import server_context
+    from kontext.runtime import Runtime
+    from neurons.auth import SignatureGate
+    from neurons.chain import BittensorChain, ChainError, check_and_serve
+    from neurons.registry import Gate, ValidatorRegistry, load_offline_members, members_from_metagraph
+    from neurons.synapses import routes as synapse_routes
+
+    settings = _settings(args)
+    door_tls = server_context(settings.axon_certfile, settings.axon_keyfile)
     wallet, hotkey = _load_hotkey(args)
     gate = Gate(force_validator_permit=args.force_validator_permit, allow_non_registered=args.allow_non_registered)
     offline = args.network == OFFLINE and not args.chain_endpoint
+    network = OFFLINE if offline else args.chain_endpoint or args.network
     tasks: list[asyncio.Task[Any]] = []
     if offline:
         registry = ValidatorRegistry(gate, load_offline_members(args.validators or ""), source=OFFLINE)
     else:
-        chain = chain or BittensorChain(args.chain_endpoint or args.network, wallet)
+        chain = chain or BittensorChain(network, wallet)
         port = args.axon_external_port or args.axon_port
         try:
             members = await check_and_serve(chain, netuid=args.netuid, hotkey=hotkey.ss58_address,
                                             ip=_public_ip(args), port=port, serve=not args.skip_serve_axon)
         except ChainError as exc:
             raise SystemExit(str(exc)) from None
-        registry = ValidatorRegistry(gate, members, source=args.chain_endpoint or args.network)
+        registry = ValidatorRegistry(gate, members, source=network)
 
         async def fetch() -> dict:
-            from neurons.registry import members_from_metagraph
-
             metagraph = await chain.metagraph(args.netuid)
             if metagraph is None:
                 raise ChainError(f"subnet {args.netuid} not found")
@@ -82,43 +90,32 @@ async def serve(args: Any, *, chain: Any = None) -> None:
 
         tasks.append(asyncio.create_task(registry.refresh_forever(fetch, args.metagraph_refresh)))
 
-    from kontext.errors import StartupError
-
     runtime = Runtime(settings)
-    try:
-        await runtime.start()
-    except StartupError as exc:
-        raise SystemExit(f"cannot start: {exc}") from None
-    verifier = SignatureVerifier(hotkey.ss58_address, registry,
-                                 on_reject=lambda reason: runtime.metrics.auth_rejections.labels(reason).inc())
-    sidecar = create_app(settings, runtime=runtime, start_runtime=False,
-                         verifier=verifier if settings.sidecar_require_signature else None)
-    axon = create_axon_app(runtime, verifier, registry, health_extra=lambda: {
-        "hotkey": hotkey.ss58_address, "netuid": args.netuid, "network": args.chain_endpoint or args.network})
-    runners = [web.AppRunner(sidecar, access_log=None), web.AppRunner(axon, access_log=None)]
-    for runner in runners:
-        await runner.setup()
-    await web.TCPSite(runners[0], settings.miner_server_host, settings.miner_server_port).start()
-    await web.TCPSite(runners[1], args.axon_ip, args.axon_port).start()
-    log.info("hotkey %s: sidecar on %s:%s, axon on %s:%s (%s)", hotkey.ss58_address, settings.miner_server_host,
-             settings.miner_server_port, args.axon_ip, args.axon_port, "offline" if offline else args.network)
+    signed = SignatureGate(hotkey.ss58_address, registry,
+                           on_reject=lambda reason: runtime.metrics.auth_rejections.labels(reason).inc())
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping: no new jobs; finishing the running one")
-    await runtime.quiesce(grace_seconds=60)
-    for runner in runners:
-        await runner.cleanup()
-    for task in tasks:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    await runtime.stop(grace_seconds=0)
-    if chain is not None:
-        await chain.close()
+    def neuron_health() -> dict:
+        return {"netuid": args.netuid, "network": network, "metagraph": registry.health()}
+
+    door = Door("door", hotkey.ss58_address, neuron_health)
+    sidecar = Door("sidecar", hotkey.ss58_address, neuron_health)
+    listeners = [
+        Listener("public door", create_app(runtime, gate=signed, door=door, extra_routes=synapse_routes),
+                 args.axon_ip, args.axon_port, door_tls),
+        Listener("sidecar", create_app(runtime, gate=signed if settings.sidecar_require_signature else None,
+                                       door=sidecar),
+                 settings.miner_server_host, settings.miner_server_port),
+    ]
+    log.info("hotkey %s on netuid %s (%s)", hotkey.ss58_address, args.netuid, network)
+    try:
+        await serve_listeners(runtime, listeners)
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if chain is not None:
+            await chain.close()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -132,7 +129,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise SystemExit(f"cannot start: {exc}") from None
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args))
+    from kontext.http.serve import run
+
+    run(serve(args))
 
 
 if __name__ == "__main__":

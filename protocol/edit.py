@@ -175,6 +175,8 @@ class CallbackRecord(BaseModel):
     attempted_at: Optional[datetime] = None
     payload_status: Optional[JobStatus] = None
     error: Optional[str] = None
+    not_before: Optional[datetime] = None
+    """With CALLBACK_NOT_BEFORE_SECONDS: delivery waits until then (the result is visible at once)."""
 
 
 class Progress(BaseModel):
@@ -235,6 +237,8 @@ class ErrorBody(BaseModel):
     error: str
     message: str
     fields: list[dict[str, Any]] = Field(default_factory=list)
+    job_id: Optional[str] = None
+    """The job the error is about, where there is one (a failed or timed-out ``/sync/edit``)."""
 
 
 def format_timestamp(value: datetime) -> str:

@@ -9,6 +9,13 @@ CALLBACK_SECRET_HEADER = "X-Callback-Secret"
 CALLBACK_SIGNATURE_HEADER = "X-Callback-Signature"
 CALLBACK_TIMESTAMP_HEADER = "X-Callback-Timestamp"
 
+# Result responses (GET /edit/result, /images/..., POST /sync/edit) and callbacks.
+JOB_ID_HEADER = "X-Job-ID"
+STATUS_HEADER = "X-Status"
+SEED_HEADER = "X-Seed"
+IMAGE_SHA256_HEADER = "X-Image-SHA256"
+RECIPE_HEADER = "X-Recipe"
+
 # Epistula (validator -> miner), as the subnet's orchestrator signs requests.
 EPISTULA_SIGNATURE = "Epistula-Signature"
 EPISTULA_TIMESTAMP = "Epistula-Timestamp"

@@ -30,3 +30,11 @@ JOB_ID_PREFIX = "edit-"
 
 CALLBACK_SECRET_MAX_CHARS = 1024
 URL_MAX_CHARS = 2048
+
+# Job types the validator asks about on GET /capacity. The name says the GPU the subnet's audit
+# miner runs on: byte-identical PNGs are only expected on that card model.
+JOB_TYPE_KONTEXT_EDIT = "img-h100_pcie"
+"""A FLUX.1-Kontext-dev edit: the job this miner serves."""
+JOB_TYPE_FLUX_DEV = "base-h100_pcie"
+"""FLUX.1-dev text-to-image: not served by this miner (always answered false)."""
+KNOWN_JOB_TYPES = (JOB_TYPE_KONTEXT_EDIT, JOB_TYPE_FLUX_DEV)

@@ -92,7 +92,7 @@ async def bench_service(model: str, image: bytes, jobs: int, poll_seconds: float
 
     engine.edit = timed_edit  # type: ignore[method-assign]
     runtime = Runtime(settings, engine=engine)
-    runner = web.AppRunner(create_app(settings, runtime=runtime, start_runtime=True), access_log=None)
+    runner = web.AppRunner(create_app(runtime, manage_runtime=True), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

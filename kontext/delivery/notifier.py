@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Callable, Optional, Protocol
 
@@ -29,12 +30,14 @@ class CallbackNotifier:
     """
 
     def __init__(self, store: JobStore, files: ImageFiles, sender: Deliverer, *,
-                 image_url: Callable[[str], str], metrics: Optional[Metrics] = None) -> None:
+                 image_url: Callable[[str], str], metrics: Optional[Metrics] = None,
+                 not_before_seconds: float = 0.0) -> None:
         self.store = store
         self.metrics = metrics or Metrics()
         self.files = files
         self.sender = sender
         self.image_url = image_url
+        self.not_before_seconds = not_before_seconds
         self._tasks: dict[str, asyncio.Task[CallbackRecord]] = {}
 
     def schedule(self, job: JobRecord) -> None:
@@ -59,6 +62,9 @@ class CallbackNotifier:
             task.cancel()
 
     async def notify(self, job: JobRecord) -> CallbackRecord:
+        not_before = job.callback_not_before(self.not_before_seconds)
+        if not_before is not None and not_before > time.time():
+            await asyncio.sleep(not_before - time.time())  # the validator fails callbacks that come too early
         request = job.request
         finished_at = datetime.fromtimestamp(job.finished_at or 0, tz=timezone.utc)
         if not request.callback_url:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Optional
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from kontext.errors import EditError
 from protocol import ErrorBody
@@ -27,9 +28,9 @@ _HTTP_CODES = {
 
 
 def error_response(status: int, code: str, message: str, *, fields: list | None = None,
-                   headers: dict[str, str] | None = None) -> web.Response:
-    body = ErrorBody(error=code, message=message, fields=fields or [])
-    return web.json_response(body.model_dump(mode="json"), status=status, headers=headers)
+                   headers: dict[str, str] | None = None, job_id: Optional[str] = None) -> web.Response:
+    body = ErrorBody(error=code, message=message, fields=fields or [], job_id=job_id)
+    return web.json_response(body.model_dump(mode="json", exclude_none=True), status=status, headers=headers)
 
 
 @web.middleware
@@ -38,7 +39,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except EditError as exc:
-        response = error_response(exc.status, exc.code, exc.message, fields=exc.fields, headers=exc.headers)
+        response = error_response(exc.status, exc.code, exc.message, fields=exc.fields, headers=exc.headers,
+                                  job_id=exc.job_id)
         code = exc.code
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -65,3 +67,37 @@ def _describe(request: web.Request, exc: web.HTTPException) -> str:
     if exc.status == 405:
         return f"method {request.method} is not allowed on {request.path}"
     return exc.text or exc.reason
+
+
+class _JsonErrorRequestHandler(RequestHandler):
+    """A connection handler whose HTTP parse errors (request line or header too long, a malformed
+    request) are answered with ``ErrorBody`` JSON too: they never reach the middleware."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: Optional[BaseException] = None,
+                     message: Optional[str] = None) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)  # logs, and refuses if bytes were sent
+        if status >= 500:
+            return plain
+        code = _HTTP_CODES.get(status, "bad_request")
+        detail = (message or (str(exc) if exc else "") or "malformed HTTP request").splitlines()[0][:300]
+        response = error_response(status, code, f"malformed HTTP request: {detail}")
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class JsonErrorRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer HTTP parse errors as JSON.
+
+    aiohttp offers no public hook for the connection-level error page, so the server its runner
+    makes is given a handler class that renders it (tests/unit/test_http_errors.py pins this).
+    """
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer
+        return server

@@ -1,4 +1,4 @@
-"""The sidecar's OpenAPI 3.1 document, generated from the protocol models so it cannot drift."""
+"""The OpenAPI 3.1 document of every door, with its schemas generated from the protocol models."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ def _json(model: str, description: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": _REF.format(model=model)}}}}
 
 
-_PNG = {"description": "The edited image.", "content": {"image/png": {"schema": {"type": "string",
-                                                                                   "format": "binary"}}}}
+_PNG = {"description": "The edited image (headers X-Job-ID, X-Status, X-Seed, X-Image-SHA256, X-Recipe).",
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
+_OBJECT = {"application/json": {"schema": {"type": "object"}}}
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -40,6 +41,35 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "kontext-miner sidecar", "version": __version__,
                  "description": "Deterministic FLUX.1-Kontext-dev image editing."},
         "paths": {
+            "/": {"get": {"operationId": "root", "responses": {"200": {
+                "description": "Reachability: service, door, hotkey, engine state, endpoints.", "content": _OBJECT}}}},
+            "/check/{hotkey}": {"get": {
+                "operationId": "checkHotkey",
+                "parameters": [{"name": "hotkey", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "This miner serves that hotkey.", "content": _OBJECT},
+                              "404": _error("Not this miner's hotkey.")},
+            }},
+            "/capacity": {"get": {"operationId": "capacity", "responses": {
+                "200": {"description": "Job type -> whether this miner takes it now (booleans only).",
+                        "content": {"application/json": {"schema": {
+                            "type": "object", "additionalProperties": {"type": "boolean"}}}}},
+                "401": _error("Signature required (public door)."), "403": _error("Caller not allowed."),
+            }}},
+            "/sync/edit": {"post": {
+                "operationId": "syncEdit",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": _REF.format(model="EditRequest")}}}},
+                "responses": {
+                    "200": _PNG,
+                    "400": _error("Malformed JSON, bad image, or no usable image source."),
+                    "401": _error("Signature required (public door)."),
+                    "409": _error("job_id already exists."),
+                    "413": _error("Body or image over the limits."),
+                    "422": _error("A field is invalid, or the job ran and failed (job_failed, with job_id)."),
+                    "503": _error("Editing disabled, engine failed, queue full, deadline unreachable or stopping."),
+                    "504": _error("The job did not finish in SYNC_TIMEOUT_SECONDS; it keeps running (job_id)."),
+                },
+            }},
             "/edit": {"post": {
                 "operationId": "submitEdit",
                 "requestBody": {"required": True, "content": {"application/json": {
@@ -51,7 +81,7 @@ def openapi_document() -> dict[str, Any]:
                     "409": _error("job_id already exists."),
                     "413": _error("Body or image over the limits."),
                     "422": _error("A field is missing, of the wrong type or out of range."),
-                    "503": _error("Editing disabled, engine failed, queue full or shutting down."),
+                    "503": _error("Editing disabled, engine failed, queue full, deadline unreachable or stopping."),
                 },
             }},
             "/edit/status/{job_id}": {"get": {

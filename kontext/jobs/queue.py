@@ -43,6 +43,10 @@ class JobQueue:
         self._members.discard(job_id)
         return job_id
 
+    def ahead_of(self, priority: float) -> int:
+        """How many queued jobs would run before a new job of ``priority`` (higher or equal first)."""
+        return sum(1 for entry in self._heap if -entry[0] >= priority)
+
     def position(self, job_id: str) -> int | None:
         """1-based place in the run order, or None if not queued."""
         if job_id not in self._members:

@@ -42,5 +42,11 @@ class JobRecord:
     callback_payload_status: Optional[JobStatus] = None
     swept_at: Optional[float] = None
 
+    def callback_not_before(self, delay_seconds: float) -> Optional[float]:
+        """The earliest time its callback may be sent (CALLBACK_NOT_BEFORE_SECONDS after arrival), or None."""
+        if delay_seconds <= 0 or not self.request.callback_url:
+            return None
+        return self.queued_at + delay_seconds
+
     def evolve(self, **changes: object) -> "JobRecord":
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -15,16 +15,20 @@ from kontext.errors import (
     InvalidRequest,
     JobConflict,
     JobExpired,
+    JobFailed,
     JobNotFound,
     ResultNotReady,
     ServiceBusy,
     ServiceDisabled,
     ServiceUnavailable,
     StorageUnavailable,
+    SyncTimeout,
 )
 from kontext.engine.engine import state_name
 from kontext.media.files import ImageFiles
 from kontext.media.images import decode_base64_image
+from kontext.jobs.admission import AdmissionControl
+from kontext.jobs.events import JobEvents
 from kontext.jobs.record import JobRecord, now
 from kontext.metrics import Metrics
 from kontext.jobs.queue import JobQueue
@@ -41,7 +45,7 @@ from protocol import (
     RequestSummary,
     StatusRecord,
 )
-from protocol.limits import JOB_ID_PATTERN, JOB_ID_PREFIX
+from protocol.limits import JOB_ID_PATTERN, JOB_ID_PREFIX, KNOWN_JOB_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ _JOB_ID = re.compile(JOB_ID_PATTERN)
 
 TOMBSTONE_DAYS = 7
 """How long a swept job still answers 410 (then 404)."""
+WAIT_POLL_SECONDS = 0.5
+"""A waiter re-reads the store this often (a worker in another process wakes no local event)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,8 @@ class ResultImage:
     job_id: str
     png: bytes
     sha256: str
+    seed: int
+    recipe: Optional[str]
 
 
 class EngineView(Protocol):
@@ -68,7 +76,11 @@ class EngineView(Protocol):
 
 
 class ProgressView(Protocol):
+    """What the service reads of the worker: a running job's progress, and whether one runs."""
+
     def progress(self, job_id: str) -> Optional[tuple[int, int]]: ...
+    @property
+    def busy(self) -> bool: ...
 
 
 class EditService:
@@ -84,6 +96,8 @@ class EditService:
         engine: Optional[EngineView] = None,
         progress: Optional[ProgressView] = None,
         metrics: Optional[Metrics] = None,
+        events: Optional[JobEvents] = None,
+        admission: Optional[AdmissionControl] = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -92,6 +106,8 @@ class EditService:
         self.engine = engine
         self.progress_view = progress
         self.metrics = metrics
+        self.events = events or JobEvents()
+        self.admission = admission or AdmissionControl(settings.admission_deadline_seconds, settings.admission_window)
         self.accepting = True
         self._submit_lock = asyncio.Lock()
 
@@ -125,6 +141,8 @@ class EditService:
                 raise JobConflict(f"job_id {job_id!r} already exists",
                                   fields=[{"field": "job_id", "message": "already exists"}])
             source, priority = await self._choose_source(request, priority)
+            running = 1 if self.progress_view is not None and self.progress_view.busy else 0
+            self.admission.check(self.queue.ahead_of(priority) + running)
             callback = CallbackStatus.PENDING if request.callback_url else CallbackStatus.SKIPPED
             job = JobRecord(id=job_id, request=request, priority=priority, image_source=source,
                             callback_status=callback)
@@ -149,8 +167,20 @@ class EditService:
         if not self.accepting:
             raise ServiceUnavailable("the miner is shutting down; retry against another miner",
                                      headers={"Retry-After": "30"})
-        if self.engine is not None and state_name(self.engine.state) == "failed":
-            raise ServiceUnavailable(f"the edit engine failed to load: {self.engine.error}")
+        if self.engine_state() == "failed":
+            raise ServiceUnavailable(f"the edit engine failed to load: {self.engine.error if self.engine else ''}")
+
+    def engine_state(self) -> str:
+        """``disabled``, ``unloaded`` (lazy, loads on the first job), ``loading``, ``ready`` or ``failed``."""
+        if not self.settings.enable_kontext_edit:
+            return "disabled"
+        return "ready" if self.engine is None else state_name(self.engine.state)
+
+    def capacity(self) -> dict[str, bool]:
+        """``GET /capacity``: each claimed job type is true only while the engine is ready and accepting."""
+        ready = self.accepting and self.engine_state() == "ready"
+        claimed = self.settings.capacity_job_types
+        return {job_type: ready and job_type in claimed for job_type in dict.fromkeys((*KNOWN_JOB_TYPES, *claimed))}
 
     async def _choose_source(self, request: EditRequest, priority: float) -> tuple[ImageSource, float]:
         """Pick the input image by the chaining rule; a job chained to a queued job never overtakes it."""
@@ -198,7 +228,36 @@ class EditService:
         png = await self.files.read_result(job_id)
         if png is None:
             raise JobExpired(f"the result of job {job_id} is no longer stored")
-        return ResultImage(job_id=job_id, png=png, sha256=job.result_sha256 or "")
+        return ResultImage(job_id=job_id, png=png, sha256=job.result_sha256 or "", seed=job.request.seed,
+                           recipe=job.recipe)
+
+    async def wait_result(self, job_id: str, timeout: Optional[float] = None) -> ResultImage:
+        """The job's PNG once it finishes: ``JobFailed`` (422) if it failed, ``SyncTimeout`` (504) if it
+        takes longer than ``timeout`` (default SYNC_TIMEOUT_SECONDS); the job itself runs on either way."""
+        job = await self.wait_finished(job_id, self.settings.sync_timeout_seconds if timeout is None else timeout)
+        if job.status is JobStatus.FAILED:
+            raise JobFailed(f"job {job_id} failed: {job.error}", job_id=job_id)
+        return await self.result(job_id)
+
+    async def wait_finished(self, job_id: str, timeout: float) -> JobRecord:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            with self.events.waiter(job_id) as finished:
+                job = await self._get(job_id)
+                remaining = deadline - loop.time()
+                if job.status.finished:
+                    return job
+                if remaining <= 0:
+                    raise SyncTimeout(
+                        f"job {job_id} did not finish within {timeout:g}s; it keeps running: fetch it later from "
+                        f"/edit/status/{job_id}", job_id=job_id)
+                await asyncio.wait([finished], timeout=min(remaining, WAIT_POLL_SECONDS))
+
+    def finished(self, job: JobRecord) -> None:
+        """A job finished in this process: wake its waiters and learn its edit time."""
+        self.events.finished(job.id)
+        self.admission.record(job)
 
     async def _get(self, job_id: str) -> JobRecord:
         if not _valid_job_id(job_id):
@@ -246,6 +305,7 @@ class EditService:
                 attempted_at=_dt(job.callback_attempted_at),
                 payload_status=job.callback_payload_status,
                 error=job.callback_error,
+                not_before=_dt(job.callback_not_before(self.settings.callback_not_before_seconds)),
             ),
         )
 
@@ -274,14 +334,9 @@ class EditService:
 
     async def health(self) -> dict[str, Any]:
         counts = await self.store.count_by_status()
-        if not self.settings.enable_kontext_edit:
-            edit_state = "disabled"
-        elif self.engine is None:
+        edit_state = self.engine_state()
+        if edit_state == "unloaded":  # lazy loading: accepting, the first job loads the model
             edit_state = "ready"
-        else:
-            edit_state = state_name(self.engine.state)
-            if edit_state == "unloaded":  # lazy loading: accepting, the first job loads the model
-                edit_state = "ready"
         body: dict[str, Any] = {
             "status": "ok" if edit_state in ("ready", "loading", "disabled") else "degraded",
             "services": {"kontext_edit": edit_state},

@@ -142,6 +142,10 @@ class Worker:
             task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    @property
+    def busy(self) -> bool:
+        return self.current_job is not None
+
     def progress(self, job_id: str) -> Optional[tuple[int, int]]:
         current = self._progress
         return (current[1], current[2]) if current and current[0] == job_id else None

@@ -114,7 +114,7 @@ def test_wrong_receiver_is_401(neuron) -> None:
 
 
 @pytest.mark.parametrize("synapse, body, status", [
-    ("NopeSynapse", {}, 400),
+    ("NopeSynapse", {}, 404),  # no such route on the door: the same JSON 404 as any unknown path
     ("EditSynapse", {"prompt": "p"}, 422),
     ("StatusSynapse", {"job_id": "../x"}, 422),
 ])

@@ -9,7 +9,7 @@ from bittensor.sp_core import Keypair
 from multidict import CIMultiDict
 
 from kontext.errors import Forbidden, Unauthorized
-from neurons.auth import SignatureVerifier
+from neurons.auth import SignatureGate
 from protocol.headers import epistula_message
 from neurons.registry import Gate, Member, ValidatorRegistry, load_offline_members
 from client.signing import btauth_headers, epistula_headers
@@ -22,10 +22,10 @@ BODY = b'{"job_id": "edit-1"}'
 PATH = "/StatusSynapse"
 
 
-def _verifier(gate: Gate = Gate()) -> SignatureVerifier:
+def _verifier(gate: Gate = Gate()) -> SignatureGate:
     members = {VALIDATOR.ss58_address: Member(VALIDATOR.ss58_address, 5000.0, True),
                NO_PERMIT.ss58_address: Member(NO_PERMIT.ss58_address, 10.0, False)}
-    return SignatureVerifier(MINER.ss58_address, ValidatorRegistry(gate, members))
+    return SignatureGate(MINER.ss58_address, ValidatorRegistry(gate, members))
 
 
 class FakeRequest:
@@ -34,8 +34,10 @@ class FakeRequest:
         self.method, self.path, self.path_qs, self.remote = "POST", path, path, "127.0.0.1"
 
 
-async def _call(verifier: SignatureVerifier, headers: dict[str, str], body: bytes = BODY, path: str = PATH) -> str:
-    return await verifier(FakeRequest(headers, path), body)  # type: ignore[arg-type]
+async def _call(verifier: SignatureGate, headers: dict[str, str], body: bytes = BODY, path: str = PATH) -> str:
+    caller = await verifier.admit(FakeRequest(headers, path), body)  # type: ignore[arg-type]
+    assert caller.hotkey is not None
+    return caller.hotkey
 
 
 async def test_btauth_and_epistula_accept_a_permitted_validator() -> None:
@@ -73,12 +75,23 @@ async def test_stale_requests_are_401() -> None:
     old["X-Bittensor-Nonce"] = str(time.time_ns() - 60 * 10**9)
     with pytest.raises(Unauthorized, match="StaleRequest"):
         await _call(verifier, old)
+    request_uuid = "0192e3a4-5b6c-7d8e-9f00-0123456789ab"  # a UUIDv7, as the validator sends
     stale_ms = str(int(time.time() * 1000) - 9_000)
-    signature = bytes(VALIDATOR.sign(epistula_message(BODY, "u-1", stale_ms, MINER.ss58_address))).hex()
+    signature = bytes(VALIDATOR.sign(epistula_message(BODY, request_uuid, stale_ms, MINER.ss58_address))).hex()
     with pytest.raises(Unauthorized, match="window"):
         await _call(verifier, {"Epistula-Signature": signature, "Epistula-Timestamp": stale_ms,
-                               "Epistula-Uuid": "u-1", "Epistula-Signed-By": VALIDATOR.ss58_address,
+                               "Epistula-Uuid": request_uuid, "Epistula-Signed-By": VALIDATOR.ss58_address,
                                "Epistula-Signed-For": MINER.ss58_address})
+
+
+async def test_epistula_uuid_must_be_a_uuid() -> None:
+    """The replay check keys on the uuid; a value that is not one is refused, not stored as text."""
+    now_ms = str(int(time.time() * 1000))
+    signature = bytes(VALIDATOR.sign(epistula_message(BODY, "u-1", now_ms, MINER.ss58_address))).hex()
+    with pytest.raises(Unauthorized, match="malformed"):
+        await _call(_verifier(), {"Epistula-Signature": signature, "Epistula-Timestamp": now_ms,
+                                  "Epistula-Uuid": "u-1", "Epistula-Signed-By": VALIDATOR.ss58_address,
+                                  "Epistula-Signed-For": MINER.ss58_address})
 
 
 async def test_btauth_path_is_bound() -> None:
@@ -136,7 +149,7 @@ async def test_sidecar_edit_can_require_signatures(aiohttp_client, tmp_path) -> 
 
     settings = make_settings(tmp_path, sidecar_require_signature=True)
     verifier = _verifier()
-    app = create_app(settings, runtime=Runtime(settings, engine=FakeEngine()), start_runtime=True, verifier=verifier)
+    app = create_app(Runtime(settings, engine=FakeEngine()), gate=verifier, manage_runtime=True)
     client = await aiohttp_client(app)
     body = json.dumps({"prompt": "p", "seed": 1, "image_b64": base64.b64encode(png_bytes()).decode()}).encode()
     unsigned = await client.post("/edit", data=body)

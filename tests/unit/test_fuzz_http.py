@@ -31,7 +31,7 @@ FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedApp]:
     cfg = make_settings(tmp_path_factory.mktemp("fuzz"), max_queue=10_000, max_image_pixels=256 * 256)
-    app = ThreadedApp(lambda: create_app(cfg, runtime=Runtime(cfg, engine=FakeEngine()), start_runtime=True))
+    app = ThreadedApp(lambda: create_app(Runtime(cfg, engine=FakeEngine()), manage_runtime=True))
     app.start()
     yield app
     app.stop()

@@ -40,7 +40,7 @@ async def start(aiohttp_client):
 
     async def _start(settings: Settings, engine: Optional[FakeEngine] = None) -> tuple[TestClient, Runtime]:
         runtime = Runtime(settings, engine=engine or FakeEngine())
-        client = await aiohttp_client(create_app(settings, runtime=runtime, start_runtime=True))
+        client = await aiohttp_client(create_app(runtime, manage_runtime=True))
         return client, runtime
 
     return _start
@@ -241,7 +241,7 @@ async def test_health_shape(start, settings) -> None:
 async def test_callbacks_are_recorded(aiohttp_client, settings) -> None:
     deliverer = RecordingDeliverer()
     runtime = Runtime(settings, engine=FakeEngine(), sender=deliverer)
-    client = await aiohttp_client(create_app(settings, runtime=runtime, start_runtime=True))
+    client = await aiohttp_client(create_app(runtime, manage_runtime=True))
     job = (await submit(client, image_b64=IMAGE_B64, callback_url="http://hook.test/cb",
                         callback_secret="s3cret"))["job_id"]
     expired = (await submit(client, image_b64=IMAGE_B64, callback_url="http://hook.test/cb",
