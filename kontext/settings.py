@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from protocol.limits import JOB_TYPE_KONTEXT_EDIT
+from protocol.limits import JOB_TYPE_FLUX_DEV, JOB_TYPE_KONTEXT_EDIT
 
 
 class Settings(BaseSettings):
@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("capacity_job_types")
+    @classmethod
+    def _only_edit_jobs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if JOB_TYPE_FLUX_DEV in value:
+            raise ValueError(f"{JOB_TYPE_FLUX_DEV} is FLUX.1-dev text-to-image, which this miner does not serve")
         return value
 
     @property

@@ -60,18 +60,19 @@ async def serve(args: Any, *, chain: Any = None) -> None:
     from kontext.runtime import Runtime
     from neurons.auth import SignatureGate
     from neurons.chain import BittensorChain, ChainError, check_and_serve
-    from neurons.registry import Gate, ValidatorRegistry, load_offline_members, members_from_metagraph
+    from neurons.registry import Blacklist, ValidatorRegistry, load_offline_members, members_from_metagraph
     from neurons.synapses import routes as synapse_routes
 
     settings = _settings(args)
     door_tls = server_context(settings.axon_certfile, settings.axon_keyfile)
     wallet, hotkey = _load_hotkey(args)
-    gate = Gate(force_validator_permit=args.force_validator_permit, allow_non_registered=args.allow_non_registered)
+    blacklist = Blacklist(force_validator_permit=args.force_validator_permit,
+                          allow_non_registered=args.allow_non_registered)
     offline = args.network == OFFLINE and not args.chain_endpoint
     network = OFFLINE if offline else args.chain_endpoint or args.network
     tasks: list[asyncio.Task[Any]] = []
     if offline:
-        registry = ValidatorRegistry(gate, load_offline_members(args.validators or ""), source=OFFLINE)
+        registry = ValidatorRegistry(blacklist, load_offline_members(args.validators or ""), source=OFFLINE)
     else:
         chain = chain or BittensorChain(network, wallet)
         port = args.axon_external_port or args.axon_port
@@ -80,7 +81,7 @@ async def serve(args: Any, *, chain: Any = None) -> None:
                                             ip=_public_ip(args), port=port, serve=not args.skip_serve_axon)
         except ChainError as exc:
             raise SystemExit(str(exc)) from None
-        registry = ValidatorRegistry(gate, members, source=network)
+        registry = ValidatorRegistry(blacklist, members, source=network)
 
         async def fetch() -> dict:
             metagraph = await chain.metagraph(args.netuid)

@@ -21,7 +21,7 @@ class Member:
 
 
 @dataclass(frozen=True)
-class Gate:
+class Blacklist:
     """The blacklist switches, as the subnet template names them."""
 
     force_validator_permit: bool = True
@@ -35,8 +35,8 @@ class ValidatorRegistry:
     and is reported by ``health()``.
     """
 
-    def __init__(self, gate: Gate, members: Optional[dict[str, Member]] = None, *, source: str = "offline") -> None:
-        self.gate = gate
+    def __init__(self, blacklist: Blacklist, members: Optional[dict[str, Member]] = None, *, source: str = "offline") -> None:
+        self.blacklist = blacklist
         self.members = members or {}
         self.source = source
         self.refreshed_at: Optional[float] = time.time() if members is not None else None
@@ -47,8 +47,8 @@ class ValidatorRegistry:
         """Why ``hotkey`` may not call, or None if it may."""
         member = self.members.get(hotkey)
         if member is None:
-            return None if self.gate.allow_non_registered else f"hotkey {hotkey} is not registered on the subnet"
-        if self.gate.force_validator_permit and not member.validator_permit:
+            return None if self.blacklist.allow_non_registered else f"hotkey {hotkey} is not registered on the subnet"
+        if self.blacklist.force_validator_permit and not member.validator_permit:
             return f"hotkey {hotkey} has no validator permit"
         return None
 
@@ -84,8 +84,8 @@ class ValidatorRegistry:
             "refreshed_at": self.refreshed_at,
             "stale": self.failed_since is not None,
             "last_error": self.last_error,
-            "force_validator_permit": self.gate.force_validator_permit,
-            "allow_non_registered": self.gate.allow_non_registered,
+            "force_validator_permit": self.blacklist.force_validator_permit,
+            "allow_non_registered": self.blacklist.allow_non_registered,
         }
 
 

@@ -75,11 +75,13 @@ class _JsonErrorRequestHandler(RequestHandler):
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: Optional[BaseException] = None,
                      message: Optional[str] = None) -> web.StreamResponse:
-        plain = super().handle_error(request, status, exc, message)  # logs, and refuses if bytes were sent
         if status >= 500:
-            return plain
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send the error")
         code = _HTTP_CODES.get(status, "bad_request")
-        detail = (message or (str(exc) if exc else "") or "malformed HTTP request").splitlines()[0][:300]
+        detail = str(getattr(exc, "message", None) or message or exc or "unreadable").strip().splitlines()[0][:200]
+        log.info("malformed HTTP request from %s -> %d %s: %s", request.remote, status, code, detail)
         response = error_response(status, code, f"malformed HTTP request: {detail}")
         response.force_close()
         return response

@@ -11,7 +11,7 @@ from multidict import CIMultiDict
 from kontext.errors import Forbidden, Unauthorized
 from neurons.auth import SignatureGate
 from protocol.headers import epistula_message
-from neurons.registry import Gate, Member, ValidatorRegistry, load_offline_members
+from neurons.registry import Blacklist, Member, ValidatorRegistry, load_offline_members
 from client.signing import btauth_headers, epistula_headers
 
 MINER = Keypair.create_from_uri("//Miner")
@@ -22,7 +22,7 @@ BODY = b'{"job_id": "edit-1"}'
 PATH = "/StatusSynapse"
 
 
-def _verifier(gate: Gate = Gate()) -> SignatureGate:
+def _verifier(gate: Blacklist = Blacklist()) -> SignatureGate:
     members = {VALIDATOR.ss58_address: Member(VALIDATOR.ss58_address, 5000.0, True),
                NO_PERMIT.ss58_address: Member(NO_PERMIT.ss58_address, 10.0, False)}
     return SignatureGate(MINER.ss58_address, ValidatorRegistry(gate, members))
@@ -109,7 +109,7 @@ async def test_blacklist_unknown_hotkey_and_missing_permit_are_403() -> None:
 
 
 async def test_blacklist_switches() -> None:
-    relaxed = _verifier(Gate(force_validator_permit=False, allow_non_registered=True))
+    relaxed = _verifier(Blacklist(force_validator_permit=False, allow_non_registered=True))
     for caller in (STRANGER, NO_PERMIT):
         assert await _call(relaxed, epistula_headers(caller, body=BODY, receiver=MINER.ss58_address)) \
             == caller.ss58_address

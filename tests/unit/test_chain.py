@@ -9,7 +9,7 @@ from typing import Optional
 import pytest
 
 from neurons.chain import ChainError, check_and_serve
-from neurons.registry import Gate, Member, ValidatorRegistry, members_from_metagraph
+from neurons.registry import Blacklist, Member, ValidatorRegistry, members_from_metagraph
 
 
 @dataclass
@@ -69,7 +69,7 @@ async def test_clear_refusals(graph, hotkey, ip, words) -> None:
 
 async def test_refresh_outage_keeps_the_last_snapshot() -> None:
     chain = FakeChain(GRAPH)
-    registry = ValidatorRegistry(Gate(), members_from_metagraph(GRAPH), source="test")
+    registry = ValidatorRegistry(Blacklist(), members_from_metagraph(GRAPH), source="test")
 
     async def fetch():
         return members_from_metagraph(await chain.metagraph(11))

@@ -1,0 +1,285 @@
+"""The public door's routes, in-process: /, /check, signed /capacity, /sync/edit, priority, timing rules."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+from aiohttp.test_utils import TestClient
+from bittensor.sp_core import Keypair
+
+from client.signing import btauth_headers, epistula_headers
+from kontext.http.app import Door, create_app
+from kontext.http.gate import Gate
+from kontext.runtime import Runtime
+from kontext.settings import Settings
+from neurons.auth import SignatureGate
+from neurons.registry import Blacklist, Member, ValidatorRegistry
+from neurons.synapses import routes as synapse_routes
+from tests.fakes import FAIL_PROMPT, FakeEngine, RecordingDeliverer, png_bytes
+from tests.unit.test_sidecar import make_settings
+
+MINER = Keypair.create_from_uri("//DoorMiner")
+VALIDATOR = Keypair.create_from_uri("//DoorValidator")
+RICH = Keypair.create_from_uri("//DoorRichValidator")
+IMAGE_B64 = base64.b64encode(png_bytes()).decode()
+EDIT = {"prompt": "add a hat", "seed": 7, "image_b64": IMAGE_B64, "num_inference_steps": 2}
+
+
+def signed_gate() -> SignatureGate:
+    members = {VALIDATOR.ss58_address: Member(VALIDATOR.ss58_address, 10.0, True),
+               RICH.ss58_address: Member(RICH.ss58_address, 9000.0, True)}
+    return SignatureGate(MINER.ss58_address, ValidatorRegistry(Blacklist(), members))
+
+
+@pytest.fixture
+async def door(aiohttp_client):
+    """door(settings, engine=None, gate=None, deliverer=None) -> (client, runtime)."""
+
+    async def _door(settings: Settings, engine: Optional[FakeEngine] = None, gate: Optional[Gate] = None,
+                    deliverer: Optional[RecordingDeliverer] = None) -> tuple[TestClient, Runtime]:
+        runtime = Runtime(settings, engine=engine or FakeEngine(), sender=deliverer)
+        app = create_app(runtime, gate=gate, door=Door("door", MINER.ss58_address), extra_routes=synapse_routes,
+                         manage_runtime=True)
+        return await aiohttp_client(app), runtime
+
+    return _door
+
+
+async def wait_ready(client: TestClient) -> None:
+    for _ in range(500):
+        if (await (await client.get("/")).json())["engine"] == "ready":
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("engine never ready")
+
+
+async def test_root_and_check(door, tmp_path: Path) -> None:
+    client, _ = await door(make_settings(tmp_path))
+    root = await client.get("/")
+    body = await root.json()
+    assert root.status == 200 and body["service"] == "kontext-miner" and body["hotkey"] == MINER.ss58_address
+    assert body["engine"] in ("loading", "ready") and "POST /sync/edit" in body["endpoints"]
+    assert (await client.get(f"/check/{MINER.ss58_address}")).status == 200
+    other = await client.get(f"/check/{VALIDATOR.ss58_address}")
+    assert other.status == 404 and (await other.json())["error"] == "job_not_found"
+
+
+async def test_a_door_without_a_hotkey_checks_none(aiohttp_client, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    client = await aiohttp_client(create_app(Runtime(settings, engine=FakeEngine()), manage_runtime=True))
+    assert (await client.get(f"/check/{MINER.ss58_address}")).status == 404
+    assert (await (await client.get("/")).json())["hotkey"] is None
+
+
+async def test_capacity_is_claimed_only_while_the_engine_is_ready(door, tmp_path: Path) -> None:
+    loading = threading.Event()
+
+    class SlowLoad(FakeEngine):
+        def load(self) -> None:
+            loading.wait(10)
+            super().load()
+
+    client, _ = await door(make_settings(tmp_path), engine=SlowLoad())
+    before = await (await client.get("/capacity")).json()
+    assert before == {"img-h100_pcie": False, "base-h100_pcie": False}
+    loading.set()
+    await wait_ready(client)
+    assert await (await client.get("/capacity")).json() == {"img-h100_pcie": True, "base-h100_pcie": False}
+
+
+async def test_capacity_job_types_come_from_the_setting(door, tmp_path: Path) -> None:
+    client, _ = await door(make_settings(tmp_path, capacity_job_types="img-h100_pcie,img-h200"))
+    await wait_ready(client)
+    answer = await (await client.get("/capacity")).json()
+    assert answer == {"img-h100_pcie": True, "base-h100_pcie": False, "img-h200": True}
+    assert all(isinstance(value, bool) for value in answer.values())  # the validator discards anything else
+
+
+async def test_a_failed_engine_claims_nothing(door, tmp_path: Path) -> None:
+    client, _ = await door(make_settings(tmp_path), engine=FakeEngine(fail_load="no weights"))
+    for _ in range(200):
+        if (await (await client.get("/")).json())["engine"] == "failed":
+            break
+        await asyncio.sleep(0.01)
+    assert await (await client.get("/capacity")).json() == {"img-h100_pcie": False, "base-h100_pcie": False}
+
+
+async def test_signed_capacity_get_carries_the_body_the_validator_signs(door, tmp_path: Path) -> None:
+    """The validator's signed GET sends the two bytes ``{}`` and signs their SHA256."""
+    client, _ = await door(make_settings(tmp_path), gate=signed_gate())
+    body = b"{}"
+    ok = await client.get("/capacity", data=body,
+                          headers=epistula_headers(VALIDATOR, body=body, receiver=MINER.ss58_address))
+    assert ok.status == 200 and set(await ok.json()) == {"img-h100_pcie", "base-h100_pcie"}
+    signed_empty = await client.get("/capacity", data=body,
+                                    headers=epistula_headers(VALIDATOR, body=b"", receiver=MINER.ss58_address))
+    assert signed_empty.status == 401 and (await signed_empty.json())["error"] == "unauthorized"
+    unsigned = await client.get("/capacity")
+    assert unsigned.status == 401 and "not signed" in (await unsigned.json())["message"]
+    btauth = await client.get("/capacity", data=body, headers=btauth_headers(
+        VALIDATOR, method="GET", path="/capacity", body=body, receiver=MINER.ss58_address))
+    assert btauth.status == 200
+    stranger = Keypair.create_from_uri("//DoorStranger")
+    refused = await client.get("/capacity", data=body,
+                               headers=epistula_headers(stranger, body=body, receiver=MINER.ss58_address))
+    assert refused.status == 403 and (await refused.json())["error"] == "forbidden"
+
+
+async def test_signed_edit_carries_the_callers_stake_as_priority(door, tmp_path: Path) -> None:
+    """Every signed door passes the validator's stake to the queue (the signed sidecar used to drop it)."""
+    gate = threading.Event()
+    client, runtime = await door(make_settings(tmp_path), engine=FakeEngine(gate=gate), gate=signed_gate())
+    jobs = {}
+    for name, key in (("blocker", VALIDATOR), ("low", VALIDATOR), ("high", RICH)):
+        raw = json.dumps({**EDIT, "job_id": f"job-{name}"}).encode()
+        response = await client.post("/edit", data=raw,
+                                     headers=epistula_headers(key, body=raw, receiver=MINER.ss58_address))
+        assert response.status == 200, await response.text()
+        jobs[name] = (await response.json())["job_id"]
+    assert (await runtime.store.get(jobs["high"])).priority == 9000.0  # type: ignore[union-attr]
+    assert (await runtime.store.get(jobs["low"])).priority == 10.0  # type: ignore[union-attr]
+    # the richer validator's job overtakes the earlier, poorer one in the queue
+    assert runtime.queue.position(jobs["high"]) == 1 and runtime.queue.position(jobs["low"]) == 2
+    gate.set()
+
+
+async def test_sync_edit_answers_the_png_with_its_headers(door, tmp_path: Path) -> None:
+    deliverer = RecordingDeliverer()
+    client, _ = await door(make_settings(tmp_path), deliverer=deliverer)
+    response = await client.post("/sync/edit", json={**EDIT, "callback_url": "http://receiver.test/cb"})
+    assert response.status == 200 and response.content_type == "image/png"
+    png = await response.read()
+    job_id = response.headers["X-Job-ID"]
+    assert response.headers["X-Status"] == "completed" and response.headers["X-Seed"] == "7"
+    assert response.headers["X-Image-SHA256"] == hashlib.sha256(png).hexdigest()
+    assert await (await client.get(f"/edit/result/{job_id}")).read() == png
+    for _ in range(200):  # the job also sends its callback
+        if deliverer.sent:
+            break
+        await asyncio.sleep(0.01)
+    assert deliverer.sent and deliverer.sent[0][2].job_id == job_id and deliverer.sent[0][3] == png
+
+
+async def test_sync_edit_of_a_failed_job_is_a_json_error(door, tmp_path: Path) -> None:
+    client, _ = await door(make_settings(tmp_path))
+    response = await client.post("/sync/edit", json={**EDIT, "prompt": FAIL_PROMPT, "job_id": "doomed-1"})
+    body = await response.json()
+    assert response.status == 422 and body["error"] == "job_failed" and body["job_id"] == "doomed-1"
+    assert "always fails" in body["message"]
+
+
+async def test_sync_edit_timeout_is_504_and_the_job_runs_on(door, tmp_path: Path) -> None:
+    gate = threading.Event()
+    client, _ = await door(make_settings(tmp_path, sync_timeout_seconds=0.3), engine=FakeEngine(gate=gate))
+    response = await client.post("/sync/edit", json={**EDIT, "job_id": "slow-1"})
+    body = await response.json()
+    assert response.status == 504 and body["error"] == "sync_timeout" and body["job_id"] == "slow-1"
+    gate.set()
+    for _ in range(500):
+        status = await (await client.get("/edit/status/slow-1")).json()
+        if status["status"] == "completed":
+            break
+        await asyncio.sleep(0.01)
+    assert status["status"] == "completed"
+    assert (await client.get("/edit/result/slow-1")).status == 200
+
+
+async def test_a_client_that_disconnects_does_not_cancel_the_job(door, tmp_path: Path) -> None:
+    gate = threading.Event()
+    client, _ = await door(make_settings(tmp_path), engine=FakeEngine(gate=gate))
+    request = asyncio.ensure_future(client.post("/sync/edit", json={**EDIT, "job_id": "gone-1"}))
+    for _ in range(500):
+        if (await client.get("/edit/status/gone-1")).status == 200:
+            break
+        await asyncio.sleep(0.01)
+    request.cancel()  # the client goes away mid-wait
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    gate.set()
+    for _ in range(500):
+        status = await (await client.get("/edit/status/gone-1")).json()
+        if status["status"] == "completed":
+            break
+        await asyncio.sleep(0.01)
+    assert status["status"] == "completed"
+
+
+async def test_synapses_share_the_parser_and_the_gate(door, tmp_path: Path) -> None:
+    client, _ = await door(make_settings(tmp_path), gate=signed_gate())
+    raw = json.dumps({**EDIT, "job_id": "syn-1"}).encode()
+    headers = btauth_headers(VALIDATOR, path="/EditSynapse", body=raw, receiver=MINER.ss58_address)
+    response = await client.post("/EditSynapse", data=raw, headers=headers)
+    assert response.status == 200 and (await response.json())["accepted"]["job_id"] == "syn-1"
+    unsigned = await client.post("/EditSynapse", data=raw)
+    assert unsigned.status == 401
+
+
+DEEP = b'{"prompt": "p", "seed": 1, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+BIG_INT = b'{"prompt": "p", "seed": ' + b"9" * 5000 + b"}"
+
+
+@pytest.mark.parametrize("body, names", [(DEEP, "nested too deeply"), (BIG_INT, "4300 digits")])
+@pytest.mark.parametrize("path", ["/edit", "/sync/edit", "/EditSynapse"])
+async def test_hostile_json_is_400_not_500(door, tmp_path: Path, path: str, body: bytes, names: str) -> None:
+    client, _ = await door(make_settings(tmp_path, max_request_bytes=1_000_000))
+    response = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+    assert response.status == 400 and names in (await response.json())["message"]
+
+
+async def test_callback_waits_for_not_before_while_the_result_is_visible(door, tmp_path: Path) -> None:
+    deliverer = RecordingDeliverer()
+    client, _ = await door(make_settings(tmp_path, callback_not_before_seconds=1.0), deliverer=deliverer)
+    arrived = time.time()
+    job_id = (await (await client.post("/edit", json={**EDIT, "callback_url": "http://r.test/cb"})).json())["job_id"]
+    for _ in range(500):
+        status = await (await client.get(f"/edit/status/{job_id}")).json()
+        if status["status"] == "completed":
+            break
+        await asyncio.sleep(0.01)
+    assert status["status"] == "completed" and status["callback"]["status"] == "pending"
+    assert (await client.get(f"/edit/result/{job_id}")).status == 200  # visible before the callback
+    assert status["callback"]["not_before"] is not None and not deliverer.sent
+    for _ in range(300):
+        if deliverer.sent:
+            break
+        await asyncio.sleep(0.01)
+    assert deliverer.sent and time.time() - arrived >= 1.0
+    final = await (await client.get(f"/edit/status/{job_id}")).json()
+    assert final["callback"]["status"] == "delivered" and final["callback"]["not_before"] == status["callback"][
+        "not_before"]
+
+
+async def test_admission_deadline_refuses_at_once_with_retry_after(door, tmp_path: Path) -> None:
+    gate = threading.Event()
+    client, runtime = await door(make_settings(tmp_path, admission_deadline_seconds=3.0),
+                                 engine=FakeEngine(gate=gate))
+    from kontext.jobs.record import JobRecord
+    from protocol import EditRequest, JobStatus
+
+    learned = JobRecord(id="past", request=EditRequest(prompt="p", seed=1), status=JobStatus.COMPLETED,
+                        started_at=100.0, finished_at=102.0)
+    runtime.service.admission.record(learned)  # edits take about 2 s here
+    first = await client.post("/edit", json=EDIT)
+    assert first.status == 200  # nothing ahead: about 2 s, inside the deadline
+    for _ in range(500):
+        if runtime.worker is not None and runtime.worker.busy:
+            break
+        await asyncio.sleep(0.01)
+    second = await client.post("/edit", json={**EDIT, "seed": 8})
+    body = await second.json()
+    assert second.status == 503 and body["error"] == "deadline_unreachable" and "3s deadline" in body["message"]
+    assert int(second.headers["Retry-After"]) >= 1
+    gate.set()
+
+
+def test_settings_refuse_claiming_a_job_type_this_miner_cannot_serve(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="base-h100_pcie"):
+        make_settings(tmp_path, capacity_job_types="img-h100_pcie,base-h100_pcie")

@@ -1,0 +1,113 @@
+"""The shared start-up path: listeners, TLS, JSON for HTTP parse errors, clean stop, clear start-up errors."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+
+from kontext.errors import StartupError
+from kontext.http.app import create_app
+from kontext.http.serve import Listener, serve
+from kontext.http.tls import server_context
+from kontext.runtime import Runtime
+from tests.e2e.servers import free_port
+from tests.fakes import FakeEngine
+from tests.unit.test_sidecar import make_settings
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def _pem_files(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(str(certfile), append=True)
+    cert.private_key_pem.write_to_path(str(keyfile))
+    return certfile, keyfile
+
+
+def test_tls_start_up_errors_name_the_problem(ca: trustme.CA, tmp_path: Path) -> None:
+    certfile, keyfile = _pem_files(ca, tmp_path)
+    assert server_context(None, None) is None
+    with pytest.raises(StartupError, match="both --axon.certfile and --axon.keyfile"):
+        server_context(certfile, None)
+    with pytest.raises(StartupError, match="cannot be read"):
+        server_context(tmp_path / "missing.pem", keyfile)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    with pytest.raises(StartupError, match="not usable"):
+        server_context(garbage, keyfile)
+    other_key = tmp_path / "other-key.pem"
+    trustme.CA().issue_cert("localhost").private_key_pem.write_to_path(str(other_key))
+    with pytest.raises(StartupError, match="not usable"):
+        server_context(certfile, other_key)
+    assert isinstance(server_context(certfile, keyfile), ssl.SSLContext)
+
+
+async def test_serve_https_then_stop_cleanly(ca: trustme.CA, tmp_path: Path) -> None:
+    certfile, keyfile = _pem_files(ca, tmp_path)
+    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
+    port, stop = free_port(), asyncio.Event()
+    listener = Listener("door", create_app(runtime), "127.0.0.1", port, server_context(certfile, keyfile))
+    task = asyncio.ensure_future(serve(runtime, [listener], stop=stop))
+    client_ssl = ssl.create_default_context()
+    ca.configure_trust(client_ssl)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(f"https://127.0.0.1:{port}/", ssl=client_ssl) as response:
+                    assert response.status == 200 and (await response.json())["service"] == "kontext-miner"
+                    break
+            except aiohttp.ClientConnectorError:
+                await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("door never answered")
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):  # verification is on: an unknown CA fails
+            await session.get(f"https://127.0.0.1:{port}/")
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    with pytest.raises(RuntimeError, match="not open"):
+        _ = runtime.store.db  # the store was closed by the shutdown path
+
+
+async def test_a_taken_port_is_a_start_up_error(tmp_path: Path) -> None:
+    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = blocker.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(StartupError, match=f"cannot listen on 127.0.0.1:{port}"):
+            await serve(runtime, [Listener("sidecar", create_app(runtime), "127.0.0.1", port)])
+    finally:
+        blocker.close()
+
+
+async def test_http_parse_errors_are_json_too(tmp_path: Path) -> None:
+    """A header over aiohttp's limit never reaches the middleware; the runner renders it as JSON anyway."""
+    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
+    port, stop = free_port(), asyncio.Event()
+    task = asyncio.ensure_future(serve(runtime, [Listener("sidecar", create_app(runtime), "127.0.0.1", port)],
+                                       stop=stop))
+    for _ in range(200):
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            break
+        except OSError:
+            await asyncio.sleep(0.02)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400" and b"application/json" in head
+    assert b'"error":"bad_request"' in body.replace(b" ", b"") and b"malformed HTTP request" in body
+    stop.set()
+    await asyncio.wait_for(task, 10)
