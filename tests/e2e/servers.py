@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -125,7 +126,8 @@ class NeuronProcess(SidecarProcess):
 
     @property
     def axon_url(self) -> str:
-        return f"http://127.0.0.1:{self.axon_port}"
+        scheme = "https" if "--axon.certfile" in self.extra_args else "http"
+        return f"{scheme}://127.0.0.1:{self.axon_port}"
 
     def command(self) -> list[str]:
         return [sys.executable, str(REPO_ROOT / "neurons" / "miner.py"), "--subtensor.network", "offline",
@@ -206,14 +208,16 @@ async def _multipart_from_bytes(request: web.Request, body: bytes):
 class ThreadedApp:
     """Run an aiohttp application on its own event loop in a background thread, on loopback."""
 
-    def __init__(self, make_app, host: str = "127.0.0.1", port: Optional[int] = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, make_app, host: str = "127.0.0.1", port: Optional[int] = None,  # type: ignore[no-untyped-def]
+                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
         self.make_app = make_app
         self.host = host
         self.port = port or free_port(host)
+        self.ssl_context = ssl_context
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> "ThreadedApp":
         ready = threading.Event()
@@ -222,7 +226,7 @@ class ThreadedApp:
         async def serve() -> None:
             self._runner = web.AppRunner(self.make_app(), access_log=None)
             await self._runner.setup()
-            await web.TCPSite(self._runner, self.host, self.port).start()
+            await web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context).start()
             ready.set()
 
         def run() -> None:

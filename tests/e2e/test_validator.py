@@ -1,0 +1,187 @@
+"""Act as the subnet's validator against the real neuron over HTTPS: find it, check it, send it work, audit it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import trustme
+from bittensor.sp_core import Keypair
+from PIL import Image
+
+from tests.e2e.servers import NeuronProcess
+from tests.e2e.validator import ImageHost, Validator, ValidatorCallbacks, edit_payload, uuid7
+
+pytestmark = pytest.mark.e2e
+
+VALIDATOR = Keypair.create_from_uri("//OrchestratorValidator")
+
+
+def _input_png() -> bytes:
+    image = Image.new("RGB", (96, 64))
+    image.putdata([((x * 5) % 256, (y * 7) % 256, (x * y) % 256) for y in range(64) for x in range(96)])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Subnet:
+    neuron: NeuronProcess
+    miner_hotkey: str
+    validator: Validator
+    callbacks: ValidatorCallbacks
+    images: ImageHost
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path, Path, Path]:
+    """A throwaway CA; the miner's door certificate; the CA bundle every party trusts."""
+    ca = trustme.CA()
+    folder = tmp_path_factory.mktemp("tls")
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile, ca_file = folder / "door.pem", folder / "door.key", folder / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(str(certfile), append=True)
+    cert.private_key_pem.write_to_path(str(keyfile))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return ca, certfile, keyfile, ca_file
+
+
+def _subnet(tls: tuple[trustme.CA, Path, Path, Path], model_dir: Path, home: Path,
+            extra_env: dict[str, str]) -> Subnet:
+    import bittensor as bt
+
+    ca, certfile, keyfile, ca_file = tls
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ssl)
+    wallets = home / "wallets"
+    wallet = bt.Wallet("miner", "default", path=str(wallets)).create_new_hotkey(use_password=False, suppress=True)
+    neuron = NeuronProcess(
+        model_dir, home / "data", wallet_path=wallets, validators=f"{VALIDATOR.ss58_address}:4000",
+        extra_args=["--axon.certfile", str(certfile), "--axon.keyfile", str(keyfile)],
+        extra_env={"SSL_CERT_FILE": str(ca_file), **extra_env},
+    ).start()
+    miner_hotkey = wallet.hotkey.ss58_address
+    return Subnet(neuron, miner_hotkey, Validator(VALIDATOR, miner_hotkey, neuron.axon_url, str(ca_file)),
+                  ValidatorCallbacks(server_ssl).start(), ImageHost(server_ssl, {"person.png": _input_png()}))
+
+
+def _stop(subnet: Subnet) -> None:
+    subnet.neuron.stop()
+    subnet.callbacks.stop()
+    subnet.images.stop()
+
+
+@pytest.fixture(scope="module")
+def subnet(tls, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Subnet]:
+    running = _subnet(tls, tiny_model_dir, tmp_path_factory.mktemp("validator-home"), {})
+    try:
+        yield running
+    finally:
+        _stop(running)
+
+
+def _dispatch(subnet: Subnet, seed: int, *, path: str = "/edit") -> tuple[dict, float]:
+    payload = edit_payload(image_url=subnet.images.url("person.png"), callback_url=subnet.callbacks.url, seed=seed)
+    subnet.callbacks.expect(payload["job_id"], payload["callback_secret"])
+    return payload, time.time()
+
+
+def test_health_checks_answer_as_the_validator_expects(subnet: Subnet) -> None:
+    root = subnet.validator.get("/")  # over HTTPS, certificate verified, no signature
+    assert root.status_code == 200 and root.json()["hotkey"] == subnet.miner_hotkey
+    assert subnet.validator.get(f"/check/{subnet.miner_hotkey}").status_code == 200
+    assert subnet.validator.get(f"/check/{VALIDATOR.ss58_address}").status_code == 404
+    capacity = subnet.validator.signed_get("/capacity")
+    assert capacity.status_code == 200, capacity.text
+    assert capacity.json() == {"img-h100_pcie": True, "base-h100_pcie": False}
+    assert subnet.validator.get("/capacity").status_code == 401  # unsigned
+
+
+def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet: Subnet) -> None:
+    payload, _ = _dispatch(subnet, seed=4242)
+    accepted = subnet.validator.signed_post("/edit", payload)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["job_id"] == payload["job_id"] and accepted.json()["status"] == "queued"
+    outcome = subnet.callbacks.wait(payload["job_id"])
+    assert outcome.accepted, outcome.reason
+    assert outcome.status == "completed"
+    result = subnet.validator.get(f"/edit/result/{payload['job_id']}")
+    assert result.status_code == 200 and hashlib.sha256(result.content).hexdigest() == outcome.image_sha256
+    status = subnet.validator.get(f"/edit/status/{payload['job_id']}").json()
+    assert status["callback"]["status"] == "delivered" and status["callback"]["status_code"] == 200
+    assert status["request"]["image_source"] == "url"
+
+    again, _ = _dispatch(subnet, seed=4242)
+    synced = subnet.validator.signed_post("/sync/edit", again)
+    assert synced.status_code == 200, synced.text
+    assert synced.headers["X-Job-ID"] == again["job_id"] and synced.headers["X-Status"] == "completed"
+    assert synced.headers["X-Seed"] == "4242"
+    assert hashlib.sha256(synced.content).hexdigest() == outcome.image_sha256 == synced.headers["X-Image-SHA256"]
+    assert subnet.callbacks.wait(again["job_id"]).image_sha256 == outcome.image_sha256  # it calls back too
+
+
+def test_a_wrong_secret_is_what_the_validator_would_refuse(subnet: Subnet) -> None:
+    """The receiver double is strict: a callback carrying another secret fails, as on the validator."""
+    payload, _ = _dispatch(subnet, seed=5)
+    subnet.callbacks.expect(payload["job_id"], "someone-elses-secret")
+    assert subnet.validator.signed_post("/edit", payload).status_code == 200
+    outcome = subnet.callbacks.wait(payload["job_id"])
+    assert not outcome.accepted and outcome.reason == "secret missing or different"
+    status = subnet.validator.get(f"/edit/status/{payload['job_id']}").json()
+    assert status["callback"]["status"] == "failed" and status["callback"]["status_code"] == 400
+
+
+def test_unsigned_and_unknown_callers_are_refused(subnet: Subnet) -> None:
+    payload, _ = _dispatch(subnet, seed=6)
+    stranger = Validator(Keypair.create_from_uri("//NotAValidator"), subnet.miner_hotkey,
+                         subnet.validator.base_url, subnet.validator.verify)
+    refused = stranger.signed_post("/edit", payload)
+    assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+    import requests
+
+    unsigned = requests.post(subnet.validator.base_url + "/edit", json=payload, timeout=10,
+                             verify=subnet.validator.verify)
+    assert unsigned.status_code == 401 and unsigned.json()["error"] == "unauthorized"
+
+
+@pytest.fixture(scope="module")
+def timed_subnet(tls, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Subnet]:
+    """A miner with both timing rules on: callbacks no earlier than 3 s, and a deadline no job can meet
+    once an edit time is known (the first job is admitted: a cold miner admits everything)."""
+    running = _subnet(tls, tiny_model_dir, tmp_path_factory.mktemp("timed-home"),
+                      {"CALLBACK_NOT_BEFORE_SECONDS": "3", "ADMISSION_DEADLINE_SECONDS": "0.001"})
+    try:
+        yield running
+    finally:
+        _stop(running)
+
+
+def test_timing_rules_hold_back_the_callback_and_refuse_late_jobs(timed_subnet: Subnet) -> None:
+    payload, dispatched_at = _dispatch(timed_subnet, seed=9)
+    assert timed_subnet.validator.signed_post("/edit", payload).status_code == 200
+    outcome = timed_subnet.callbacks.wait(payload["job_id"])
+    assert outcome.accepted, outcome.reason
+    assert outcome.received_at - dispatched_at >= 3.0  # never earlier than CALLBACK_NOT_BEFORE_SECONDS
+    status = timed_subnet.validator.get(f"/edit/status/{payload['job_id']}").json()
+    assert status["callback"]["not_before"] is not None
+    late, _ = _dispatch(timed_subnet, seed=10)
+    refused = timed_subnet.validator.signed_post("/edit", late)
+    assert refused.status_code == 503 and refused.json()["error"] == "deadline_unreachable"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert timed_subnet.validator.get(f"/edit/status/{late['job_id']}").status_code == 404  # never accepted
+
+
+def test_uuid7_is_a_version_7_uuid() -> None:
+    import uuid
+
+    value = uuid.UUID(uuid7())
+    assert value.version == 7 and value.variant == uuid.RFC_4122
