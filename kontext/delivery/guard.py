@@ -33,7 +33,7 @@ _SWITCHABLE = ("loopback", "private")
 
 
 class BlockedAddressError(OSError):
-    """Raised at connect time; aiohttp reports it as a connection error."""
+    """Raised at connect time; aiohttp reports it as a connection error (see ``find_refusal``)."""
 
 
 def _carried_ipv4(ip: IPAddress) -> tuple[IPAddress, str]:
@@ -98,6 +98,20 @@ def check_url(url: str, *, allow_private: bool) -> None:
     reason = is_blocked(literal, allow_private=allow_private)
     if reason:
         raise BlockedAddressError(f"refused: {reason}")
+
+
+def find_refusal(exc: BaseException) -> Optional[BlockedAddressError]:
+    """The guard's refusal behind ``exc``: aiohttp wraps a resolver's error in one whose text hides it."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if isinstance(current, BlockedAddressError):
+            return current
+        seen.add(id(current))
+        linked = (current.__cause__, getattr(current, "os_error", None), *current.args)
+        pending.extend(e for e in linked if isinstance(e, BaseException) and id(e) not in seen)
+    return None
 
 
 class GuardedResolver(AbstractResolver):

@@ -67,6 +67,7 @@ async def receiver(aiohttp_server):
 
 
 NAMES = {"metadata.test": ["169.254.169.254"], "receiver.test": ["127.0.0.1"]}
+METADATA_REFUSED = "refused: metadata.test resolves to 169.254.169.254, which is link-local"
 async def _send(url: str, secret: str | None, *, allow_private: bool = True, timeout: float = 5,
                 png: bytes | None = PNG, payload: CallbackPayload = PAYLOAD):
     session = make_guarded_session(allow_private=allow_private, timeout=timeout,
@@ -129,6 +130,19 @@ async def test_timeout_refused_and_blocked_are_failed_without_code(receiver) -> 
         assert "s3cret" not in str(record.model_dump())
 
 
+async def test_resolver_refusal_reaches_the_record(receiver) -> None:
+    """aiohttp wraps the resolver's refusal in a ClientConnectorDNSError whose text hides it."""
+    metadata = await _send("http://metadata.test/hook", "s3cret")
+    assert metadata.status is CallbackStatus.FAILED and metadata.status_code is None
+    assert metadata.error == METADATA_REFUSED
+    private = await _send(f"http://receiver.test:{receiver.port}/hook", "s3cret", allow_private=False)
+    assert private.error == ("refused: receiver.test resolves to 127.0.0.1, which is loopback "
+                             "(allowed only with CALLBACK_ALLOW_PRIVATE=true)")
+    assert receiver.seen == []
+    reached = await _send(f"http://receiver.test:{receiver.port}/hook", "s3cret")
+    assert reached.status is CallbackStatus.DELIVERED and len(receiver.seen) == 1
+
+
 async def _fetch(url: str, *, max_bytes: int = 100_000, timeout: float = 5, allow_private: bool = True) -> bytes:
     session = make_guarded_session(allow_private=allow_private, timeout=timeout,
                                    inner_resolver=TableResolver(NAMES))
@@ -150,3 +164,9 @@ async def test_fetch_image(receiver) -> None:
         with pytest.raises(ImageFetchError) as info:
             await _fetch(str(receiver.make_url(f"/image/{kind}")), **kwargs)
         assert words in str(info.value) and str(info.value).startswith("image_url")
+
+
+async def test_fetch_reports_the_resolver_refusal() -> None:
+    with pytest.raises(ImageFetchError) as info:
+        await _fetch("http://metadata.test/latest/meta-data")
+    assert str(info.value) == f"image_url: {METADATA_REFUSED}"
