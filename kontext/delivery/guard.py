@@ -2,7 +2,7 @@
 
 Names are checked in the resolver, at connect time, so a name that resolves to a blocked address
 is refused even if it resolved elsewhere a moment earlier (DNS rebinding). aiohttp never hands an
-IP literal to the resolver, so ``check_url`` checks literals before the request.
+IP literal to the resolver, so ``check_url`` reads every spelling of one before the request.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
 import aiohttp
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
@@ -84,20 +85,52 @@ def is_blocked(ip: IPAddress, *, allow_private: bool) -> Optional[str]:
     return f"{shown}, which is {kind}"
 
 
-def check_url(url: str, *, allow_private: bool) -> None:
-    """Refuse before connecting: a non-http(s) scheme, userinfo, or a literal blocked address."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise BlockedAddressError(f"URL must be http(s)://host/...: {url[:100]}")
-    if parts.username or parts.password:
-        raise BlockedAddressError("URL must not carry credentials")
+def _standard_ip(host: str) -> Optional[IPAddress]:
     try:
-        literal = ipaddress.ip_address(parts.hostname)
+        return ipaddress.ip_address(host)
     except ValueError:
-        return
-    reason = is_blocked(literal, allow_private=allow_private)
-    if reason:
-        raise BlockedAddressError(f"refused: {reason}")
+        return None
+
+
+def _ip_literal(host: str) -> Optional[IPAddress]:
+    """``host`` read as a resolver reads it: every inet_aton spelling (``2852039166``, ``127.1``, ``0x7f.1``)."""
+    standard = _standard_ip(host)
+    if standard is not None:
+        return standard
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        return None
+
+
+def _connect_host(url: str) -> Optional[str]:
+    """The host aiohttp will connect to: yarl maps ``１２７.０.０.１`` to ``127.0.0.1``, urlsplit does not."""
+    try:
+        return yarl.URL(url).host
+    except ValueError:  # aiohttp cannot request it either
+        return None
+
+
+def check_url(url: str, *, allow_private: bool) -> None:
+    """Refuse before connecting: a non-http(s) URL, userinfo, or a blocked IP literal in any spelling.
+
+    Messages quote nothing of the URL but its host: the URL may carry credentials.
+    """
+    try:
+        parts = urlsplit(url)
+        written = parts.hostname
+    except ValueError:  # its message quotes the netloc
+        raise BlockedAddressError("refused: the URL cannot be parsed") from None
+    if parts.scheme.lower() not in ("http", "https") or not written:
+        raise BlockedAddressError("refused: the URL must be http(s)://host/...")
+    if "@" in parts.netloc:
+        raise BlockedAddressError("refused: the URL must not carry credentials")
+    for spelling in (written, _connect_host(url) or written):
+        literal = _ip_literal(spelling)
+        reason = None if literal is None else is_blocked(literal, allow_private=allow_private)
+        if reason:
+            means = "" if _standard_ip(written) is not None else f"host {written} means "
+            raise BlockedAddressError(f"refused: {means}{reason}")
 
 
 def find_refusal(exc: BaseException) -> Optional[BlockedAddressError]:

@@ -68,6 +68,10 @@ async def receiver(aiohttp_server):
 
 NAMES = {"metadata.test": ["169.254.169.254"], "receiver.test": ["127.0.0.1"]}
 METADATA_REFUSED = "refused: metadata.test resolves to 169.254.169.254, which is link-local"
+CREDENTIAL_URLS = ["http://alice:hunter2@127.0.0.1/hook", "ftp://alice:hunter2@example.com/",
+                   "alice:hunter2@example.com/hook", "http://alice:hunter2@exa\u2100mple.com/hook"]
+
+
 async def _send(url: str, secret: str | None, *, allow_private: bool = True, timeout: float = 5,
                 png: bytes | None = PNG, payload: CallbackPayload = PAYLOAD):
     session = make_guarded_session(allow_private=allow_private, timeout=timeout,
@@ -143,6 +147,22 @@ async def test_resolver_refusal_reaches_the_record(receiver) -> None:
     assert reached.status is CallbackStatus.DELIVERED and len(receiver.seen) == 1
 
 
+async def test_unusual_spellings_of_loopback_do_not_reach_it(receiver) -> None:
+    for host in ("\uff11\uff12\uff17.\uff10.\uff10.\uff11", "127\u30020\u30020\u30021", "[::ffff:127.0.0.1]"):
+        record = await _send(f"http://{host}:{receiver.port}/hook", "s3cret", allow_private=False)
+        assert record.status is CallbackStatus.FAILED and record.error is not None
+        assert record.error.startswith("refused: ") and "127.0.0.1" in record.error
+        assert "which is loopback" in record.error
+    assert receiver.seen == []
+
+
+@pytest.mark.parametrize("url", CREDENTIAL_URLS)
+async def test_callback_errors_never_echo_credentials(url: str) -> None:
+    record = await _send(url, "s3cret")
+    assert record.status is CallbackStatus.FAILED and (record.error or "").startswith("refused: ")
+    assert "alice" not in str(record.model_dump()) and "hunter2" not in str(record.model_dump())
+
+
 async def _fetch(url: str, *, max_bytes: int = 100_000, timeout: float = 5, allow_private: bool = True) -> bytes:
     session = make_guarded_session(allow_private=allow_private, timeout=timeout,
                                    inner_resolver=TableResolver(NAMES))
@@ -170,3 +190,11 @@ async def test_fetch_reports_the_resolver_refusal() -> None:
     with pytest.raises(ImageFetchError) as info:
         await _fetch("http://metadata.test/latest/meta-data")
     assert str(info.value) == f"image_url: {METADATA_REFUSED}"
+
+
+@pytest.mark.parametrize("url", CREDENTIAL_URLS)
+async def test_fetch_errors_never_echo_credentials(url: str) -> None:
+    with pytest.raises(ImageFetchError) as info:
+        await _fetch(url)
+    assert str(info.value).startswith("image_url: refused: ")
+    assert "alice" not in str(info.value) and "hunter2" not in str(info.value)

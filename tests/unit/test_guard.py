@@ -79,11 +79,57 @@ def test_reason_names_the_class(address: str, allow_private: bool, reason: str) 
     assert is_blocked(ipaddress.ip_address(address), allow_private=allow_private) == reason
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/x", "http://user:pw@example.com/", "http://169.254.169.254/",
+@pytest.mark.parametrize("host", [
+    "2852039166",              # one decimal number
+    "0251.0376.0251.0376",     # octal parts
+    "0xa9fea9fe",              # one hex number
+    "0xa9.0xfe.0xa9.0xfe",
+    "169.254.43518",           # a.b.c with a 16-bit tail
+    "169.16689662",            # a.b with a 24-bit tail
+    "[::ffff:a9fe:a9fe]",
+    "１６９.２５４.１６９.２５４",  # full-width digits: aiohttp (IDNA) connects to 169.254.169.254
+    "169。254。169。254",        # ideographic full stops: likewise
+    "\U0001fbf1\U0001fbf6\U0001fbf9.254.169.254",  # segmented digits: yarl maps them, the idna codec does not
+])
+def test_every_ipv4_spelling_is_read_as_its_address(host: str) -> None:
+    with pytest.raises(BlockedAddressError, match=r"169\.254\.169\.254\)?, which is link-local$"):
+        check_url(f"http://{host}/latest/meta-data", allow_private=True)
+
+
+@pytest.mark.parametrize("host", ["127.1", "0x7f.1", "2130706433", "017700000001"])
+def test_short_loopback_spellings_are_loopback(host: str) -> None:
+    with pytest.raises(BlockedAddressError, match=rf"refused: host {host} means 127\.0\.0\.1, which is loopback"):
+        check_url(f"http://{host}:8080/hook", allow_private=False)
+    check_url(f"http://{host}:8080/hook", allow_private=True)
+
+
+@pytest.mark.parametrize("url", ["http://8.8.8.8/", "http://134744072/", "http://0x08080808/", "https://example.com/x",
+                                 "http://[2606:4700::1111]:8080/", "http://1.2.3.4.example/"])
+def test_public_hosts_and_names_pass(url: str) -> None:
+    check_url(url, allow_private=False)
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/x", "http:///path", "http://169.254.169.254/",
                                  "http://[::ffff:a9fe:a9fe]/latest", "http://[64:ff9b::a9fe:a9fe]/latest"])
 def test_urls_refused_before_connecting(url: str) -> None:
-    with pytest.raises(BlockedAddressError):
+    with pytest.raises(BlockedAddressError, match="^refused: "):
         check_url(url, allow_private=True)
+
+
+@pytest.mark.parametrize("url", [
+    "http://alice:hunter2@example.com/hook",
+    "http://alice@example.com/hook",
+    "http://:hunter2@example.com/hook",
+    "ftp://alice:hunter2@example.com/hook",
+    "http:/alice:hunter2@example.com/hook",        # no host: the old message echoed the URL
+    "alice:hunter2@example.com/hook",               # no scheme: urlsplit reads "alice" as the scheme
+    "http://alice:hunter2@exa\u2100mple.com/hook",  # urlsplit's own ValueError quotes the netloc
+    "http://alice:hunter2@[::1/hook",
+])
+def test_refusals_never_echo_credentials(url: str) -> None:
+    with pytest.raises(BlockedAddressError) as info:
+        check_url(url, allow_private=True)
+    assert "alice" not in str(info.value) and "hunter2" not in str(info.value)
 
 
 NAMES = {
