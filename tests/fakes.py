@@ -1,12 +1,15 @@
-"""Test doubles: a fast deterministic stand-in for KontextEngine, and a recording deliverer."""
+"""Test doubles: a fast deterministic stand-in for KontextEngine, a recording deliverer, a table DNS."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import ipaddress
+import socket
 import threading
 from typing import Callable, Optional
 
+from aiohttp.abc import AbstractResolver, ResolveResult
 from PIL import Image
 
 from kontext.engine.engine import EditOutput
@@ -87,3 +90,27 @@ def png_bytes(size: tuple[int, int] = (32, 32), colour: tuple[int, int, int] = (
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+class TableResolver(AbstractResolver):
+    """DNS from a dict: aiohttp sends only names (never IP literals) to a resolver, so guard tests need names.
+
+    ``answers`` may be changed between requests (DNS rebinding); ``asked`` lists the names looked up.
+    """
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        self.asked.append(host)
+        if host not in self.answers:
+            raise OSError(f"{host}: no such name in the test table")
+        return [ResolveResult(hostname=host, host=address, port=port, proto=0, flags=socket.AI_NUMERICHOST,
+                              family=socket.AF_INET6 if ipaddress.ip_address(address).version == 6
+                              else socket.AF_INET)
+                for address in self.answers[host]]
+
+    async def close(self) -> None:
+        return None

@@ -23,7 +23,7 @@ from typing import Optional
 
 import aiohttp
 
-from kontext.delivery.guard import check_url
+from kontext.delivery.guard import check_url, find_refusal
 from protocol import CallbackPayload, CallbackRecord, CallbackStatus
 from protocol.headers import CALLBACK_SECRET_HEADER, CALLBACK_SIGNATURE_HEADER, CALLBACK_TIMESTAMP_HEADER
 
@@ -106,7 +106,8 @@ class CallbackSender:
         except asyncio.TimeoutError:
             return record(CallbackStatus.FAILED, error=f"timeout after {self.timeout:g}s")
         except Exception as exc:  # noqa: BLE001 - any failure is a recorded outcome
-            return record(CallbackStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            refusal = find_refusal(exc)
+            return record(CallbackStatus.FAILED, error=str(refusal) if refusal else f"{type(exc).__name__}: {exc}")
 
 
 def _scrub(error: Optional[str], secret: Optional[str]) -> Optional[str]:

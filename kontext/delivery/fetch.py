@@ -7,7 +7,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from kontext.delivery.guard import BlockedAddressError, check_url
+from kontext.delivery.guard import BlockedAddressError, check_url, find_refusal
 
 MAX_REDIRECTS = 3
 CHUNK = 64 * 1024
@@ -34,12 +34,12 @@ async def fetch_image(session: aiohttp.ClientSession, url: str, *, max_bytes: in
             raise ImageFetchError(f"image_url: more than {MAX_REDIRECTS} redirects")
     except ImageFetchError:
         raise
-    except BlockedAddressError as exc:
-        raise ImageFetchError(f"image_url: {exc}") from None
     except (asyncio.TimeoutError, TimeoutError):
         raise ImageFetchError(f"image_url: download timed out after {timeout:g}s") from None
-    except aiohttp.ClientError as exc:
-        raise ImageFetchError(f"image_url: download failed: {type(exc).__name__}: {exc}"[:300]) from None
+    except (BlockedAddressError, aiohttp.ClientError) as exc:
+        refusal = find_refusal(exc)
+        detail = str(refusal) if refusal else f"download failed: {type(exc).__name__}: {exc}"
+        raise ImageFetchError(f"image_url: {detail}"[:300]) from None
 
 
 async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from datetime import datetime, timezone
 
 import pytest
@@ -11,39 +10,14 @@ from aiohttp import web
 
 from kontext.delivery.callbacks import CallbackSender, verify_signature
 from kontext.delivery.fetch import ImageFetchError, fetch_image
-from kontext.delivery.guard import BlockedAddressError, check_url, is_blocked, make_guarded_session
+from kontext.delivery.guard import make_guarded_session
 from protocol import CallbackPayload, CallbackStatus, JobStatus
+from tests.fakes import TableResolver
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"fake-png-bytes" * 10
 PAYLOAD = CallbackPayload(job_id="edit-1", status=JobStatus.COMPLETED,
                           completed_at=datetime(2025, 10, 22, 11, 45, tzinfo=timezone.utc),
                           image_url="http://miner/images/edits/edit-1.png")
-
-
-@pytest.mark.parametrize("address, allow_private, blocked", [
-    ("169.254.169.254", True, True),     # cloud metadata: always
-    ("fe80::1", True, True),
-    ("224.0.0.1", True, True),
-    ("0.0.0.0", True, True),
-    ("::ffff:169.254.169.254", True, True),
-    ("127.0.0.1", False, True),
-    ("10.1.2.3", False, True),
-    ("192.168.1.1", False, True),
-    ("100.64.0.1", False, True),
-    ("fd00::1", False, True),
-    ("127.0.0.1", True, False),
-    ("10.1.2.3", True, False),
-    ("8.8.8.8", False, False),
-])
-def test_address_guard(address: str, allow_private: bool, blocked: bool) -> None:
-    assert (is_blocked(ipaddress.ip_address(address), allow_private=allow_private) is not None) is blocked
-
-
-@pytest.mark.parametrize("url", ["ftp://example.com/x", "http://user:pw@example.com/", "http://169.254.169.254/",
-                                 "http://[::ffff:a9fe:a9fe]/latest"])
-def test_urls_refused_before_connecting(url: str) -> None:
-    with pytest.raises(BlockedAddressError):
-        check_url(url, allow_private=True)
 
 
 @pytest.fixture
@@ -92,9 +66,16 @@ async def receiver(aiohttp_server):
     return server
 
 
+NAMES = {"metadata.test": ["169.254.169.254"], "receiver.test": ["127.0.0.1"]}
+METADATA_REFUSED = "refused: metadata.test resolves to 169.254.169.254, which is link-local"
+CREDENTIAL_URLS = ["http://alice:hunter2@127.0.0.1/hook", "ftp://alice:hunter2@example.com/",
+                   "alice:hunter2@example.com/hook", "http://alice:hunter2@exa\u2100mple.com/hook"]
+
+
 async def _send(url: str, secret: str | None, *, allow_private: bool = True, timeout: float = 5,
                 png: bytes | None = PNG, payload: CallbackPayload = PAYLOAD):
-    session = make_guarded_session(allow_private=allow_private, timeout=timeout)
+    session = make_guarded_session(allow_private=allow_private, timeout=timeout,
+                                   inner_resolver=TableResolver(NAMES))
     try:
         return await CallbackSender(session, timeout=timeout, allow_private=allow_private).deliver(
             url, secret, payload, png)
@@ -145,7 +126,7 @@ async def test_timeout_refused_and_blocked_are_failed_without_code(receiver) -> 
     assert refused.status is CallbackStatus.FAILED and refused.status_code is None and refused.error
     before = len(receiver.seen)
     blocked = await _send(str(receiver.make_url("/hook")), "s3cret", allow_private=False)
-    assert blocked.status is CallbackStatus.FAILED and "loopback or private" in (blocked.error or "")
+    assert blocked.status is CallbackStatus.FAILED and "loopback (allowed only with" in (blocked.error or "")
     assert len(receiver.seen) == before  # nothing reached the receiver
     metadata = await _send("http://169.254.169.254/hook", "s3cret")
     assert metadata.status is CallbackStatus.FAILED and "link-local" in (metadata.error or "")
@@ -153,8 +134,38 @@ async def test_timeout_refused_and_blocked_are_failed_without_code(receiver) -> 
         assert "s3cret" not in str(record.model_dump())
 
 
+async def test_resolver_refusal_reaches_the_record(receiver) -> None:
+    """aiohttp wraps the resolver's refusal in a ClientConnectorDNSError whose text hides it."""
+    metadata = await _send("http://metadata.test/hook", "s3cret")
+    assert metadata.status is CallbackStatus.FAILED and metadata.status_code is None
+    assert metadata.error == METADATA_REFUSED
+    private = await _send(f"http://receiver.test:{receiver.port}/hook", "s3cret", allow_private=False)
+    assert private.error == ("refused: receiver.test resolves to 127.0.0.1, which is loopback "
+                             "(allowed only with CALLBACK_ALLOW_PRIVATE=true)")
+    assert receiver.seen == []
+    reached = await _send(f"http://receiver.test:{receiver.port}/hook", "s3cret")
+    assert reached.status is CallbackStatus.DELIVERED and len(receiver.seen) == 1
+
+
+async def test_unusual_spellings_of_loopback_do_not_reach_it(receiver) -> None:
+    for host in ("\uff11\uff12\uff17.\uff10.\uff10.\uff11", "127\u30020\u30020\u30021", "[::ffff:127.0.0.1]"):
+        record = await _send(f"http://{host}:{receiver.port}/hook", "s3cret", allow_private=False)
+        assert record.status is CallbackStatus.FAILED and record.error is not None
+        assert record.error.startswith("refused: ") and "127.0.0.1" in record.error
+        assert "which is loopback" in record.error
+    assert receiver.seen == []
+
+
+@pytest.mark.parametrize("url", CREDENTIAL_URLS)
+async def test_callback_errors_never_echo_credentials(url: str) -> None:
+    record = await _send(url, "s3cret")
+    assert record.status is CallbackStatus.FAILED and (record.error or "").startswith("refused: ")
+    assert "alice" not in str(record.model_dump()) and "hunter2" not in str(record.model_dump())
+
+
 async def _fetch(url: str, *, max_bytes: int = 100_000, timeout: float = 5, allow_private: bool = True) -> bytes:
-    session = make_guarded_session(allow_private=allow_private, timeout=timeout)
+    session = make_guarded_session(allow_private=allow_private, timeout=timeout,
+                                   inner_resolver=TableResolver(NAMES))
     try:
         return await fetch_image(session, url, max_bytes=max_bytes, timeout=timeout, allow_private=allow_private)
     finally:
@@ -166,10 +177,24 @@ async def test_fetch_image(receiver) -> None:
     for kind, kwargs, words in [
         ("missing", {}, "HTTP 404"),
         ("endless", {"max_bytes": 50_000}, "larger than 50000 bytes"),
-        ("redirect-metadata", {}, "169.254.169.254"),
+        ("redirect-metadata", {}, "refused: 169.254.169.254, which is link-local"),
         ("slow", {"timeout": 0.3}, "timed out"),
-        ("ok", {"allow_private": False}, "loopback or private"),
+        ("ok", {"allow_private": False}, "which is loopback"),
     ]:
         with pytest.raises(ImageFetchError) as info:
             await _fetch(str(receiver.make_url(f"/image/{kind}")), **kwargs)
         assert words in str(info.value) and str(info.value).startswith("image_url")
+
+
+async def test_fetch_reports_the_resolver_refusal() -> None:
+    with pytest.raises(ImageFetchError) as info:
+        await _fetch("http://metadata.test/latest/meta-data")
+    assert str(info.value) == f"image_url: {METADATA_REFUSED}"
+
+
+@pytest.mark.parametrize("url", CREDENTIAL_URLS)
+async def test_fetch_errors_never_echo_credentials(url: str) -> None:
+    with pytest.raises(ImageFetchError) as info:
+        await _fetch(url)
+    assert str(info.value).startswith("image_url: refused: ")
+    assert "alice" not in str(info.value) and "hunter2" not in str(info.value)
