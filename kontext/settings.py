@@ -18,7 +18,8 @@ class Settings(BaseSettings):
     tests) and passed down; nothing else reads ``os.environ``.
     """
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True,
+                                      env_ignore_empty=True)
 
     # Feature switch and model.
     enable_kontext_edit: bool = True
