@@ -1,15 +1,18 @@
-"""The chain seam with a fake chain: registration check, ServeAxon only when needed, refresh outages."""
+"""The chain seam with a fake chain: registration check, ServeAxon and the commitment only when needed, refresh
+outages."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
-from neurons.chain import ChainError, check_and_serve
+from neurons.chain import ChainError, check_and_serve, ensure_commitment, set_commitment_call
+from neurons.commitment import CommitmentError, validator_text
 from neurons.registry import Gate, Member, ValidatorRegistry, members_from_metagraph
+from tests.commitments_runtime import stored_value
 
 
 @dataclass
@@ -30,9 +33,16 @@ class FakeMetagraph:
 
 @dataclass
 class FakeChain:
+    """Commitments are kept as CommitmentOf values decoded the way bittensor 11 returns them."""
+
     metagraph_value: Optional[FakeMetagraph]
     served: list[tuple[int, str, int]] = field(default_factory=list)
     fail: bool = False
+    signer: str = "miner"
+    stored: dict[tuple[int, str], Any] = field(default_factory=dict)
+    committed: list[tuple[int, str]] = field(default_factory=list)
+    reject: Optional[str] = None
+    closed: bool = False
 
     async def metagraph(self, netuid: int) -> Optional[FakeMetagraph]:
         if self.fail:
@@ -42,8 +52,21 @@ class FakeChain:
     async def serve_axon(self, netuid: int, ip: str, port: int) -> None:
         self.served.append((netuid, ip, port))
 
+    async def commitment(self, netuid: int, hotkey: str) -> Optional[str]:
+        return validator_text(self.stored.get((netuid, hotkey)))
+
+    async def commitments(self, netuid: int) -> dict[str, str]:
+        texts = {hotkey: validator_text(value) for (n, hotkey), value in self.stored.items() if n == netuid}
+        return {hotkey: text for hotkey, text in texts.items() if text is not None}
+
+    async def set_commitment(self, netuid: int, text: str) -> None:
+        if self.reject:
+            raise ChainError(self.reject)
+        self.committed.append((netuid, text))
+        self.stored[(netuid, self.signer)] = stored_value(set_commitment_call(netuid, text))
+
     async def close(self) -> None:
-        pass
+        self.closed = True
 
 
 GRAPH = FakeMetagraph([FakeNeuron("miner", axon="1.2.3.4:8901"), FakeNeuron("vali", 9000.0, True)])
@@ -83,3 +106,103 @@ async def test_refresh_outage_keeps_the_last_snapshot() -> None:
     await asyncio.sleep(0.1)
     task.cancel()
     assert not registry.health()["stale"] and registry.stake("vali") == 9000.0
+
+
+# The commitment -------------------------------------------------------------------------------------------------
+
+UNREADABLE = {"deposit": 0, "block": 3, "info": {"fields": [{"Sha256": "0x" + "00" * 32}]}}
+
+
+async def test_commitment_written_when_absent_then_left_alone() -> None:
+    chain = FakeChain(GRAPH)
+    outcome = await ensure_commitment(chain, netuid=11, hotkey="miner", address="1.2.3.4", port=8901)
+    assert (outcome.action, outcome.text, outcome.previous) == ("written", "1.2.3.4:8901", None)
+    assert chain.committed == [(11, "1.2.3.4:8901")]
+    value = chain.stored[(11, "miner")]
+    assert value["info"]["fields"] == [{"Raw12": "0x" + b"1.2.3.4:8901".hex()}]  # bittensor 11's decoded shape
+    assert validator_text(value) == "1.2.3.4:8901"
+    again = await ensure_commitment(chain, netuid=11, hotkey="miner", address="1.2.3.4", port=8901)
+    assert again.action == "unchanged" and "nothing written" in str(again)
+    assert chain.committed == [(11, "1.2.3.4:8901")]
+
+
+@pytest.mark.parametrize("before, previous", [
+    (stored_value(set_commitment_call(11, "5.6.7.8:8901")), "5.6.7.8:8901"),
+    (UNREADABLE, None),
+])
+async def test_commitment_written_when_different(before: Any, previous: Optional[str]) -> None:
+    chain = FakeChain(GRAPH, stored={(11, "miner"): before})
+    outcome = await ensure_commitment(chain, netuid=11, hotkey="miner", address="miner.example.com", port=443)
+    assert (outcome.action, outcome.previous) == ("written", previous)
+    assert chain.committed == [(11, "miner.example.com:443")]
+    assert await chain.commitment(11, "miner") == "miner.example.com:443"
+
+
+async def test_dry_run_writes_nothing() -> None:
+    chain = FakeChain(GRAPH, stored={(11, "miner"): stored_value(set_commitment_call(11, "5.6.7.8:8901"))})
+    outcome = await ensure_commitment(chain, netuid=11, hotkey="miner", address="1.2.3.4", port=8901, dry_run=True)
+    assert (outcome.action, outcome.text, outcome.previous) == ("dry-run", "1.2.3.4:8901", "5.6.7.8:8901")
+    assert "would write commitment '1.2.3.4:8901'" in str(outcome)
+    assert chain.committed == [] and await chain.commitment(11, "miner") == "5.6.7.8:8901"
+
+
+async def test_unparseable_address_refused_before_the_chain_is_touched() -> None:
+    chain = FakeChain(GRAPH)
+    with pytest.raises(CommitmentError, match="IPv6"):
+        await ensure_commitment(chain, netuid=11, hotkey="miner", address="2001:db8::1", port=8901)
+    assert chain.committed == []
+
+
+class FakeClient:
+    """The slice of bittensor 11's Client that BittensorChain uses for commitments; calls go through the codec."""
+
+    def __init__(self, *, success: bool = True) -> None:
+        self.success = success
+        self.values: dict[tuple[int, str], Any] = {(11, "other"): UNREADABLE}
+        self.submitted: list[tuple[Any, Any, str]] = []
+
+    async def query(self, item: Any, params: list) -> Any:
+        assert tuple(item) == ("Commitments", "CommitmentOf")
+        return self.values.get((params[0], params[1]))
+
+    async def query_map(self, item: Any, params: list) -> list[tuple[str, Any]]:
+        assert tuple(item) == ("Commitments", "CommitmentOf")
+        return [(hotkey, value) for (netuid, hotkey), value in self.values.items() if netuid == params[0]]
+
+    async def submit_call(self, call: Any, wallet: Any, *, signer: str = "coldkey") -> Any:
+        import bittensor as bt
+
+        self.submitted.append((call, wallet, signer))
+        if self.success:
+            self.values[(call.params["netuid"], wallet.hotkey.ss58_address)] = stored_value(call)
+        return bt.ExtrinsicResult(success=self.success, message="" if self.success else "SpaceLimitExceeded")
+
+
+def _bittensor_chain(client: FakeClient) -> Any:
+    from types import SimpleNamespace
+
+    from neurons.chain import BittensorChain
+
+    chain = BittensorChain("ws://127.0.0.1:9", SimpleNamespace(hotkey=SimpleNamespace(ss58_address="miner")))
+    chain.client = client  # type: ignore[assignment]
+    return chain
+
+
+async def test_bittensor_chain_submits_the_raw_call_signed_by_the_hotkey() -> None:
+    import bittensor as bt
+
+    client = FakeClient()
+    chain = _bittensor_chain(client)
+    assert await chain.commitment(11, "miner") is None
+    await chain.set_commitment(11, "1.2.3.4:8901")
+    [(call, wallet, signer)] = client.submitted
+    assert call == bt.calls.Commitments.set_commitment(netuid=11, info={"fields": [{"Raw12": b"1.2.3.4:8901"}]})
+    assert signer == "hotkey" and wallet is chain.wallet
+    assert await chain.commitment(11, "miner") == "1.2.3.4:8901"
+    assert await chain.commitments(11) == {"miner": "1.2.3.4:8901"}  # "other" holds no Raw field
+
+
+async def test_bittensor_chain_failed_extrinsic_is_a_chain_error() -> None:
+    chain = _bittensor_chain(FakeClient(success=False))
+    with pytest.raises(ChainError, match="SpaceLimitExceeded"):
+        await chain.set_commitment(11, "1.2.3.4:8901")
