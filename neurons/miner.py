@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 if __package__ in (None, ""):  # `python neurons/miner.py` as well as `python -m neurons.miner`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from neurons.config import OFFLINE, parse_args  # noqa: E402
+from neurons.config import OFFLINE, commit_endpoint, parse_args  # noqa: E402
 
 log = logging.getLogger("kontext.miner")
 
@@ -50,7 +50,8 @@ async def serve(args: Any, *, chain: Any = None) -> None:
     from kontext.http.app import create_app
     from neurons.auth import SignatureVerifier
     from neurons.axon import create_axon_app
-    from neurons.chain import BittensorChain, ChainError, check_and_serve
+    from neurons.chain import BittensorChain, ChainError, check_and_serve, ensure_commitment
+    from neurons.commitment import CommitmentError
     from neurons.registry import Gate, ValidatorRegistry, load_offline_members
 
     overrides = {k: v for k, v in {"miner_server_host": args.sidecar_host,
@@ -68,7 +69,11 @@ async def serve(args: Any, *, chain: Any = None) -> None:
         try:
             members = await check_and_serve(chain, netuid=args.netuid, hotkey=hotkey.ss58_address,
                                             ip=_public_ip(args), port=port, serve=not args.skip_serve_axon)
-        except ChainError as exc:
+            if not args.skip_commit:
+                commit_address, commit_port = commit_endpoint(args)
+                log.info("%s", await ensure_commitment(chain, netuid=args.netuid, hotkey=hotkey.ss58_address,
+                                                       address=commit_address, port=commit_port))
+        except (ChainError, CommitmentError) as exc:
             raise SystemExit(str(exc)) from None
         registry = ValidatorRegistry(gate, members, source=args.chain_endpoint or args.network)
 

@@ -1,5 +1,5 @@
 """The chain seam with a fake chain: registration check, ServeAxon and the commitment only when needed, refresh
-outages."""
+outages, the commitment on start."""
 
 from __future__ import annotations
 
@@ -206,3 +206,72 @@ async def test_bittensor_chain_failed_extrinsic_is_a_chain_error() -> None:
     chain = _bittensor_chain(FakeClient(success=False))
     with pytest.raises(ChainError, match="SpaceLimitExceeded"):
         await chain.set_commitment(11, "1.2.3.4:8901")
+
+
+# On start: a real wallet on disk, the fake chain injected --------------------------------
+
+@pytest.fixture
+def wallet(tmp_path: Any) -> tuple[list[str], str]:
+    """Wallet flags for a fresh unencrypted hotkey, and its ss58 address."""
+    import bittensor as bt
+
+    path = str(tmp_path / "wallets")
+    keys = bt.Wallet("w", "h", path=path).create_new_hotkey(suppress=True)
+    return ["--wallet.name", "w", "--wallet.hotkey", "h", "--wallet.path", path], keys.hotkey.ss58_address
+
+
+@pytest.fixture
+def miner_argv(tmp_path: Any, wallet: tuple[list[str], str]) -> list[str]:
+    """Miner flags whose service settings fail fast at runtime start (DATA_DIR is a file): serve() stops right
+    after the chain steps, with ``cannot start``."""
+    (tmp_path / "not-a-dir").write_text("")
+    (tmp_path / "miner.env").write_text(f"DATA_DIR={tmp_path / 'not-a-dir'}\n")
+    return [*wallet[0], "--env-file", str(tmp_path / "miner.env"), "--subtensor.network", "test"]
+
+
+def _registered(hotkey: str) -> FakeChain:
+    return FakeChain(FakeMetagraph([FakeNeuron(hotkey, axon="1.2.3.4:8901")]), signer=hotkey)
+
+
+@pytest.mark.parametrize("flags, text", [
+    (["--axon.external_ip", "1.2.3.4"], "1.2.3.4:8901"),
+    (["--axon.external_ip", "1.2.3.4", "--axon.external_port", "9000"], "1.2.3.4:9000"),
+    (["--axon.external_ip", "1.2.3.4", "--commit.address", "miner.example.com", "--commit.port", "443"],
+     "miner.example.com:443"),
+])
+async def test_start_commits_after_the_registration_check(miner_argv, wallet, flags, text) -> None:
+    from neurons.config import parse_args
+    from neurons.miner import serve
+
+    chain = _registered(wallet[1])
+    with pytest.raises(SystemExit, match="cannot start"):
+        await serve(parse_args([*miner_argv, *flags]), chain=chain)
+    assert chain.committed == [(11, text)]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--neuron.skip_serve_axon"], "--commit.address .or --axon.external_ip."),
+    (["--axon.external_ip", "1.2.3.4", "--commit.address", "::1"], "IPv6"),
+])
+async def test_start_refuses_what_cannot_be_committed(miner_argv, wallet, flags, words) -> None:
+    from neurons.config import parse_args
+    from neurons.miner import serve
+
+    chain = _registered(wallet[1])
+    with pytest.raises(SystemExit, match=words):
+        await serve(parse_args([*miner_argv, *flags]), chain=chain)
+    assert chain.committed == []
+
+
+@pytest.mark.parametrize("flags", [
+    ["--axon.external_ip", "1.2.3.4", "--neuron.skip_commit"],
+    ["--subtensor.network", "offline"],
+])
+async def test_start_without_committing(miner_argv, wallet, flags) -> None:
+    from neurons.config import parse_args
+    from neurons.miner import serve
+
+    chain = _registered(wallet[1])
+    with pytest.raises(SystemExit, match="cannot start"):
+        await serve(parse_args([*miner_argv, *flags]), chain=chain)
+    assert chain.committed == []
