@@ -1,5 +1,5 @@
 """The chain seam with a fake chain: registration check, ServeAxon and the commitment only when needed, refresh
-outages, the commitment on start."""
+outages, the commitment on start and the kontext-commit tool."""
 
 from __future__ import annotations
 
@@ -208,7 +208,7 @@ async def test_bittensor_chain_failed_extrinsic_is_a_chain_error() -> None:
         await chain.set_commitment(11, "1.2.3.4:8901")
 
 
-# On start: a real wallet on disk, the fake chain injected --------------------------------
+# On start and in kontext-commit: a real wallet on disk, the fake chain injected --------------------------------
 
 @pytest.fixture
 def wallet(tmp_path: Any) -> tuple[list[str], str]:
@@ -275,3 +275,75 @@ async def test_start_without_committing(miner_argv, wallet, flags) -> None:
     with pytest.raises(SystemExit, match="cannot start"):
         await serve(parse_args([*miner_argv, *flags]), chain=chain)
     assert chain.committed == []
+
+
+def _commit_tool(argv: list[str], chain: FakeChain) -> None:
+    from neurons.commit import main
+
+    main(argv, chain=chain)
+
+
+def test_read_prints_the_subnet_and_this_hotkey(wallet, capsys) -> None:
+    hotkey = wallet[1]
+    chain = _registered(hotkey)
+    chain.stored = {(11, hotkey): stored_value(set_commitment_call(11, "1.2.3.4:8901")),
+                    (11, "other"): stored_value(set_commitment_call(11, "5.6.7.8:9000")),
+                    (11, "v6"): stored_value(set_commitment_call(11, "::1:8901")),
+                    (11, "sealed"): UNREADABLE,
+                    (12, "elsewhere"): stored_value(set_commitment_call(12, "9.9.9.9:1"))}
+    _commit_tool(["read", *wallet[0]], chain)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "netuid 11: 3 commitment(s) the validator can read"
+    assert "other  '5.6.7.8:9000'  ok https://5.6.7.8:9000" in lines
+    assert any(line.startswith("v6  '::1:8901'  UNUSABLE: port ':1:8901' is not a number") for line in lines)
+    assert lines[-1] == f"this hotkey {hotkey}: '1.2.3.4:8901'  ok https://1.2.3.4:8901"
+    assert chain.committed == [] and chain.closed
+
+
+def test_read_without_own_commitment(wallet, capsys) -> None:
+    _commit_tool(["read", *wallet[0]], _registered(wallet[1]))
+    assert capsys.readouterr().out.splitlines()[-1] == f"this hotkey {wallet[1]}: no commitment"
+
+
+def test_commit_writes_once(wallet, capsys) -> None:
+    chain = _registered(wallet[1])
+    argv = ["commit", *wallet[0], "--axon.external_ip", "1.2.3.4"]
+    _commit_tool(argv, chain)
+    assert "wrote commitment '1.2.3.4:8901' (none before)" in capsys.readouterr().out
+    _commit_tool(argv, chain)
+    assert "already on chain; nothing written" in capsys.readouterr().out
+    assert chain.committed == [(11, "1.2.3.4:8901")]
+    assert validator_text(chain.stored[(11, wallet[1])]) == "1.2.3.4:8901"
+
+
+def test_commit_dry_run_prints_exactly_what_would_be_written(wallet, capsys) -> None:
+    chain = _registered(wallet[1])
+    _commit_tool(["commit", "--dry-run", *wallet[0], "--netuid", "7", "--commit.address", "miner.example.com",
+                  "--commit.port", "443"], chain)
+    out = capsys.readouterr().out
+    assert "dry run: would write commitment 'miner.example.com:443'" in out
+    assert ("would submit Commitments.set_commitment({'netuid': 7, 'info': {'fields': [{'Raw21': "
+            "b'miner.example.com:443'}]}}) signed by the hotkey") in out
+    assert chain.committed == [] and chain.stored == {}
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["read", "--subtensor.network", "offline"], "offline has no chain"),
+    (["commit"], "commit: no address to commit: set --commit.address"),
+    (["commit", "--commit.address", "2001:db8::1"], "commit: address '2001:db8::1' is IPv6"),
+    (["commit", "--commit.address", "1.2.3.4", "--commit.port", "0"], "1..65535"),
+    (["read", "--wallet.name", "missing"], "cannot load hotkey missing/h"),
+])
+def test_commit_tool_errors(wallet, argv, words) -> None:
+    chain = _registered(wallet[1])
+    with pytest.raises(SystemExit, match=words):
+        _commit_tool([*argv[:1], *wallet[0], *argv[1:]], chain)
+    assert chain.committed == []
+
+
+def test_commit_tool_reports_a_chain_refusal(wallet) -> None:
+    chain = _registered(wallet[1])
+    chain.reject = "AccountNotAllowedCommit"
+    with pytest.raises(SystemExit, match="commit: AccountNotAllowedCommit"):
+        _commit_tool(["commit", *wallet[0], "--axon.external_ip", "1.2.3.4"], chain)
+    assert chain.closed
