@@ -28,6 +28,7 @@ setup(
             "kontext-client=client.cli:main",
             "kontext-miner=client.cli:main",  # the client's old name, kept as an alias for one release
             "kontext-neuron=neurons.miner:main",
+            "kontext-commit=neurons.commit:main",
         ]
     },
 )

@@ -1,10 +1,12 @@
-"""The miner's few chain interactions (metagraph, registration check, ServeAxon), behind one seam."""
+"""The miner's few chain interactions (metagraph, registration check, ServeAxon, commitment), behind one seam."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Protocol
 
+from neurons.commitment import commitment_info, commitment_text, validator_text
 from neurons.registry import Member, members_from_metagraph
 
 log = logging.getLogger(__name__)
@@ -17,7 +19,23 @@ class ChainError(RuntimeError):
 class Chain(Protocol):
     async def metagraph(self, netuid: int) -> Any: ...
     async def serve_axon(self, netuid: int, ip: str, port: int) -> None: ...
+    async def commitment(self, netuid: int, hotkey: str) -> Optional[str]:
+        """What the validator reads from ``hotkey``'s commitment, or None."""
+        ...
+    async def commitments(self, netuid: int) -> dict[str, str]:
+        """hotkey -> what the validator reads, for every commitment it can read on the subnet."""
+        ...
+    async def set_commitment(self, netuid: int, text: str) -> None:
+        """Publish ``text`` as this hotkey's commitment (signed by the hotkey)."""
+        ...
     async def close(self) -> None: ...
+
+
+def set_commitment_call(netuid: int, text: str) -> Any:
+    """The raw ``Commitments.set_commitment`` call publishing ``text`` (bittensor 11 has no intent for it)."""
+    import bittensor as bt
+
+    return bt.calls.Commitments.set_commitment(netuid=netuid, info=commitment_info(text))
 
 
 class BittensorChain:
@@ -36,6 +54,24 @@ class BittensorChain:
     async def serve_axon(self, netuid: int, ip: str, port: int) -> None:
         result = await self.client.execute(self._bt.ServeAxon(netuid=netuid, ip=ip, port=port), self.wallet)
         log.info("ServeAxon %s:%s on netuid %s: %s", ip, port, netuid, result)
+
+    # client.query's Descriptor hint says (str, str); the generated storage Item it documents is a
+    # 3-field NamedTuple that unpacks to those two, hence the ignores.
+    async def commitment(self, netuid: int, hotkey: str) -> Optional[str]:
+        item = self._bt.storage.Commitments.CommitmentOf
+        return validator_text(await self.client.query(item, [netuid, hotkey]))  # type: ignore[arg-type]
+
+    async def commitments(self, netuid: int) -> dict[str, str]:
+        item = self._bt.storage.Commitments.CommitmentOf
+        pairs = await self.client.query_map(item, [netuid])  # type: ignore[arg-type]
+        texts = {str(hotkey): validator_text(value) for hotkey, value in pairs}
+        return {hotkey: text for hotkey, text in texts.items() if text is not None}
+
+    async def set_commitment(self, netuid: int, text: str) -> None:
+        result = await self.client.submit_call(set_commitment_call(netuid, text), self.wallet, signer="hotkey")
+        if not result.success:
+            raise ChainError(f"set_commitment {text!r} on netuid {netuid} failed: {result.message}")
+        log.info("set_commitment %r on netuid %s: %s", text, netuid, result)
 
     async def close(self) -> None:
         await self.client.close()
@@ -61,3 +97,35 @@ async def check_and_serve(chain: Chain, *, netuid: int, hotkey: str, ip: Optiona
         else:
             await chain.serve_axon(netuid, ip, port)
     return members_from_metagraph(metagraph)
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    """What ``ensure_commitment`` did, for the log and the CLI."""
+
+    action: Literal["written", "unchanged", "dry-run"]
+    text: str
+    previous: Optional[str]
+
+    def __str__(self) -> str:
+        if self.action == "unchanged":
+            return f"commitment {self.text!r} is already on chain; nothing written"
+        if self.action == "dry-run":
+            return f"dry run: would write commitment {self.text!r} (on chain now: {self.previous!r}); nothing written"
+        return f"wrote commitment {self.text!r} (" + (f"was {self.previous!r})" if self.previous else "none before)")
+
+
+async def ensure_commitment(chain: Chain, *, netuid: int, hotkey: str, address: str, port: int,
+                            dry_run: bool = False) -> CommitOutcome:
+    """Publish ``address:port`` unless validators already read exactly that (each write costs a transaction).
+
+    Raises CommitmentError for an address:port the validator could not parse, before touching the chain.
+    """
+    text = commitment_text(address, port)
+    previous = await chain.commitment(netuid, hotkey)
+    if previous == text:
+        return CommitOutcome("unchanged", text, previous)
+    if dry_run:
+        return CommitOutcome("dry-run", text, previous)
+    await chain.set_commitment(netuid, text)
+    return CommitOutcome("written", text, previous)

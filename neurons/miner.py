@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -14,20 +13,10 @@ from typing import Any, Optional, Sequence
 if __package__ in (None, ""):  # `python neurons/miner.py` as well as `python -m neurons.miner`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from neurons.config import OFFLINE, parse_args  # noqa: E402
+from neurons.config import OFFLINE, commit_endpoint, parse_args  # noqa: E402
+from neurons.keys import load_hotkey  # noqa: E402
 
 log = logging.getLogger("kontext.miner")
-
-
-def _load_hotkey(args: Any) -> tuple[Any, Any]:
-    import bittensor as bt
-
-    wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, path=os.path.expanduser(args.wallet_path))
-    try:
-        return wallet, wallet.hotkey
-    except Exception as exc:  # noqa: BLE001 - a missing or locked key file is an operator error
-        raise SystemExit(f"cannot load hotkey {args.wallet_name}/{args.wallet_hotkey} from {args.wallet_path}: "
-                         f"{exc}") from None
 
 
 def _public_ip(args: Any) -> Optional[str]:
@@ -59,13 +48,14 @@ async def serve(args: Any, *, chain: Any = None) -> None:
     from kontext.http.tls import server_context
     from kontext.runtime import Runtime
     from neurons.auth import SignatureGate
-    from neurons.chain import BittensorChain, ChainError, check_and_serve
+    from neurons.chain import BittensorChain, ChainError, check_and_serve, ensure_commitment
+    from neurons.commitment import CommitmentError
     from neurons.registry import Blacklist, ValidatorRegistry, load_offline_members, members_from_metagraph
     from neurons.synapses import routes as synapse_routes
 
     settings = _settings(args)
     door_tls = server_context(settings.axon_certfile, settings.axon_keyfile)
-    wallet, hotkey = _load_hotkey(args)
+    wallet, hotkey = load_hotkey(args)
     blacklist = Blacklist(force_validator_permit=args.force_validator_permit,
                           allow_non_registered=args.allow_non_registered)
     offline = args.network == OFFLINE and not args.chain_endpoint
@@ -79,7 +69,11 @@ async def serve(args: Any, *, chain: Any = None) -> None:
         try:
             members = await check_and_serve(chain, netuid=args.netuid, hotkey=hotkey.ss58_address,
                                             ip=_public_ip(args), port=port, serve=not args.skip_serve_axon)
-        except ChainError as exc:
+            if not args.skip_commit:
+                commit_address, commit_port = commit_endpoint(args)
+                log.info("%s", await ensure_commitment(chain, netuid=args.netuid, hotkey=hotkey.ss58_address,
+                                                       address=commit_address, port=commit_port))
+        except (ChainError, CommitmentError) as exc:
             raise SystemExit(str(exc)) from None
         registry = ValidatorRegistry(blacklist, members, source=network)
 

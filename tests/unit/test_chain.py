@@ -1,15 +1,20 @@
-"""The chain seam with a fake chain: registration check, ServeAxon only when needed, refresh outages."""
+"""The chain seam with a fake chain: registration check, ServeAxon and the commitment only when needed, refresh
+outages, the commitment on start and the kontext-commit tool."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
-from neurons.chain import ChainError, check_and_serve
+from kontext.errors import StartupError
+
+from neurons.chain import ChainError, check_and_serve, ensure_commitment, set_commitment_call
+from neurons.commitment import CommitmentError, validator_text
 from neurons.registry import Blacklist, Member, ValidatorRegistry, members_from_metagraph
+from tests.commitments_runtime import stored_value
 
 
 @dataclass
@@ -30,9 +35,16 @@ class FakeMetagraph:
 
 @dataclass
 class FakeChain:
+    """Commitments are kept as CommitmentOf values decoded the way bittensor 11 returns them."""
+
     metagraph_value: Optional[FakeMetagraph]
     served: list[tuple[int, str, int]] = field(default_factory=list)
     fail: bool = False
+    signer: str = "miner"
+    stored: dict[tuple[int, str], Any] = field(default_factory=dict)
+    committed: list[tuple[int, str]] = field(default_factory=list)
+    reject: Optional[str] = None
+    closed: bool = False
 
     async def metagraph(self, netuid: int) -> Optional[FakeMetagraph]:
         if self.fail:
@@ -42,8 +54,21 @@ class FakeChain:
     async def serve_axon(self, netuid: int, ip: str, port: int) -> None:
         self.served.append((netuid, ip, port))
 
+    async def commitment(self, netuid: int, hotkey: str) -> Optional[str]:
+        return validator_text(self.stored.get((netuid, hotkey)))
+
+    async def commitments(self, netuid: int) -> dict[str, str]:
+        texts = {hotkey: validator_text(value) for (n, hotkey), value in self.stored.items() if n == netuid}
+        return {hotkey: text for hotkey, text in texts.items() if text is not None}
+
+    async def set_commitment(self, netuid: int, text: str) -> None:
+        if self.reject:
+            raise ChainError(self.reject)
+        self.committed.append((netuid, text))
+        self.stored[(netuid, self.signer)] = stored_value(set_commitment_call(netuid, text))
+
     async def close(self) -> None:
-        pass
+        self.closed = True
 
 
 GRAPH = FakeMetagraph([FakeNeuron("miner", axon="1.2.3.4:8901"), FakeNeuron("vali", 9000.0, True)])
@@ -83,3 +108,244 @@ async def test_refresh_outage_keeps_the_last_snapshot() -> None:
     await asyncio.sleep(0.1)
     task.cancel()
     assert not registry.health()["stale"] and registry.stake("vali") == 9000.0
+
+
+# The commitment -------------------------------------------------------------------------------------------------
+
+UNREADABLE = {"deposit": 0, "block": 3, "info": {"fields": [{"Sha256": "0x" + "00" * 32}]}}
+
+
+async def test_commitment_written_when_absent_then_left_alone() -> None:
+    chain = FakeChain(GRAPH)
+    outcome = await ensure_commitment(chain, netuid=11, hotkey="miner", address="1.2.3.4", port=8901)
+    assert (outcome.action, outcome.text, outcome.previous) == ("written", "1.2.3.4:8901", None)
+    assert chain.committed == [(11, "1.2.3.4:8901")]
+    value = chain.stored[(11, "miner")]
+    assert value["info"]["fields"] == [{"Raw12": "0x" + b"1.2.3.4:8901".hex()}]  # bittensor 11's decoded shape
+    assert validator_text(value) == "1.2.3.4:8901"
+    again = await ensure_commitment(chain, netuid=11, hotkey="miner", address="1.2.3.4", port=8901)
+    assert again.action == "unchanged" and "nothing written" in str(again)
+    assert chain.committed == [(11, "1.2.3.4:8901")]
+
+
+@pytest.mark.parametrize("before, previous", [
+    (stored_value(set_commitment_call(11, "5.6.7.8:8901")), "5.6.7.8:8901"),
+    (UNREADABLE, None),
+])
+async def test_commitment_written_when_different(before: Any, previous: Optional[str]) -> None:
+    chain = FakeChain(GRAPH, stored={(11, "miner"): before})
+    outcome = await ensure_commitment(chain, netuid=11, hotkey="miner", address="miner.example.com", port=443)
+    assert (outcome.action, outcome.previous) == ("written", previous)
+    assert chain.committed == [(11, "miner.example.com:443")]
+    assert await chain.commitment(11, "miner") == "miner.example.com:443"
+
+
+async def test_dry_run_writes_nothing() -> None:
+    chain = FakeChain(GRAPH, stored={(11, "miner"): stored_value(set_commitment_call(11, "5.6.7.8:8901"))})
+    outcome = await ensure_commitment(chain, netuid=11, hotkey="miner", address="1.2.3.4", port=8901, dry_run=True)
+    assert (outcome.action, outcome.text, outcome.previous) == ("dry-run", "1.2.3.4:8901", "5.6.7.8:8901")
+    assert "would write commitment '1.2.3.4:8901'" in str(outcome)
+    assert chain.committed == [] and await chain.commitment(11, "miner") == "5.6.7.8:8901"
+
+
+async def test_unparseable_address_refused_before_the_chain_is_touched() -> None:
+    chain = FakeChain(GRAPH)
+    with pytest.raises(CommitmentError, match="IPv6"):
+        await ensure_commitment(chain, netuid=11, hotkey="miner", address="2001:db8::1", port=8901)
+    assert chain.committed == []
+
+
+class FakeClient:
+    """The slice of bittensor 11's Client that BittensorChain uses for commitments; calls go through the codec."""
+
+    def __init__(self, *, success: bool = True) -> None:
+        self.success = success
+        self.values: dict[tuple[int, str], Any] = {(11, "other"): UNREADABLE}
+        self.submitted: list[tuple[Any, Any, str]] = []
+
+    async def query(self, item: Any, params: list) -> Any:
+        assert tuple(item) == ("Commitments", "CommitmentOf")
+        return self.values.get((params[0], params[1]))
+
+    async def query_map(self, item: Any, params: list) -> list[tuple[str, Any]]:
+        assert tuple(item) == ("Commitments", "CommitmentOf")
+        return [(hotkey, value) for (netuid, hotkey), value in self.values.items() if netuid == params[0]]
+
+    async def submit_call(self, call: Any, wallet: Any, *, signer: str = "coldkey") -> Any:
+        import bittensor as bt
+
+        self.submitted.append((call, wallet, signer))
+        if self.success:
+            self.values[(call.params["netuid"], wallet.hotkey.ss58_address)] = stored_value(call)
+        return bt.ExtrinsicResult(success=self.success, message="" if self.success else "SpaceLimitExceeded")
+
+
+def _bittensor_chain(client: FakeClient) -> Any:
+    from types import SimpleNamespace
+
+    from neurons.chain import BittensorChain
+
+    chain = BittensorChain("ws://127.0.0.1:9", SimpleNamespace(hotkey=SimpleNamespace(ss58_address="miner")))
+    chain.client = client  # type: ignore[assignment]
+    return chain
+
+
+async def test_bittensor_chain_submits_the_raw_call_signed_by_the_hotkey() -> None:
+    import bittensor as bt
+
+    client = FakeClient()
+    chain = _bittensor_chain(client)
+    assert await chain.commitment(11, "miner") is None
+    await chain.set_commitment(11, "1.2.3.4:8901")
+    [(call, wallet, signer)] = client.submitted
+    assert call == bt.calls.Commitments.set_commitment(netuid=11, info={"fields": [{"Raw12": b"1.2.3.4:8901"}]})
+    assert signer == "hotkey" and wallet is chain.wallet
+    assert await chain.commitment(11, "miner") == "1.2.3.4:8901"
+    assert await chain.commitments(11) == {"miner": "1.2.3.4:8901"}  # "other" holds no Raw field
+
+
+async def test_bittensor_chain_failed_extrinsic_is_a_chain_error() -> None:
+    chain = _bittensor_chain(FakeClient(success=False))
+    with pytest.raises(ChainError, match="SpaceLimitExceeded"):
+        await chain.set_commitment(11, "1.2.3.4:8901")
+
+
+# On start and in kontext-commit: a real wallet on disk, the fake chain injected --------------------------------
+
+@pytest.fixture
+def wallet(tmp_path: Any) -> tuple[list[str], str]:
+    """Wallet flags for a fresh unencrypted hotkey, and its ss58 address."""
+    import bittensor as bt
+
+    path = str(tmp_path / "wallets")
+    keys = bt.Wallet("w", "h", path=path).create_new_hotkey(suppress=True)
+    return ["--wallet.name", "w", "--wallet.hotkey", "h", "--wallet.path", path], keys.hotkey.ss58_address
+
+
+@pytest.fixture
+def miner_argv(tmp_path: Any, wallet: tuple[list[str], str]) -> list[str]:
+    """Miner flags whose service settings fail fast at runtime start (DATA_DIR is a file): serve() stops right
+    after the chain steps, with a StartupError naming DATA_DIR."""
+    (tmp_path / "not-a-dir").write_text("")
+    (tmp_path / "miner.env").write_text(f"DATA_DIR={tmp_path / 'not-a-dir'}\n")
+    return [*wallet[0], "--env-file", str(tmp_path / "miner.env"), "--subtensor.network", "test"]
+
+
+def _registered(hotkey: str) -> FakeChain:
+    return FakeChain(FakeMetagraph([FakeNeuron(hotkey, axon="1.2.3.4:8901")]), signer=hotkey)
+
+
+@pytest.mark.parametrize("flags, text", [
+    (["--axon.external_ip", "1.2.3.4"], "1.2.3.4:8901"),
+    (["--axon.external_ip", "1.2.3.4", "--axon.external_port", "9000"], "1.2.3.4:9000"),
+    (["--axon.external_ip", "1.2.3.4", "--commit.address", "miner.example.com", "--commit.port", "443"],
+     "miner.example.com:443"),
+])
+async def test_start_commits_after_the_registration_check(miner_argv, wallet, flags, text) -> None:
+    from neurons.config import parse_args
+    from neurons.miner import serve
+
+    chain = _registered(wallet[1])
+    with pytest.raises(StartupError, match="DATA_DIR"):
+        await serve(parse_args([*miner_argv, *flags]), chain=chain)
+    assert chain.committed == [(11, text)]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--neuron.skip_serve_axon"], "--commit.address .or --axon.external_ip."),
+    (["--axon.external_ip", "1.2.3.4", "--commit.address", "::1"], "IPv6"),
+])
+async def test_start_refuses_what_cannot_be_committed(miner_argv, wallet, flags, words) -> None:
+    from neurons.config import parse_args
+    from neurons.miner import serve
+
+    chain = _registered(wallet[1])
+    with pytest.raises(SystemExit, match=words):
+        await serve(parse_args([*miner_argv, *flags]), chain=chain)
+    assert chain.committed == []
+
+
+@pytest.mark.parametrize("flags", [
+    ["--axon.external_ip", "1.2.3.4", "--neuron.skip_commit"],
+    ["--subtensor.network", "offline"],
+])
+async def test_start_without_committing(miner_argv, wallet, flags) -> None:
+    from neurons.config import parse_args
+    from neurons.miner import serve
+
+    chain = _registered(wallet[1])
+    with pytest.raises(StartupError, match="DATA_DIR"):
+        await serve(parse_args([*miner_argv, *flags]), chain=chain)
+    assert chain.committed == []
+
+
+def _commit_tool(argv: list[str], chain: FakeChain) -> None:
+    from neurons.commit import main
+
+    main(argv, chain=chain)
+
+
+def test_read_prints_the_subnet_and_this_hotkey(wallet, capsys) -> None:
+    hotkey = wallet[1]
+    chain = _registered(hotkey)
+    chain.stored = {(11, hotkey): stored_value(set_commitment_call(11, "1.2.3.4:8901")),
+                    (11, "other"): stored_value(set_commitment_call(11, "5.6.7.8:9000")),
+                    (11, "v6"): stored_value(set_commitment_call(11, "::1:8901")),
+                    (11, "sealed"): UNREADABLE,
+                    (12, "elsewhere"): stored_value(set_commitment_call(12, "9.9.9.9:1"))}
+    _commit_tool(["read", *wallet[0]], chain)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "netuid 11: 3 commitment(s) the validator can read"
+    assert "other  '5.6.7.8:9000'  ok https://5.6.7.8:9000" in lines
+    assert any(line.startswith("v6  '::1:8901'  UNUSABLE: port ':1:8901' is not a number") for line in lines)
+    assert lines[-1] == f"this hotkey {hotkey}: '1.2.3.4:8901'  ok https://1.2.3.4:8901"
+    assert chain.committed == [] and chain.closed
+
+
+def test_read_without_own_commitment(wallet, capsys) -> None:
+    _commit_tool(["read", *wallet[0]], _registered(wallet[1]))
+    assert capsys.readouterr().out.splitlines()[-1] == f"this hotkey {wallet[1]}: no commitment"
+
+
+def test_commit_writes_once(wallet, capsys) -> None:
+    chain = _registered(wallet[1])
+    argv = ["commit", *wallet[0], "--axon.external_ip", "1.2.3.4"]
+    _commit_tool(argv, chain)
+    assert "wrote commitment '1.2.3.4:8901' (none before)" in capsys.readouterr().out
+    _commit_tool(argv, chain)
+    assert "already on chain; nothing written" in capsys.readouterr().out
+    assert chain.committed == [(11, "1.2.3.4:8901")]
+    assert validator_text(chain.stored[(11, wallet[1])]) == "1.2.3.4:8901"
+
+
+def test_commit_dry_run_prints_exactly_what_would_be_written(wallet, capsys) -> None:
+    chain = _registered(wallet[1])
+    _commit_tool(["commit", "--dry-run", *wallet[0], "--netuid", "7", "--commit.address", "miner.example.com",
+                  "--commit.port", "443"], chain)
+    out = capsys.readouterr().out
+    assert "dry run: would write commitment 'miner.example.com:443'" in out
+    assert ("would submit Commitments.set_commitment({'netuid': 7, 'info': {'fields': [{'Raw21': "
+            "b'miner.example.com:443'}]}}) signed by the hotkey") in out
+    assert chain.committed == [] and chain.stored == {}
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["read", "--subtensor.network", "offline"], "offline has no chain"),
+    (["commit"], "commit: no address to commit: set --commit.address"),
+    (["commit", "--commit.address", "2001:db8::1"], "commit: address '2001:db8::1' is IPv6"),
+    (["commit", "--commit.address", "1.2.3.4", "--commit.port", "0"], "1..65535"),
+    (["read", "--wallet.name", "missing"], "cannot load hotkey missing/h"),
+])
+def test_commit_tool_errors(wallet, argv, words) -> None:
+    chain = _registered(wallet[1])
+    with pytest.raises(SystemExit, match=words):
+        _commit_tool([*argv[:1], *wallet[0], *argv[1:]], chain)
+    assert chain.committed == []
+
+
+def test_commit_tool_reports_a_chain_refusal(wallet) -> None:
+    chain = _registered(wallet[1])
+    chain.reject = "AccountNotAllowedCommit"
+    with pytest.raises(SystemExit, match="commit: AccountNotAllowedCommit"):
+        _commit_tool(["commit", *wallet[0], "--axon.external_ip", "1.2.3.4"], chain)
+    assert chain.closed
