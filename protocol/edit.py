@@ -40,11 +40,15 @@ class CallbackStatus(str, Enum):
     """What happened to the job's one webhook delivery."""
 
     PENDING = "pending"
-    """The job has not finished yet, or delivery is under way."""
+    """The job has not finished yet, or its callback waits for ``not_before``."""
+    SENDING = "sending"
+    """The one POST is under way. A miner that stops now records it ``failed`` at its next start:
+    a callback is sent at most once."""
     DELIVERED = "delivered"
     """The receiver answered 2xx."""
     FAILED = "failed"
-    """Connection error, timeout, refused address or non-2xx; ``error`` says which."""
+    """Connection error, timeout, refused address, non-2xx, or the miner stopped during the POST;
+    ``error`` says which."""
     EXPIRED = "expired"
     """Not sent: the request's ``expiry`` had passed when the job finished."""
     SKIPPED = "skipped"
@@ -199,7 +203,16 @@ class StatusRecord(BaseModel):
     result_url: str
     image_url: Optional[str] = None
     result_sha256: Optional[str] = None
+    """SHA256 of the PNG bytes: what the subnet's audit compares."""
+    result_pixels_sha256: Optional[str] = None
+    """SHA256 of the raw RGB pixels (row-major, 8 bits a channel): equal pixels with a different PNG
+    hash point at the PNG encoder (Pillow's zlib-ng), not at the numbers."""
+    result_width: Optional[int] = None
+    result_height: Optional[int] = None
     recipe: Optional[str] = None
+    """The recipe that decides the bytes (``reference-v1``, ``kontext-v1``)."""
+    ignored_fields: list[str] = Field(default_factory=list)
+    """Request fields the recipe records but does not use (``reference-v1`` ignores width/height)."""
     attempts: int = 0
     queue_position: Optional[int] = None
     progress: Optional[Progress] = None

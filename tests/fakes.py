@@ -61,7 +61,8 @@ class FakeEngine:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         png = buffer.getvalue()
-        return EditOutput(png, hashlib.sha256(png).hexdigest(), 16, 16, "fake-v1", 0.0)
+        return EditOutput(png, hashlib.sha256(png).hexdigest(), hashlib.sha256(image.tobytes()).hexdigest(), 16, 16,
+                          "fake-v1", 0.0)
 
 
 class RecordingDeliverer:

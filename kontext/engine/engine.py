@@ -79,6 +79,9 @@ class EngineConfig:
 class EditOutput:
     png: bytes
     sha256: str
+    """Of the PNG bytes: what the subnet's audit compares."""
+    pixels_sha256: str
+    """Of the raw RGB pixels: equal here but not above means another PNG encoder, not other numbers."""
     width: int
     height: int
     recipe: str
@@ -194,11 +197,17 @@ class KontextEngine:
         return EditOutput(
             png=png,
             sha256=hashlib.sha256(png).hexdigest(),
+            pixels_sha256=pixels_sha256(result),
             width=result.width,
             height=result.height,
             recipe=recipe.RECIPE_ID,
             seconds=time.perf_counter() - started,
         )
+
+
+def pixels_sha256(image: Any) -> str:
+    """SHA256 of an image's raw RGB bytes (row-major, 8 bits a channel)."""
+    return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
 
 
 def _step_reporter(on_step: StepCallback, total: int) -> Callable[..., dict]:

@@ -16,7 +16,8 @@ def now() -> float:
 
 @dataclass(frozen=True)
 class JobRecord:
-    """One job as persisted. ``request`` holds the validated request without image bytes.
+    """One job as persisted. ``request`` holds the validated request; an uploaded image is not in
+    the record but in the data directory (``ImageFiles``), until the job ends.
 
     The callback secret is kept (the callback may have to be sent after a restart) but never
     leaves the process except as the webhook's own header.
@@ -32,9 +33,11 @@ class JobRecord:
     finished_at: Optional[float] = None
     error: Optional[str] = None
     result_sha256: Optional[str] = None
+    result_pixels_sha256: Optional[str] = None
+    result_width: Optional[int] = None
+    result_height: Optional[int] = None
     recipe: Optional[str] = None
     attempts: int = 0
-    run_ms: Optional[int] = None
     callback_status: CallbackStatus = CallbackStatus.PENDING
     callback_status_code: Optional[int] = None
     callback_attempted_at: Optional[float] = None
@@ -48,5 +51,27 @@ class JobRecord:
             return None
         return self.queued_at + delay_seconds
 
+    @property
+    def run_seconds(self) -> Optional[float]:
+        """Start to finish (or to now, while it runs); None before it starts."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at if self.status.finished and self.finished_at is not None else now()
+        return max(0.0, end - self.started_at)
+
     def evolve(self, **changes: object) -> "JobRecord":
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a job ended: what ``JobStore.mark_finished`` writes, and nothing else."""
+
+    status: JobStatus
+    finished_at: float
+    error: Optional[str] = None
+    result_sha256: Optional[str] = None
+    result_pixels_sha256: Optional[str] = None
+    result_width: Optional[int] = None
+    result_height: Optional[int] = None
+    recipe: Optional[str] = None

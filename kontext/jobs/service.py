@@ -288,13 +288,15 @@ class EditService:
             result_url=_result_url(job.id),
             image_url=self.settings.image_url(job.id) if completed else None,
             result_sha256=job.result_sha256,
+            result_pixels_sha256=job.result_pixels_sha256,
+            result_width=job.result_width,
+            result_height=job.result_height,
             recipe=job.recipe,
             attempts=job.attempts,
             queue_position=self.queue.position(job.id),
             progress=Progress(step=current[0], total=current[1]) if current else None,
             queued_ms=_ms((job.started_at or clock) - job.queued_at),
-            run_ms=job.run_ms if job.run_ms is not None else (
-                _ms(clock - job.started_at) if job.started_at and job.status is JobStatus.PROCESSING else None),
+            run_ms=None if job.run_seconds is None else _ms(job.run_seconds),
             request=RequestSummary(
                 **request.model_dump(include=set(RequestSummary.model_fields) - {"image_source"}),
                 image_source=job.image_source,

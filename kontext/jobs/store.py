@@ -1,63 +1,46 @@
-"""Persistent job store: the ``JobStore`` interface and its SQLite implementation."""
+"""Persistent job store: the ``JobStore`` interface and its SQLite implementation.
+
+Every operation is one transaction (``BEGIN IMMEDIATE ... COMMIT``, ``ROLLBACK`` on any error), and
+operations run one at a time on the store's own thread, so coroutines never interleave inside a
+transaction. Each write touches only the columns its operation owns.
+"""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, Protocol
-
-import aiosqlite
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
 from kontext.errors import JobConflict
-from kontext.jobs.record import JobRecord
+from kontext.jobs.migrations import migrate
+from kontext.jobs.record import JobOutcome, JobRecord
 from protocol import CallbackRecord, CallbackStatus, EditRequest, ImageSource, JobStatus
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    priority REAL NOT NULL DEFAULT 0,
-    request TEXT,
-    image_source TEXT,
-    queued_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    error TEXT,
-    result_sha256 TEXT,
-    recipe TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    run_ms INTEGER,
-    callback_status TEXT NOT NULL,
-    callback_status_code INTEGER,
-    callback_attempted_at REAL,
-    callback_error TEXT,
-    callback_payload_status TEXT,
-    swept_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at);
-"""
+T = TypeVar("T")
 
 _COLUMNS = (
-    "id", "status", "priority", "request", "image_source", "queued_at", "started_at", "finished_at",
-    "error", "result_sha256", "recipe", "attempts", "run_ms", "callback_status", "callback_status_code",
-    "callback_attempted_at", "callback_error", "callback_payload_status", "swept_at",
+    "id", "status", "priority", "request", "image_source", "queued_at", "started_at", "finished_at", "error",
+    "result_sha256", "result_pixels_sha256", "result_width", "result_height", "recipe", "attempts",
+    "callback_status", "callback_status_code", "callback_attempted_at", "callback_error", "callback_payload_status",
+    "swept_at",
 )
 
 
 class JobStore(Protocol):
-    """What the service needs from persistence; another backend implements the same methods."""
+    """What the service, worker and notifier need from persistence; each backend implements all of it."""
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def insert(self, job: JobRecord) -> None: ...
     async def get(self, job_id: str) -> Optional[JobRecord]: ...
-    async def save(self, job: JobRecord) -> None: ...
+    async def mark_started(self, job_id: str, *, started_at: float, attempts: int) -> None: ...
+    async def set_image_source(self, job_id: str, source: ImageSource) -> None: ...
+    async def mark_finished(self, job_id: str, outcome: JobOutcome) -> None: ...
+    async def claim_callback(self, job_id: str) -> bool: ...
     async def set_callback(self, job_id: str, record: CallbackRecord) -> None: ...
+    async def fail_interrupted_callbacks(self, error: str, attempted_at: float) -> list[str]: ...
     async def unfinished(self) -> list[JobRecord]: ...
     async def pending_callbacks(self) -> list[JobRecord]: ...
     async def expire_finished_before(self, cutoff: float, swept_at: float) -> list[str]: ...
@@ -65,80 +48,165 @@ class JobStore(Protocol):
     async def count_by_status(self) -> dict[str, int]: ...
 
 
-class SqliteJobStore:
-    """Jobs in one SQLite file (WAL, synchronous=FULL: an acknowledged job survives kill -9).
+class StoreClosed(RuntimeError):
+    """An operation after ``close()``: a bug in the shutdown order, never a caller's fault."""
 
-    aiosqlite runs every statement on its own thread, so the event loop never blocks on disk.
-    """
+
+class SqliteJobStore:
+    """Jobs in one SQLite file (WAL, synchronous=FULL: an acknowledged job survives kill -9)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._db: Optional[aiosqlite.Connection] = None
+        self._db: Optional[sqlite3.Connection] = None
+        self._executor: Optional[ThreadPoolExecutor] = None
+
+    # -- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self._path)
-        self._db.row_factory = sqlite3.Row
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.execute("PRAGMA busy_timeout=5000")
-        await self._db.executescript(_SCHEMA)
-        await self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        await self._db.commit()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-store")
+
+        def connect() -> sqlite3.Connection:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            migrate(db)
+            return db
+
+        self._db = await self._call(connect)
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        if self._db is None or self._executor is None:
+            return
+        db, executor = self._db, self._executor
+        self._db = None  # later calls fail fast with StoreClosed
+        await asyncio.get_running_loop().run_in_executor(executor, db.close)
+        executor.shutdown(wait=True)
+        self._executor = None
 
     @property
-    def db(self) -> aiosqlite.Connection:
+    def db(self) -> sqlite3.Connection:
         if self._db is None:
-            raise RuntimeError("job store is not open")
+            raise StoreClosed("job store is not open")
         return self._db
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise StoreClosed("job store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self.db
+        return await self._call(lambda: fn(db))
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` as one serialised transaction: all of it is committed, or none of it."""
+        db = self.db
+
+        def transaction() -> T:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return await self._call(transaction)
+
+    # -- writes ---------------------------------------------------------------------------
 
     async def insert(self, job: JobRecord) -> None:
         values = _to_row(job)
-        placeholders = ", ".join("?" for _ in _COLUMNS)
-        try:
-            await self.db.execute(
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
                 f"INSERT INTO jobs (seq, {', '.join(_COLUMNS)}) "
-                f"VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), {placeholders})",
+                f"VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), {', '.join('?' for _ in _COLUMNS)})",
                 [values[c] for c in _COLUMNS],
             )
-            await self.db.commit()
+
+        try:
+            await self._write(insert)
         except sqlite3.IntegrityError:
-            await self.db.rollback()
-            raise JobConflict(f"job_id {job.id!r} already exists", fields=[{"field": "job_id",
-                              "message": "already exists"}]) from None
+            raise JobConflict(f"job_id {job.id!r} already exists",
+                              fields=[{"field": "job_id", "message": "already exists"}]) from None
 
-    async def get(self, job_id: str) -> Optional[JobRecord]:
-        async with self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else _from_row(row)
+    async def mark_started(self, job_id: str, *, started_at: float, attempts: int) -> None:
+        await self._update(job_id, status=JobStatus.PROCESSING.value, started_at=started_at, attempts=attempts)
 
-    async def save(self, job: JobRecord) -> None:
-        values = _to_row(job)
-        assignments = ", ".join(f"{c} = ?" for c in _COLUMNS[1:])
-        await self.db.execute(
-            f"UPDATE jobs SET {assignments} WHERE id = ?", [values[c] for c in _COLUMNS[1:]] + [job.id]
+    async def set_image_source(self, job_id: str, source: ImageSource) -> None:
+        await self._update(job_id, image_source=source.value)
+
+    async def mark_finished(self, job_id: str, outcome: JobOutcome) -> None:
+        await self._update(
+            job_id, status=outcome.status.value, finished_at=outcome.finished_at, error=outcome.error,
+            result_sha256=outcome.result_sha256, result_pixels_sha256=outcome.result_pixels_sha256,
+            result_width=outcome.result_width, result_height=outcome.result_height, recipe=outcome.recipe,
         )
-        await self.db.commit()
+
+    async def claim_callback(self, job_id: str) -> bool:
+        """pending -> sending, before the one POST; False if it is not pending (someone else has it)."""
+        def claim(db: sqlite3.Connection) -> bool:
+            cursor = db.execute("UPDATE jobs SET callback_status = ? WHERE id = ? AND callback_status = ?",
+                                (CallbackStatus.SENDING.value, job_id, CallbackStatus.PENDING.value))
+            return cursor.rowcount == 1
+
+        return await self._write(claim)
 
     async def set_callback(self, job_id: str, record: CallbackRecord) -> None:
-        await self.db.execute(
-            "UPDATE jobs SET callback_status = ?, callback_status_code = ?, callback_attempted_at = ?, "
-            "callback_error = ?, callback_payload_status = ? WHERE id = ?",
-            (
-                record.status.value,
-                record.status_code,
-                record.attempted_at.timestamp() if record.attempted_at else None,
-                record.error,
-                record.payload_status.value if record.payload_status else None,
-                job_id,
-            ),
+        await self._update(
+            job_id, callback_status=record.status.value, callback_status_code=record.status_code,
+            callback_attempted_at=record.attempted_at.timestamp() if record.attempted_at else None,
+            callback_error=record.error,
+            callback_payload_status=record.payload_status.value if record.payload_status else None,
         )
-        await self.db.commit()
+
+    async def fail_interrupted_callbacks(self, error: str, attempted_at: float) -> list[str]:
+        """Callbacks left ``sending`` by a process that stopped mid-POST become ``failed`` (at most once)."""
+        def fail(db: sqlite3.Connection) -> list[str]:
+            ids = [row["id"] for row in db.execute("SELECT id FROM jobs WHERE callback_status = ?",
+                                                   (CallbackStatus.SENDING.value,))]
+            db.executemany(
+                "UPDATE jobs SET callback_status = ?, callback_error = ?, callback_attempted_at = "
+                "COALESCE(callback_attempted_at, ?), callback_payload_status = status WHERE id = ?",
+                [(CallbackStatus.FAILED.value, error, attempted_at, job_id) for job_id in ids])
+            return ids
+
+        return await self._write(fail)
+
+    async def expire_finished_before(self, cutoff: float, swept_at: float) -> list[str]:
+        """Mark finished jobs older than ``cutoff`` as swept and drop their request data.
+
+        The row stays as a tombstone so status can answer 410 rather than 404.
+        """
+        def expire(db: sqlite3.Connection) -> list[str]:
+            ids = [row["id"] for row in db.execute(
+                "SELECT id FROM jobs WHERE swept_at IS NULL AND finished_at IS NOT NULL AND finished_at < ?",
+                (cutoff,))]
+            db.executemany("UPDATE jobs SET swept_at = ?, request = NULL WHERE id = ?",
+                           [(swept_at, job_id) for job_id in ids])
+            return ids
+
+        return await self._write(expire)
+
+    async def forget_swept_before(self, cutoff: float) -> int:
+        return await self._write(lambda db: db.execute(
+            "DELETE FROM jobs WHERE swept_at IS NOT NULL AND swept_at < ?", (cutoff,)).rowcount)
+
+    async def _update(self, job_id: str, **columns: Any) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        await self._write(lambda db: db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?",
+                                                [*columns.values(), job_id]))
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Optional[JobRecord]:
+        row = await self._read(lambda db: db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        return None if row is None else _from_row(row)
 
     async def unfinished(self) -> list[JobRecord]:
         return await self._select(
@@ -152,37 +220,14 @@ class SqliteJobStore:
             (JobStatus.COMPLETED.value, JobStatus.FAILED.value, CallbackStatus.PENDING.value),
         )
 
-    async def expire_finished_before(self, cutoff: float, swept_at: float) -> list[str]:
-        """Mark finished jobs older than ``cutoff`` as swept and drop their request data.
-
-        The row stays as a tombstone so status can answer 410 rather than 404.
-        """
-        async with self.db.execute(
-            "SELECT id FROM jobs WHERE swept_at IS NULL AND finished_at IS NOT NULL AND finished_at < ?",
-            (cutoff,),
-        ) as cursor:
-            ids = [row["id"] for row in await cursor.fetchall()]
-        if ids:
-            await self.db.executemany(
-                "UPDATE jobs SET swept_at = ?, request = NULL WHERE id = ?", [(swept_at, i) for i in ids]
-            )
-            await self.db.commit()
-        return ids
-
-    async def forget_swept_before(self, cutoff: float) -> int:
-        cursor = await self.db.execute("DELETE FROM jobs WHERE swept_at IS NOT NULL AND swept_at < ?", (cutoff,))
-        await self.db.commit()
-        return cursor.rowcount
-
     async def count_by_status(self) -> dict[str, int]:
-        async with self.db.execute(
-            "SELECT status, COUNT(*) AS n FROM jobs WHERE swept_at IS NULL GROUP BY status"
-        ) as cursor:
-            return {row["status"]: row["n"] for row in await cursor.fetchall()}
+        rows = await self._read(lambda db: db.execute(
+            "SELECT status, COUNT(*) AS n FROM jobs WHERE swept_at IS NULL GROUP BY status").fetchall())
+        return {row["status"]: row["n"] for row in rows}
 
     async def _select(self, sql: str, params: tuple[Any, ...]) -> list[JobRecord]:
-        async with self.db.execute(sql, params) as cursor:
-            return [_from_row(row) for row in await cursor.fetchall()]
+        rows = await self._read(lambda db: db.execute(sql, params).fetchall())
+        return [_from_row(row) for row in rows]
 
 
 def _to_row(job: JobRecord) -> dict[str, Any]:
@@ -197,9 +242,11 @@ def _to_row(job: JobRecord) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "error": job.error,
         "result_sha256": job.result_sha256,
+        "result_pixels_sha256": job.result_pixels_sha256,
+        "result_width": job.result_width,
+        "result_height": job.result_height,
         "recipe": job.recipe,
         "attempts": job.attempts,
-        "run_ms": job.run_ms,
         "callback_status": job.callback_status.value,
         "callback_status_code": job.callback_status_code,
         "callback_attempted_at": job.callback_attempted_at,
@@ -227,9 +274,11 @@ def _from_row(row: sqlite3.Row) -> JobRecord:
         finished_at=row["finished_at"],
         error=row["error"],
         result_sha256=row["result_sha256"],
+        result_pixels_sha256=row["result_pixels_sha256"],
+        result_width=row["result_width"],
+        result_height=row["result_height"],
         recipe=row["recipe"],
         attempts=row["attempts"],
-        run_ms=row["run_ms"],
         callback_status=CallbackStatus(row["callback_status"]),
         callback_status_code=row["callback_status_code"],
         callback_attempted_at=row["callback_attempted_at"],

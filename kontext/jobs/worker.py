@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable, Optional, Protocol
 from kontext.engine.engine import state_name
 from kontext.delivery.fetch import ImageFetchError
 from kontext.media.files import ImageFiles
-from kontext.jobs.record import JobRecord, now
+from kontext.jobs.record import JobOutcome, JobRecord, now
 from kontext.metrics import Metrics
 from kontext.jobs.queue import JobQueue
 from kontext.engine.recipe import EditParams
@@ -165,7 +165,7 @@ class Worker:
             await self._finish(job, error=f"the edit engine failed to load: {self.engine.error}")
             return
         job = job.evolve(status=JobStatus.PROCESSING, started_at=now(), attempts=job.attempts + 1)
-        await self.store.save(job)
+        await self.store.mark_started(job.id, started_at=job.started_at or 0.0, attempts=job.attempts)
         self.current_job, self.state = job_id, WorkerState.RUNNING
         try:
             job, image = await self._resolve_input(job)
@@ -208,7 +208,7 @@ class Worker:
                 raise JobFailure(f"reference_job_id {reference_id} did not complete ({state}) and no fallback "
                                  "image was given")
             job = job.evolve(image_source=source)
-            await self.store.save(job)
+            await self.store.set_image_source(job.id, source)
         if source in (ImageSource.BASE64, ImageSource.BASE64_FALLBACK):
             data = await self.files.read_input(job.id)
             if data is None:
@@ -242,20 +242,20 @@ class Worker:
             raise JobFailure(_short(f"input image: {exc}")) from None
 
     async def _finish(self, job: JobRecord, *, output: Any = None, error: Optional[str] = None) -> None:
-        finished = now()
-        run_ms = int(round((finished - job.started_at) * 1000)) if job.started_at else None
         if output is not None:
-            job = job.evolve(status=JobStatus.COMPLETED, finished_at=finished, result_sha256=output.sha256,
-                             recipe=output.recipe, run_ms=run_ms, error=None)
+            outcome = JobOutcome(status=JobStatus.COMPLETED, finished_at=now(), result_sha256=output.sha256,
+                                 result_pixels_sha256=output.pixels_sha256, result_width=output.width,
+                                 result_height=output.height, recipe=output.recipe)
         else:
-            job = job.evolve(status=JobStatus.FAILED, finished_at=finished, error=error, run_ms=run_ms)
-        await self.store.save(job)
+            outcome = JobOutcome(status=JobStatus.FAILED, finished_at=now(), error=error, recipe=job.recipe)
+        await self.store.mark_finished(job.id, outcome)
+        job = job.evolve(**vars(outcome))
         await self.files.remove_input(job.id)
         self.metrics.jobs_finished.labels(job.status.value).inc()
-        self.metrics.job_seconds.observe(finished - job.queued_at)
+        self.metrics.job_seconds.observe(outcome.finished_at - job.queued_at)
         if output is not None:
             self.metrics.edit_seconds.observe(output.seconds)
-        log.info("job %s %s in %s ms", job.id, job.status.value, run_ms)
+        log.info("job %s %s in %.0f ms", job.id, job.status.value, (job.run_seconds or 0.0) * 1000)
         self.on_finished(job)
 
 

@@ -99,31 +99,57 @@ async def test_graceful_stop_lets_the_running_job_finish(tmp_path: Path) -> None
 
 
 async def test_unsent_callback_is_sent_after_restart(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, callback_timeout_seconds=0.3)
-    blocked = asyncio.Event()
-
-    class Hanging(RecordingDeliverer):
-        async def deliver(self, *args, **kwargs):  # the process "dies" before delivering
-            await blocked.wait()
-
-    runtime = Runtime(settings, engine=FakeEngine(), sender=Hanging())
+    """A callback the process never began (it waited for CALLBACK_NOT_BEFORE_SECONDS) is sent at the next start."""
+    settings = make_settings(tmp_path, callback_not_before_seconds=30, callback_timeout_seconds=60)
+    runtime = Runtime(settings, engine=FakeEngine(), sender=RecordingDeliverer())
     await runtime.start()
     job_id = (await runtime.service.submit(_request(1, callback_url="http://hook.test/x"))).job_id
     await _wait(runtime, job_id)
-    await runtime.stop()
+    await asyncio.wait_for(runtime.stop(), 5)  # a callback not yet begun does not hold the shutdown
     assert (await _status_callback(settings, job_id)) == "pending"
 
     deliverer = RecordingDeliverer()
-    again = Runtime(settings, engine=FakeEngine(), sender=deliverer)
+    again = Runtime(make_settings(tmp_path), engine=FakeEngine(), sender=deliverer)
     await again.start()  # sends what is still pending
     try:
         await again.notifier.resend_pending()  # a second call must not send it twice
-        for _ in range(100):
+        for _ in range(500):
             if (await again.service.status(job_id)).callback.status.value != "pending":
                 break
             await asyncio.sleep(0.02)
         assert (await again.service.status(job_id)).callback.status.value == "delivered"
         assert [sent[2].job_id for sent in deliverer.sent] == [job_id]
+    finally:
+        await again.stop()
+
+
+async def test_a_callback_cut_off_mid_post_is_failed_not_sent_twice(tmp_path: Path) -> None:
+    """At most one POST per job: a process that stops during delivery leaves it ``sending``; the next
+    start records it failed with the reason, and never POSTs it again (the receiver may have it)."""
+    settings = make_settings(tmp_path, callback_timeout_seconds=0.3)
+    started = asyncio.Event()
+
+    class Hanging(RecordingDeliverer):
+        async def deliver(self, *args, **kwargs):  # the POST is under way when the process stops
+            started.set()
+            await asyncio.Event().wait()
+
+    runtime = Runtime(settings, engine=FakeEngine(), sender=Hanging())
+    await runtime.start()
+    job_id = (await runtime.service.submit(_request(1, callback_url="http://hook.test/x"))).job_id
+    await asyncio.wait_for(started.wait(), 10)
+    await runtime.stop()
+    assert (await _status_callback(settings, job_id)) == "sending"
+
+    deliverer = RecordingDeliverer()
+    again = Runtime(settings, engine=FakeEngine(), sender=deliverer)
+    await again.start()
+    try:
+        callback = (await again.service.status(job_id)).callback
+        assert callback.status.value == "failed" and "not sent again" in (callback.error or "")
+        assert callback.payload_status is JobStatus.COMPLETED and callback.attempted_at is not None
+        await asyncio.sleep(0.1)
+        assert deliverer.sent == []
     finally:
         await again.stop()
 

@@ -97,16 +97,16 @@ async def test_a_store_failure_while_running_keeps_the_worker_alive(tmp_path: Pa
     runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
     await runtime.start()
     try:
-        real_save = runtime.store.save
+        real_mark_started = runtime.store.mark_started
         failures = {"left": 1}
 
-        async def flaky_save(job):  # the first save (mark processing) hits a full disk
+        async def flaky_mark_started(job_id, **kwargs):  # marking it processing hits a full disk once
             if failures["left"]:
                 failures["left"] -= 1
                 raise sqlite3.OperationalError("database or disk is full")
-            await real_save(job)
+            await real_mark_started(job_id, **kwargs)
 
-        monkeypatch.setattr(runtime.store, "save", flaky_save)
+        monkeypatch.setattr(runtime.store, "mark_started", flaky_mark_started)
         job_id = (await runtime.service.submit(REQUEST)).job_id
         for _ in range(300):
             if (await runtime.service.status(job_id)).status.finished:

@@ -1,13 +1,17 @@
-"""SQLite job store: round trips, conflicts, recovery queries, tombstones, durability across reopen."""
+"""SQLite job store: round trips, conflicts, recovery queries, tombstones, durability across reopen,
+one transaction per operation, column-owned updates, and migrations from the first release's schema."""
 
+import asyncio
+import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from kontext.errors import JobConflict
-from kontext.jobs.record import JobRecord
-from kontext.jobs.store import SqliteJobStore
+from kontext.errors import JobConflict, StartupError
+from kontext.jobs.migrations import LATEST
+from kontext.jobs.record import JobOutcome, JobRecord
+from kontext.jobs.store import SqliteJobStore, StoreClosed
 from protocol import CallbackRecord, CallbackStatus, EditRequest, ImageSource, JobStatus
 
 
@@ -46,10 +50,10 @@ async def test_unfinished_and_pending_callbacks(store: SqliteJobStore) -> None:
     await store.insert(JobRecord(id="a", request=_request()))
     await store.insert(JobRecord(id="b", request=_request()))
     await store.insert(JobRecord(id="c", request=_request()))
-    b = await store.get("b")
-    await store.save(b.evolve(status=JobStatus.PROCESSING, attempts=1))
-    c = await store.get("c")
-    await store.save(c.evolve(status=JobStatus.COMPLETED, finished_at=100.0))
+    await store.mark_started("b", started_at=50.0, attempts=1)
+    await store.mark_finished("c", JobOutcome(status=JobStatus.COMPLETED, finished_at=100.0, result_sha256="ab",
+                                              result_pixels_sha256="cd", result_width=64, result_height=48,
+                                              recipe="reference-v1"))
     assert [j.id for j in await store.unfinished()] == ["a", "b"]
     assert [j.id for j in await store.pending_callbacks()] == ["c"]
     await store.set_callback("c", CallbackRecord(status=CallbackStatus.DELIVERED, status_code=204,
@@ -58,14 +62,17 @@ async def test_unfinished_and_pending_callbacks(store: SqliteJobStore) -> None:
     assert await store.pending_callbacks() == []
     loaded = await store.get("c")
     assert loaded.callback_status is CallbackStatus.DELIVERED and loaded.callback_status_code == 204
+    assert (loaded.result_pixels_sha256, loaded.result_width, loaded.result_height, loaded.recipe) == (
+        "cd", 64, 48, "reference-v1")
+    assert (await store.get("b")).attempts == 1  # type: ignore[union-attr]
     assert await store.count_by_status() == {"queued": 1, "processing": 1, "completed": 1}
 
 
 async def test_sweep_leaves_a_tombstone_then_forgets(store: SqliteJobStore) -> None:
     await store.insert(JobRecord(id="old", request=_request()))
-    await store.save((await store.get("old")).evolve(status=JobStatus.COMPLETED, finished_at=10.0))
+    await store.mark_finished("old", JobOutcome(status=JobStatus.COMPLETED, finished_at=10.0))
     await store.insert(JobRecord(id="new", request=_request()))
-    await store.save((await store.get("new")).evolve(status=JobStatus.COMPLETED, finished_at=1000.0))
+    await store.mark_finished("new", JobOutcome(status=JobStatus.COMPLETED, finished_at=1000.0))
     assert await store.expire_finished_before(cutoff=500.0, swept_at=600.0) == ["old"]
     tomb = await store.get("old")
     assert tomb is not None and tomb.swept_at == 600.0 and tomb.request.prompt == ""
@@ -83,3 +90,111 @@ async def test_jobs_survive_reopening(tmp_path: Path) -> None:
     await second.open()
     assert [j.id for j in await second.unfinished()] == ["edit-keep"]
     await second.close()
+
+
+async def test_a_failed_insert_never_discards_other_writes(store: SqliteJobStore) -> None:
+    """Each operation is its own transaction: a conflicting insert rolls back itself, not its neighbours."""
+    for index in range(20):
+        await store.insert(JobRecord(id=f"job-{index}", request=_request()))
+    duplicates = [store.insert(JobRecord(id=f"job-{index}", request=_request())) for index in range(20)]
+    starts = [store.mark_started(f"job-{index}", started_at=float(index), attempts=1) for index in range(20)]
+    interleaved = [op for pair in zip(starts, duplicates) for op in pair]
+    results = await asyncio.gather(*interleaved, return_exceptions=True)
+    assert sum(isinstance(result, JobConflict) for result in results) == 20
+    assert [(await store.get(f"job-{i}")).attempts for i in range(20)] == [1] * 20  # type: ignore[union-attr]
+
+
+async def test_a_write_that_fails_midway_leaves_nothing_behind(store: SqliteJobStore) -> None:
+    """The disk-full path: whatever the transaction wrote before the error is rolled back, and the store
+    keeps working."""
+    await store.insert(JobRecord(id="a", request=_request()))
+
+    def half_then_fail(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE jobs SET status = 'processing', attempts = 5 WHERE id = 'a'")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with pytest.raises(sqlite3.OperationalError):
+        await store._write(half_then_fail)
+    job = await store.get("a")
+    assert job is not None and job.status is JobStatus.QUEUED and job.attempts == 0
+    await store.mark_started("a", started_at=1.0, attempts=1)
+    assert (await store.get("a")).attempts == 1  # type: ignore[union-attr]
+
+
+async def test_each_write_owns_its_columns(store: SqliteJobStore) -> None:
+    """Finishing a job never overwrites the callback outcome recorded meanwhile (and vice versa): the old
+    whole-row save wrote back the worker's stale copy."""
+    await store.insert(JobRecord(id="a", request=_request(callback_url="http://h/cb")))
+    worker_copy = await store.get("a")
+    await store.set_callback("a", CallbackRecord(status=CallbackStatus.EXPIRED, error="expired"))
+    await store.mark_finished("a", JobOutcome(status=JobStatus.COMPLETED, finished_at=5.0, result_sha256="ab"))
+    await store.expire_finished_before(cutoff=1.0, swept_at=2.0)  # a sweep that touches nothing here
+    job = await store.get("a")
+    assert job is not None and worker_copy is not None and worker_copy.callback_status is CallbackStatus.PENDING
+    assert job.callback_status is CallbackStatus.EXPIRED and job.status is JobStatus.COMPLETED
+    assert job.result_sha256 == "ab" and job.swept_at is None
+
+
+async def test_claim_is_once_and_an_interrupted_send_becomes_failed(store: SqliteJobStore) -> None:
+    await store.insert(JobRecord(id="a", request=_request(callback_url="http://h/cb")))
+    await store.mark_finished("a", JobOutcome(status=JobStatus.COMPLETED, finished_at=5.0))
+    assert await store.claim_callback("a") is True
+    assert await store.claim_callback("a") is False  # nobody sends it a second time
+    assert await store.pending_callbacks() == []
+    assert await store.fail_interrupted_callbacks("stopped mid-POST", 9.0) == ["a"]
+    job = await store.get("a")
+    assert job is not None and job.callback_status is CallbackStatus.FAILED
+    assert job.callback_error == "stopped mid-POST" and job.callback_payload_status is JobStatus.COMPLETED
+
+
+FIRST_RELEASE_SCHEMA = (Path(__file__).parent / "fixtures" / "jobs_schema_v1.sql").read_text()
+
+
+async def test_a_data_directory_from_the_first_release_opens(tmp_path: Path) -> None:
+    """A database written by the first release's schema (user_version 1, a run_ms column) is migrated in place."""
+    path = tmp_path / "jobs.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(FIRST_RELEASE_SCHEMA)
+    old.execute(
+        "INSERT INTO jobs (id, seq, status, priority, request, image_source, queued_at, started_at, finished_at, "
+        "result_sha256, recipe, attempts, run_ms, callback_status) VALUES ('edit-old', 1, 'completed', 0, ?, "
+        "'base64', 10.0, 11.0, 12.5, 'abc', 'kontext-v1', 1, 1500, 'delivered')",
+        (_request().model_dump_json(exclude={"image_b64"}),))
+    old.execute("INSERT INTO jobs (id, seq, status, request, queued_at, callback_status) VALUES "
+                "('edit-waiting', 2, 'queued', ?, 20.0, 'pending')", (_request().model_dump_json(),))
+    old.commit()
+    old.close()
+
+    store = SqliteJobStore(path)
+    await store.open()
+    try:
+        job = await store.get("edit-old")
+        assert job is not None and job.result_sha256 == "abc" and job.recipe == "kontext-v1"
+        assert job.result_pixels_sha256 is None and job.run_seconds == 1.5  # derived now, not stored
+        assert [j.id for j in await store.unfinished()] == ["edit-waiting"]
+        await store.mark_finished("edit-waiting", JobOutcome(status=JobStatus.COMPLETED, finished_at=30.0,
+                                                             result_pixels_sha256="ef", result_width=8))
+        assert (await store.get("edit-waiting")).result_pixels_sha256 == "ef"  # type: ignore[union-attr]
+    finally:
+        await store.close()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == LATEST
+    assert "run_ms" not in [row[1] for row in check.execute("PRAGMA table_info(jobs)")]
+    check.close()
+
+
+async def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    newer = sqlite3.connect(path)
+    newer.execute(f"PRAGMA user_version = {LATEST + 1}")
+    newer.close()
+    with pytest.raises(StartupError, match="newer"):
+        await SqliteJobStore(path).open()
+
+
+async def test_a_closed_store_refuses_at_once(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreClosed):
+        await store.get("a")
