@@ -7,6 +7,10 @@ import itertools
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer, T5Tokenizer
 
 COMPLETE_MARKER = ".tiny-kontext-complete"
 
@@ -72,6 +76,21 @@ def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, list(dict.fromkeys(merges))
 
 
+def build_tokenizers() -> tuple["CLIPTokenizer", "T5Tokenizer"]:
+    """CLIP and T5 tokenizers made in-process (no download), shared by the tiny and the synthetic model.
+
+    Their vocabularies are small (hundreds of ids): any model whose embeddings are at least
+    ``len(tokenizer)`` rows accepts their ids.
+    """
+    from transformers import CLIPTokenizer, T5Tokenizer
+
+    clip_vocab, clip_merges = _clip_vocab()
+    # tokenizers' BPE takes merges as (left, right) pairs; transformers' annotation says list[str]
+    tokenizer = CLIPTokenizer(vocab=clip_vocab, merges=clip_merges, model_max_length=77)  # type: ignore[arg-type]
+    tokenizer_2 = T5Tokenizer(vocab=_t5_vocab(), extra_ids=0, model_max_length=512)
+    return tokenizer, tokenizer_2
+
+
 def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
     """Write the pipeline with ``save_pretrained`` into ``out_dir`` and return it.
 
@@ -81,24 +100,20 @@ def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
     """
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     out_dir = Path(out_dir)
-    clip_vocab, clip_merges = _clip_vocab()
-    # tokenizers' BPE takes merges as (left, right) pairs; transformers' annotation says list[str]
-    tokenizer = CLIPTokenizer(vocab=clip_vocab, merges=clip_merges, model_max_length=77)  # type: ignore[arg-type]
-    t5_vocab = _t5_vocab()
-    tokenizer_2 = T5Tokenizer(vocab=t5_vocab, extra_ids=0, model_max_length=512)
+    tokenizer, tokenizer_2 = build_tokenizers()
 
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(clip_vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
         num_hidden_layers=2, max_position_embeddings=77, projection_dim=32, bos_token_id=0, eos_token_id=1,
         pad_token_id=1, hidden_act="gelu", attention_dropout=0.0,
     ))
     torch.manual_seed(seed + 1)
     text_encoder_2 = T5EncoderModel(T5Config(
-        vocab_size=len(t5_vocab), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu",
         pad_token_id=0, eos_token_id=1, is_encoder_decoder=False,
     ))

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]
+PipelineLoader = Callable[[Any, str], Any]
+"""(torch dtype, device) -> a FluxKontextPipeline, used instead of ``from_pretrained`` (the bench's synthetic model)."""
 
 
 class EngineState(str, Enum):
@@ -89,8 +91,9 @@ class EditOutput:
 
 
 class KontextEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, loader: Optional[PipelineLoader] = None) -> None:
         self.config = config
+        self.loader = loader
         self.state = EngineState.UNLOADED
         self.error: Optional[str] = None
         self.device = "unknown"
@@ -131,10 +134,13 @@ class KontextEngine:
         torch_dtype = _resolve_dtype(self.config.dtype, self.device, torch)
         self.dtype = str(torch_dtype).removeprefix("torch.")
         self.profile = options.profile(self.dtype)
-        # 2. weights, through the same from_pretrained path for the real and the tiny model
-        pipe = FluxKontextPipeline.from_pretrained(
-            self.config.model_path, torch_dtype=torch_dtype, local_files_only=self.config.local_files_only
-        )
+        # 2. weights, through the same from_pretrained path for the real and the tiny model (or an injected loader)
+        if self.loader is not None:
+            pipe = self.loader(torch_dtype, self.device)
+        else:
+            pipe = FluxKontextPipeline.from_pretrained(
+                self.config.model_path, torch_dtype=torch_dtype, local_files_only=self.config.local_files_only
+            )
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
             getattr(pipe, name).eval()
         # 3. placement from the VRAM budget, then the number-changing options

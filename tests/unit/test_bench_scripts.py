@@ -1,12 +1,16 @@
-"""The GPU benchmark runs on CPU with the tiny model and prints its table (how CI exercises it)."""
+"""The GPU benchmark runs on CPU with the tiny and the quick synthetic model and prints its table (CI)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,3 +32,54 @@ def test_bench_gpu_quick_prints_the_determinism_column(tiny_model_dir: Path, tmp
     data = json.loads(out.read_text())
     assert {row["combo"] for row in data["rows"]} == {"baseline", "first-block-cache"}
     assert all(cell["deterministic"] for row in data["rows"] for cell in row["cells"].values())
+
+
+def _bench(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env=env)
+
+
+def test_bench_gpu_synthetic_quick_reexecs_builds_through_the_engine_and_prints(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG")}
+    run = _bench("--synthetic-full", "--quick", "--device", "cpu", "--combos", "baseline", "--json", str(out),
+                 env=env)  # no PYTHONHASHSEED: the bench must re-execute itself with 0
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert "model synthetic:quick (random weights)" in lines[0]
+    header = next(line for line in lines if line.startswith("combo"))
+    assert all(column in header for column in ("load (build)", "64px/2steps", "peak VRAM", "deterministic"))
+    row = next(line for line in lines if line.startswith("baseline"))
+    assert re.search(r" \d+\.\ds \(\d+\.\ds\) +\d+\.\d{3}s/\d+\.\d{3}s \(1\.00x\) +n/a \(cpu\) +yes$", row), row
+    data = json.loads(out.read_text())
+    (combo,) = data["rows"]
+    assert data["model"] == "synthetic:quick" and combo["memory_mode"] == "gpu" and "error" not in combo
+    assert 0 < combo["build_s"] <= combo["load_s"]
+    assert list(combo["cells"]) == ["64px/2steps"] and combo["cells"]["64px/2steps"]["deterministic"] is True
+
+
+@pytest.mark.parametrize("args, hash_seed, message", [
+    (("--synthetic-full", "--device", "cpu"), "0",  # the full size needs a GPU: refused before anything is built
+     "--synthetic-full builds FLUX.1-Kontext-dev at full size on a CUDA GPU in bf16 and needs about 37 GiB free"),
+    (("--synthetic-full", "--quick"), "1", "cannot start: PYTHONHASHSEED='1'"),
+])
+def test_bench_gpu_refuses_with_one_plain_line(args: tuple[str, ...], hash_seed: str, message: str,
+                                                tmp_path: Path) -> None:
+    run = _bench(*args, "--json", str(tmp_path / "bench.json"), env={**os.environ, "PYTHONHASHSEED": hash_seed})
+    assert run.returncode == 1 and run.stdout == ""
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(message) and "Traceback" not in run.stderr
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_synthetic_fit_problem_names_the_shortfall() -> None:
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    weights = 31 * 1024**3
+    assert bench.synthetic_fit_problem(79 * 1024**3, weights) is None
+    small = bench.synthetic_fit_problem(24 * 1024**3, weights)
+    assert small is not None and small.endswith("this GPU has 24.0 GiB free") and "\n" not in small
+    assert "about 37 GiB free" in small and "31.0 GiB of weights" in small
+    assert "no CUDA GPU" in (bench.synthetic_fit_problem(None, weights) or "")
