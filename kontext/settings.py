@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kontext.engine.recipes import DEFAULT_RECIPE, RECIPES
 from protocol.limits import JOB_TYPE_FLUX_DEV, JOB_TYPE_KONTEXT_EDIT
 
 
@@ -24,6 +25,8 @@ class Settings(BaseSettings):
     # Feature switch and model.
     enable_kontext_edit: bool = True
     kontext_model_path: str = "black-forest-labs/FLUX.1-Kontext-dev"
+    kontext_recipe: str = DEFAULT_RECIPE
+    """What decides the output bytes: reference-v1 (the subnet's audit) or kontext-v1 (portable)."""
     kontext_device: Literal["auto", "cpu", "cuda"] = "auto"
     kontext_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     kontext_load: Literal["eager", "lazy"] = "eager"
@@ -89,6 +92,13 @@ class Settings(BaseSettings):
     # Callbacks.
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_allow_private: bool = False
+
+    @field_validator("kontext_recipe")
+    @classmethod
+    def _known_recipe(cls, value: str) -> str:
+        if value not in RECIPES:
+            raise ValueError(f"unknown recipe {value!r}; known: {', '.join(RECIPES)}")
+        return value
 
     @field_validator("capacity_job_types", mode="before")
     @classmethod

@@ -230,6 +230,8 @@ class CallbackPayload(BaseModel):
     completed_at: datetime
     image_url: Optional[str] = None
     error: Optional[str] = None
+    recipe: Optional[str] = None
+    """Sent as the ``X-Recipe`` header, not as a form field."""
 
     def form_fields(self) -> dict[str, str]:
         fields = {

@@ -67,23 +67,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def bench_combo(name: str, model: str, sizes: list[int], steps: list[int], repeats: int, device: str,
+def bench_combo(name: str, model: str, recipe: str, sizes: list[int], steps: list[int], repeats: int, device: str,
                 loader: Optional[Loader] = None) -> dict:
     """One fresh engine with this combo's options; its memory is given back before the next combo."""
     import torch
 
     from kontext.engine.acceleration import EngineOptions
     from kontext.engine.engine import EngineConfig, EngineState, KontextEngine
-    from kontext.engine.recipe import EditParams
+    from kontext.engine.recipes import EditParams
 
     options = EngineOptions(**COMBOS[name])
     build_s: list[float] = []
-    engine = KontextEngine(EngineConfig(model_path=model, device=device, local_files_only=True, options=options),
-                           loader=_timed(loader, build_s) if loader else None)
+    engine = KontextEngine(EngineConfig(model_path=model, recipe=recipe, device=device, local_files_only=True,
+                                        options=options), loader=_timed(loader, build_s) if loader else None)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     engine.load()
-    row: dict[str, Any] = {"combo": name, "profile": options.profile(engine.dtype), "memory_mode": engine.memory_mode,
+    row: dict[str, Any] = {"combo": name, "recipe": recipe, "profile": options.profile(engine.dtype),
+                           "memory_mode": engine.memory_mode,
                            "load_s": engine.load_seconds, "build_s": build_s[0] if build_s else None, "cells": {}}
     try:
         if engine.state is not EngineState.READY:
@@ -94,13 +95,16 @@ def bench_combo(name: str, model: str, sizes: list[int], steps: list[int], repea
             for step_count in steps:
                 params = EditParams(prompt="add a red hat", seed=42, guidance_scale=2.5,
                                     num_inference_steps=step_count, width=size, height=size)
-                times, hashes = [], set()
+                times, hashes, output = [], set(), ""
                 for _ in range(repeats):
                     started = time.perf_counter()
-                    hashes.add(engine.edit(image, params, max_pixels=1 << 26).sha256)
+                    out = engine.edit(image, params, max_pixels=1 << 26)
                     times.append(time.perf_counter() - started)
+                    hashes.add(out.sha256)
+                    output = f"{out.width}x{out.height}"
                 row["cells"][f"{size}px/{step_count}steps"] = {
                     "p50_s": percentile(times, 50), "p95_s": percentile(times, 95), "deterministic": len(hashes) == 1,
+                    "output": output, "sha256": sorted(hashes)[0],
                 }
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory: the other combos still run
         row["error"] = f"{type(exc).__name__}: {exc}"[:1000]
@@ -181,7 +185,9 @@ def parse_args() -> argparse.Namespace:
                         help="FLUX.1-Kontext-dev's architecture, full size, random weights, built on the GPU")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--combos", help=f"comma list from {', '.join(COMBOS)} (default: all that fit the device)")
-    parser.add_argument("--sizes", help="comma list of square output sizes (default: 512,1024; synthetic: 1024)")
+    parser.add_argument("--recipe", help="reference-v1 (default; the output is always the pipeline's default size, "
+                        "so --sizes sets the input) or kontext-v1 (--sizes sets the output; the default with --quick)")
+    parser.add_argument("--sizes", help="comma list of square sizes (default: 512,1024; synthetic: 1024)")
     parser.add_argument("--steps", default="28,10")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="CI: 64px, 2 steps, 2 repeats, CPU combos; with "
@@ -191,6 +197,7 @@ def parse_args() -> argparse.Namespace:
     args.sizes = args.sizes or ("1024" if args.synthetic_full else "512,1024")
     if args.quick:
         args.sizes, args.steps, args.repeats = "64", "2", 2
+    args.recipe = args.recipe or ("kontext-v1" if args.quick else "reference-v1")
     return args
 
 
@@ -237,13 +244,15 @@ def main() -> None:
     # 3. each combo on a fresh engine, one after the other
     names = args.combos.split(",") if args.combos else list(COMBOS if device == "cuda" else CPU_COMBOS)
     sizes, steps = [int(s) for s in args.sizes.split(",")], [int(s) for s in args.steps.split(",")]
-    rows = [bench_combo(name, model, sizes, steps, args.repeats, device, loader) for name in names]
+    rows = [bench_combo(name, model, args.recipe, sizes, steps, args.repeats, device, loader) for name in names]
     # 4. the table and the JSON
+    outputs = sorted({cell["output"] for row in rows for cell in row["cells"].values()})
     print(f"device: {device} ({torch.cuda.get_device_name() if device == 'cuda' else os.cpu_count()} "
           f"{'' if device == 'cuda' else 'cpus'}), torch {torch.__version__}, model {model}"
-          f"{' (random weights)' if loader else ''}, {args.repeats} repeats per cell")
+          f"{' (random weights)' if loader else ''}, recipe {args.recipe} (outputs {', '.join(outputs)}), "
+          f"{args.repeats} repeats per cell")
     print_table(rows)
-    args.json.write_text(json.dumps({"device": device, "model": model, "rows": rows}, indent=2))
+    args.json.write_text(json.dumps({"device": device, "model": model, "recipe": args.recipe, "rows": rows}, indent=2))
     print(f"wrote {args.json}")
 
 

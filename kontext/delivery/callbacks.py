@@ -25,7 +25,12 @@ import aiohttp
 
 from kontext.delivery.guard import check_url, find_refusal
 from protocol import CallbackPayload, CallbackRecord, CallbackStatus
-from protocol.headers import CALLBACK_SECRET_HEADER, CALLBACK_SIGNATURE_HEADER, CALLBACK_TIMESTAMP_HEADER
+from protocol.headers import (
+    CALLBACK_SECRET_HEADER,
+    CALLBACK_SIGNATURE_HEADER,
+    CALLBACK_TIMESTAMP_HEADER,
+    RECIPE_HEADER,
+)
 
 ERROR_MAX_CHARS = 300
 BODY_EXCERPT_CHARS = 200
@@ -89,6 +94,8 @@ class CallbackSender:
             check_url(url, allow_private=self.allow_private)
             body, content_type = await render_form(payload, png)
             headers = {"Content-Type": content_type, "User-Agent": "kontext-miner"}
+            if payload.recipe:
+                headers[RECIPE_HEADER] = payload.recipe
             if secret:
                 timestamp = int(time.time())
                 headers[CALLBACK_SECRET_HEADER] = secret

@@ -121,6 +121,7 @@ class CallbackNotifier:
             completed_at=datetime.fromtimestamp(job.finished_at or 0, tz=timezone.utc),
             image_url=self.image_url(job.id) if completed else None,
             error=job.error,
+            recipe=job.recipe,
         )
         png = await self.files.read_result(job.id) if completed else None
         return await self.sender.deliver(url, secret, payload, png)

@@ -66,8 +66,15 @@ def _cuda_initialised() -> bool:
     return bool(torch is not None and torch.cuda.is_initialized())
 
 
-def configure_torch(num_threads: int) -> None:
-    """Deterministic kernels, no TF32, no autotuned cuDNN, a pinned CPU thread count."""
+def pin_threads(num_threads: int) -> None:
+    """A fixed CPU thread count: on the CPU, the count changes how sums are split, hence the numbers."""
+    import torch
+
+    torch.set_num_threads(num_threads)
+
+
+def configure_torch_strict() -> None:
+    """Deterministic kernels (an op without one raises), no TF32 anywhere, no autotuned cuDNN."""
     import torch
 
     torch.use_deterministic_algorithms(True)
@@ -76,11 +83,17 @@ def configure_torch(num_threads: int) -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.set_float32_matmul_precision("highest")
-    torch.set_num_threads(num_threads)
 
 
-def seeded_generator(seed: int) -> "torch.Generator":  # type: ignore[name-defined]  # noqa: F821
-    """Noise comes from a CPU generator: the FLUX convention, identical across devices."""
+def configure_torch_like_reference() -> None:
+    """The subnet reference miner's switches: deterministic algorithms with warnings only, cuDNN
+    deterministic, benchmark off, and TF32 at torch's own defaults (set here explicitly, so an
+    engine loaded earlier in the process with other switches cannot leak them in)."""
     import torch
 
-    return torch.Generator("cpu").manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False  # torch's default
+    torch.backends.cudnn.allow_tf32 = True  # torch's default
+    torch.set_float32_matmul_precision("highest")  # torch's default

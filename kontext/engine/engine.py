@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pathlib import Path
 
-from kontext.engine import acceleration, recipe, selfcheck
+from kontext.engine import acceleration, selfcheck
 from kontext.engine.acceleration import EngineOptions
-from kontext.engine.determinism import configure_torch
-from kontext.engine.recipe import EditParams
+from kontext.engine.determinism import pin_threads
+from kontext.engine.recipes import DEFAULT_RECIPE, EditParams, Recipe, get_recipe
 
 if TYPE_CHECKING:
     from kontext.settings import Settings
@@ -48,6 +48,7 @@ def state_name(state: object) -> str:
 @dataclass(frozen=True)
 class EngineConfig:
     model_path: str
+    recipe: str = DEFAULT_RECIPE
     device: str = "auto"
     dtype: str = "auto"
     num_threads: int = 1
@@ -60,6 +61,7 @@ class EngineConfig:
     def from_settings(cls, settings: "Settings") -> "EngineConfig":
         return cls(
             model_path=settings.kontext_model_path,
+            recipe=settings.kontext_recipe,
             device=settings.kontext_device,
             dtype=settings.kontext_dtype,
             num_threads=settings.kontext_cpu_threads,
@@ -93,6 +95,7 @@ class EditOutput:
 class KontextEngine:
     def __init__(self, config: EngineConfig, loader: Optional[PipelineLoader] = None) -> None:
         self.config = config
+        self.recipe: Recipe = get_recipe(config.recipe)
         self.loader = loader
         self.state = EngineState.UNLOADED
         self.error: Optional[str] = None
@@ -128,8 +131,9 @@ class KontextEngine:
 
         options = self.config.options
         options.validate()
-        # 1. process-wide determinism, device and dtype
-        configure_torch(self.config.num_threads)
+        # 1. process-wide determinism (the recipe's switches), device and dtype
+        self.recipe.configure_torch()
+        pin_threads(self.config.num_threads)
         self.device = _resolve_device(self.config.device, torch)
         torch_dtype = _resolve_dtype(self.config.dtype, self.device, torch)
         self.dtype = str(torch_dtype).removeprefix("torch.")
@@ -154,7 +158,8 @@ class KontextEngine:
         # 4. warm-up (compiles, if compiling) and the golden-hash self-check
         warm = self._run(selfcheck.self_check_image(), selfcheck.SELF_CHECK_PARAMS, max_pixels=1 << 24)
         if self.config.golden_file is not None:
-            key, details = selfcheck.environment_key(profile=self.profile, device_name=self.device_name(torch),
+            key, details = selfcheck.environment_key(recipe=self.recipe.id, profile=self.profile,
+                                                     device_name=self.device_name(torch),
                                                      model_path=self.config.model_path)
             self.self_check = selfcheck.verify(self.config.golden_file, key, details, warm.sha256)
             if self.self_check.status == "drift":
@@ -167,7 +172,7 @@ class KontextEngine:
         """What /health shows about the engine."""
         return {
             "state": self.state.value, "error": self.error, "device": self.device, "dtype": self.dtype,
-            "profile": self.profile, "memory_mode": self.memory_mode, "recipe": recipe.RECIPE_ID,
+            "profile": self.profile, "memory_mode": self.memory_mode, "recipe": self.recipe.id,
             "load_seconds": self.load_seconds, "self_check": self.self_check.as_dict() if self.self_check else None,
         }
 
@@ -189,10 +194,12 @@ class KontextEngine:
         import torch
 
         started = time.perf_counter()
+        recipe = self.recipe
         # 1. decode and normalise the input (the recipe's preprocessing)
         image = recipe.preprocess(image_bytes, max_pixels=max_pixels)
-        # 2. the recipe's call arguments, plus progress reporting
-        kwargs = recipe.pipeline_kwargs(image, params)
+        # 2. the recipe's seeding and call arguments, plus progress reporting
+        generator = recipe.seed(params.seed, self.device)
+        kwargs = recipe.pipeline_kwargs(image, params, generator)
         if on_step is not None:
             kwargs["callback_on_step_end"] = _step_reporter(on_step, params.num_inference_steps)
         # 3. run the pipeline
@@ -206,7 +213,7 @@ class KontextEngine:
             pixels_sha256=pixels_sha256(result),
             width=result.width,
             height=result.height,
-            recipe=recipe.RECIPE_ID,
+            recipe=recipe.id,
             seconds=time.perf_counter() - started,
         )
 

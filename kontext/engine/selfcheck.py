@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from kontext.media.images import write_atomic
-from kontext.engine.recipe import RECIPE_ID, EditParams
+from kontext.engine.environment import pixel_and_png_stack
+from kontext.engine.recipes import EditParams
 
 SELF_CHECK_PARAMS = EditParams(prompt="self-check: add a small red hat", seed=20251014, guidance_scale=2.5,
                                num_inference_steps=2, width=64, height=64)
@@ -46,17 +46,9 @@ class SelfCheckResult:
         return {"status": self.status, "key": self.key, "actual": self.actual, "expected": self.expected}
 
 
-def environment_key(*, profile: str, device_name: str, model_path: str) -> tuple[str, dict[str, str]]:
+def environment_key(*, recipe: str, profile: str, device_name: str, model_path: str) -> tuple[str, dict[str, str]]:
     """What must stay the same for the bytes to stay the same, and its short hash."""
-    import diffusers
-    import torch
-    import transformers
-
-    details = {
-        "recipe": RECIPE_ID, "profile": profile, "device": device_name, "model": model_path,
-        "torch": torch.__version__, "cuda": str(torch.version.cuda), "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__, "machine": platform.machine(),
-    }
+    details = {"recipe": recipe, "profile": profile, "model": model_path, **pixel_and_png_stack(device_name)}
     digest = hashlib.sha256(json.dumps(details, sort_keys=True).encode()).hexdigest()[:16]
     return digest, details
 

@@ -25,6 +25,7 @@ from kontext.errors import (
     SyncTimeout,
 )
 from kontext.engine.engine import state_name
+from kontext.engine.recipes import ignored_fields
 from kontext.media.files import ImageFiles
 from kontext.media.images import decode_base64_image
 from kontext.jobs.admission import AdmissionControl
@@ -145,7 +146,7 @@ class EditService:
             self.admission.check(self.queue.ahead_of(priority) + running)
             callback = CallbackStatus.PENDING if request.callback_url else CallbackStatus.SKIPPED
             job = JobRecord(id=job_id, request=request, priority=priority, image_source=source,
-                            callback_status=callback)
+                            callback_status=callback, recipe=self.settings.kontext_recipe)
             try:
                 if input_bytes is not None:
                     await self.files.write_input(job_id, input_bytes)
@@ -292,6 +293,7 @@ class EditService:
             result_width=job.result_width,
             result_height=job.result_height,
             recipe=job.recipe,
+            ignored_fields=ignored_fields(job.recipe, request.width),
             attempts=job.attempts,
             queue_position=self.queue.position(job.id),
             progress=Progress(step=current[0], total=current[1]) if current else None,

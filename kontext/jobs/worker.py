@@ -14,7 +14,7 @@ from kontext.media.files import ImageFiles
 from kontext.jobs.record import JobOutcome, JobRecord, now
 from kontext.metrics import Metrics
 from kontext.jobs.queue import JobQueue
-from kontext.engine.recipe import EditParams
+from kontext.engine.recipes import EditParams
 from kontext.jobs.store import JobStore
 from protocol import ImageSource, JobStatus
 

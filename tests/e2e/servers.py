@@ -28,14 +28,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class SidecarProcess:
-    """`python -m kontext.main` in its own process, on a free loopback port, with the tiny model."""
+    """`python -m kontext.main` in its own process, on a free loopback port, with the tiny model.
+
+    ``recipe`` defaults to kontext-v1: it honours width/height, so the suites' 64x64 requests stay
+    fast; ``None`` runs the miner's default (reference-v1: always the pipeline's 1024x1024).
+    """
 
     def __init__(self, model_dir: Path, data_dir: Path, *, port: Optional[int] = None,
-                 extra_env: Optional[dict[str, str]] = None) -> None:
+                 extra_env: Optional[dict[str, str]] = None, recipe: Optional[str] = "kontext-v1") -> None:
         self.model_dir = model_dir
         self.data_dir = data_dir
         self.port = port or free_port()
         self.extra_env = extra_env or {}
+        self.recipe = recipe
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.log_path = data_dir.parent / f"sidecar-{self.port}.log"
 
@@ -54,6 +59,9 @@ class SidecarProcess:
             "DATA_DIR": str(self.data_dir), "CALLBACK_ALLOW_PRIVATE": "true",
             "CALLBACK_TIMEOUT_SECONDS": "5",
         })
+        env.pop("KONTEXT_RECIPE", None)
+        if self.recipe is not None:
+            env["KONTEXT_RECIPE"] = self.recipe
         env.update(self.extra_env)
         return env
 
@@ -117,8 +125,10 @@ class NeuronProcess(SidecarProcess):
     """`python neurons/miner.py` offline: the sidecar on ``port`` and the axon on ``axon_port``."""
 
     def __init__(self, model_dir: Path, data_dir: Path, *, wallet_path: Path, validators: str,
-                 extra_args: Optional[list[str]] = None, extra_env: Optional[dict[str, str]] = None) -> None:
-        super().__init__(model_dir, data_dir, extra_env={"HOME": str(wallet_path.parent), **(extra_env or {})})
+                 extra_args: Optional[list[str]] = None, extra_env: Optional[dict[str, str]] = None,
+                 recipe: Optional[str] = "kontext-v1") -> None:
+        super().__init__(model_dir, data_dir, extra_env={"HOME": str(wallet_path.parent), **(extra_env or {})},
+                         recipe=recipe)
         self.axon_port = free_port()
         self.wallet_path = wallet_path
         self.validators = validators

@@ -67,7 +67,7 @@ def _subnet(tls: tuple[trustme.CA, Path, Path, Path], model_dir: Path, home: Pat
     neuron = NeuronProcess(
         model_dir, home / "data", wallet_path=wallets, validators=f"{VALIDATOR.ss58_address}:4000",
         extra_args=["--axon.certfile", str(certfile), "--axon.keyfile", str(keyfile)],
-        extra_env={"SSL_CERT_FILE": str(ca_file), **extra_env},
+        extra_env={"SSL_CERT_FILE": str(ca_file), **extra_env}, recipe=None,  # the default: reference-v1
     ).start()
     miner_hotkey = wallet.hotkey.ss58_address
     return Subnet(neuron, miner_hotkey, Validator(VALIDATOR, miner_hotkey, neuron.axon_url, str(ca_file)),
@@ -119,6 +119,9 @@ def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet
     status = subnet.validator.get(f"/edit/status/{payload['job_id']}").json()
     assert status["callback"]["status"] == "delivered" and status["callback"]["status_code"] == 200
     assert status["request"]["image_source"] == "url"
+    assert status["recipe"] == "reference-v1" and status["ignored_fields"] == ["width", "height"]
+    assert (status["result_width"], status["result_height"]) == (1024, 1024)
+    assert result.headers["X-Recipe"] == "reference-v1"
 
     again, _ = _dispatch(subnet, seed=4242)
     synced = subnet.validator.signed_post("/sync/edit", again)

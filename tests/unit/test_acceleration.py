@@ -9,7 +9,7 @@ import pytest
 
 from kontext.engine.acceleration import GIB, EngineOptions, choose_memory_mode
 from kontext.engine.engine import EngineConfig, EngineState, KontextEngine
-from kontext.engine.recipe import EditParams
+from kontext.engine.recipes import EditParams
 from tests.fakes import png_bytes
 
 IMAGE = png_bytes((48, 40), (30, 160, 90))
@@ -45,8 +45,9 @@ def test_memory_mode_from_the_vram_budget(budget, free, expected) -> None:
 
 
 def _engine(model: Path, golden: Path | None = None, **options: object) -> KontextEngine:
-    engine = KontextEngine(EngineConfig(model_path=str(model), device="cpu", local_files_only=True,
-                                        options=EngineOptions(**options), golden_file=golden))  # type: ignore[arg-type]
+    engine = KontextEngine(EngineConfig(model_path=str(model), recipe="kontext-v1", device="cpu",  # 64x64: fast
+                                        local_files_only=True, options=EngineOptions(**options),  # type: ignore[arg-type]
+                                        golden_file=golden))
     engine.load()
     assert engine.state is EngineState.READY, engine.error
     return engine
@@ -84,8 +85,8 @@ def test_self_check_records_then_matches_then_refuses_drift(tiny_model_dir: Path
     key = first.self_check.key
     recorded[key]["sha256"] = "0" * 64  # as if a driver or library update changed the numbers
     golden.write_text(json.dumps(recorded))
-    drifted = KontextEngine(EngineConfig(model_path=str(tiny_model_dir), device="cpu", local_files_only=True,
-                                         golden_file=golden))
+    drifted = KontextEngine(EngineConfig(model_path=str(tiny_model_dir), recipe="kontext-v1", device="cpu",
+                                         local_files_only=True, golden_file=golden))
     drifted.load()
     assert drifted.state is EngineState.FAILED and "self-check drift" in (drifted.error or "")
     assert drifted.describe()["self_check"]["status"] == "drift"

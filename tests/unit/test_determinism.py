@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kontext.engine.determinism import DeterminismError, configure_torch, ensure_environment, seeded_generator
+from kontext.engine.determinism import (
+    DeterminismError,
+    configure_torch_like_reference,
+    configure_torch_strict,
+    ensure_environment,
+    pin_threads,
+)
+from kontext.engine.recipes import get_recipe
 
 
 def test_wrong_hash_seed_is_refused() -> None:
@@ -24,25 +31,31 @@ def test_cublas_config_is_set_when_missing_and_refused_when_wrong() -> None:
         ensure_environment({"PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":0:0"})
 
 
-def test_configure_torch() -> None:
+def test_configure_torch_strict_and_like_the_reference() -> None:
     threads = torch.get_num_threads()
     try:
-        configure_torch(1)
-        assert torch.are_deterministic_algorithms_enabled()
+        configure_torch_strict()
+        pin_threads(1)
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
         assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
         assert torch.get_num_threads() == 1
+        configure_torch_like_reference()  # after the strict switches: torch's defaults come back
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert not torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
     finally:
         torch.use_deterministic_algorithms(False)
         torch.set_num_threads(threads)
 
 
-def test_seeded_generator_is_cpu_and_repeatable() -> None:
-    a = torch.randn(4, generator=seeded_generator(42))
-    b = torch.randn(4, generator=seeded_generator(42))
-    c = torch.randn(4, generator=seeded_generator(43))
+def test_kontext_v1_noise_is_on_the_cpu_and_repeatable() -> None:
+    recipe = get_recipe("kontext-v1")
+    a = torch.randn(4, generator=recipe.seed(42, "cuda"))
+    b = torch.randn(4, generator=recipe.seed(42, "cuda"))
+    c = torch.randn(4, generator=recipe.seed(43, "cuda"))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert seeded_generator(2**64 - 1).device.type == "cpu"
+    assert recipe.seed(2**64 - 1, "cuda").device.type == "cpu"
 
 
 def test_entry_point_reexecs_with_hash_seed_zero(tmp_path) -> None:

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from kontext.engine.engine import EngineConfig, EngineState, KontextEngine
-from kontext.engine.recipe import EditParams, output_size
+from kontext.engine.recipes import EditParams
+from kontext.engine.recipes.kontext_v1 import output_size
 from tests.fakes import png_bytes
 
 MAX_PIXELS = 4096 * 4096
@@ -24,24 +25,45 @@ def _params(**change: object) -> EditParams:
     return EditParams(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> KontextEngine:
-    engine = KontextEngine(EngineConfig(model_path=str(tiny_model_dir), device="cpu", local_files_only=True))
+def _engine(model_dir: Path, recipe: str) -> KontextEngine:
+    engine = KontextEngine(EngineConfig(model_path=str(model_dir), recipe=recipe, device="cpu", local_files_only=True))
     engine.load()
     assert engine.state is EngineState.READY, engine.error
     return engine
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> KontextEngine:
+    """kontext-v1: honours width/height, so these tests stay small (64x64)."""
+    return _engine(tiny_model_dir, "kontext-v1")
+
+
+@pytest.fixture(scope="module")
+def reference_engine(tiny_model_dir: Path) -> KontextEngine:
+    return _engine(tiny_model_dir, "reference-v1")
 
 
 IMAGE = png_bytes((48, 40), (30, 160, 90))
 
 
 def test_same_params_same_bytes_across_engine_instances(engine: KontextEngine, tiny_model_dir: Path) -> None:
-    other = KontextEngine(EngineConfig(model_path=str(tiny_model_dir), device="cpu", local_files_only=True))
-    other.load()
+    other = _engine(tiny_model_dir, "kontext-v1")
     first = engine.edit(IMAGE, _params(), max_pixels=MAX_PIXELS)
     second = other.edit(IMAGE, _params(), max_pixels=MAX_PIXELS)
     assert first.png == second.png and first.sha256 == hashlib.sha256(first.png).hexdigest()
     assert first.recipe == "kontext-v1" and engine.device == "cpu" and engine.dtype == "float32"
+    with Image.open(io.BytesIO(first.png)) as image:
+        assert first.pixels_sha256 == hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
+
+
+def test_reference_v1_is_the_default_and_always_makes_the_pipelines_default_size(
+        reference_engine: KontextEngine) -> None:
+    assert EngineConfig(model_path="x").recipe == "reference-v1"
+    with_size = reference_engine.edit(IMAGE, _params(width=96, height=64), max_pixels=MAX_PIXELS)
+    without = reference_engine.edit(IMAGE, _params(width=None, height=None), max_pixels=MAX_PIXELS)
+    assert with_size.recipe == "reference-v1" and (with_size.width, with_size.height) == (1024, 1024)
+    assert with_size.png == without.png  # width/height are recorded and ignored
+    assert reference_engine.describe()["recipe"] == "reference-v1"
 
 
 @pytest.mark.parametrize("change", [{"seed": 2}, {"prompt": "make it blue"}, {"guidance_scale": 6.0}])
@@ -78,7 +100,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from kontext.engine.engine import EngineConfig, KontextEngine
-from kontext.engine.recipe import EditParams
+from kontext.engine.recipes import EditParams
 from tests.fakes import png_bytes
 engine = KontextEngine(EngineConfig(model_path={model!r}, device="cpu", local_files_only=True))
 engine.load()

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from kontext.engine.engine import EngineConfig, EngineState, KontextEngine
-from kontext.engine.recipe import EditParams
+from kontext.engine.recipes import EditParams
 from tests.fakes import png_bytes
 from tools.synthetic_kontext import FULL, QUICK, build_modules, build_synthetic_kontext, parameter_counts, weight_bytes
 
@@ -66,7 +66,7 @@ def test_engine_builds_through_the_injected_loader_and_edits() -> None:
         calls.append((dtype, device))
         return build_synthetic_kontext(QUICK, dtype, device)
 
-    engine = KontextEngine(EngineConfig(model_path="synthetic:quick", device="cpu"), loader=loader)
+    engine = KontextEngine(EngineConfig(model_path="synthetic:quick", recipe="kontext-v1", device="cpu"), loader=loader)
     engine.load()
     assert engine.state is EngineState.READY, engine.error
     assert calls == [(torch.float32, "cpu")] and engine.memory_mode == "gpu"

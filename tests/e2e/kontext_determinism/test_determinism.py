@@ -33,17 +33,25 @@ def test_a_different_input_gives_a_different_png(miner: MinerClient, sample_imag
     assert _sha(reference) != _sha(changed)
 
 
-def test_result_is_a_png_of_the_requested_size(miner: MinerClient, sample_image_b64: str) -> None:
+def test_result_is_a_png_of_the_size_the_recipe_gives(miner: MinerClient, sample_image_b64: str) -> None:
+    """kontext-v1 makes the requested size; reference-v1 records width/height as ignored and makes the
+    pipeline's default. Either way the status names the size, and the headers the hashes."""
     from io import BytesIO
 
     from PIL import Image
 
     status, png = miner.edit_and_wait(prompt="p", image_b64=sample_image_b64, seed=5, width=96, height=64)
     with Image.open(BytesIO(png)) as image:
-        assert image.format == "PNG" and image.size == (96, 64)
-    headers = requests.get(status["image_url"], timeout=10).headers if not EXTERNAL_MINER else {}
-    if headers:
-        assert headers["X-Image-SHA256"] == status["result_sha256"]
+        assert image.format == "PNG" and image.size == (status["result_width"], status["result_height"])
+        pixels = hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
+    if status["ignored_fields"]:
+        assert status["ignored_fields"] == ["width", "height"] and status["recipe"] == "reference-v1"
+    else:
+        assert image.size == (96, 64)
+    assert pixels == status["result_pixels_sha256"]
+    result = requests.get(miner.base_url + status["result_url"], timeout=10)
+    assert result.headers["X-Image-SHA256"] == status["result_sha256"] == _sha(result.content)
+    assert result.headers["X-Recipe"] == status["recipe"] and result.headers["X-Job-ID"] == status["id"]
 
 
 @pytest.mark.skipif(bool(EXTERNAL_MINER), reason="starts its own processes")

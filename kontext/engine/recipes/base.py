@@ -1,0 +1,69 @@
+"""What a recipe is: everything that decides an edit's output bytes, behind one id."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol
+
+from PIL import Image, UnidentifiedImageError
+
+
+@dataclass(frozen=True)
+class EditParams:
+    """One edit's parameters (defaults live in protocol/limits.py, not here)."""
+
+    prompt: str
+    seed: int
+    guidance_scale: float
+    num_inference_steps: int
+    width: Optional[int]
+    height: Optional[int]
+
+
+class Recipe(Protocol):
+    """A recipe decides every byte of an edit's output, from the input bytes to the PNG.
+
+    Change any step and the id must change too: validators compare hashes made with the same
+    recipe. Each recipe is one module in this package, registered in ``__init__``.
+    """
+
+    id: str
+    honours_size: bool
+    """Whether the request's ``width``/``height`` shape the output (otherwise recorded and ignored)."""
+
+    def configure_torch(self) -> None:
+        """Process-wide torch switches the recipe's numbers depend on (called once, at engine load)."""
+
+    def preprocess(self, image_bytes: bytes, *, max_pixels: int) -> Image.Image:
+        """Bytes -> the image the pipeline sees; ``ValueError`` naming what is wrong."""
+
+    def seed(self, seed: int, device: str) -> Any:
+        """Seed what the recipe seeds per job; return the generator the pipeline draws its noise from."""
+
+    def pipeline_kwargs(self, image: Image.Image, params: EditParams, generator: Any) -> dict[str, Any]:
+        """The exact keyword arguments of ``FluxKontextPipeline.__call__``."""
+
+    def encode_png(self, image: Image.Image) -> bytes:
+        """The output PNG's bytes."""
+
+
+def open_image(image_bytes: bytes, *, max_pixels: int) -> Image.Image:
+    """Open and decode, refusing decompression bombs from the header before any pixel is decoded.
+
+    ``ValueError`` for bytes that are not a readable image or are over ``max_pixels``.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image: Image.Image = Image.open(io.BytesIO(image_bytes))
+            if image.width * image.height > max_pixels:
+                raise ValueError(f"image is {image.width}x{image.height}, over the limit of {max_pixels} pixels")
+            image.load()
+    except ValueError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"not a readable image ({type(exc).__name__}: {exc})") from None
+    return image

@@ -1,0 +1,82 @@
+"""Recipe ``reference-v1``: the subnet's reference miner, byte for byte (what its audit re-runs).
+
+Read from the reference miner's code (../shared/docs/subnet.md §8):
+
+* Input: the bytes opened with PIL, **no EXIF transpose**; ``convert("RGB")`` only when the mode
+  is not RGB (alpha is dropped, not composited); a long side over 1024 is scaled with
+  ``ratio = 1024 / max(w, h)`` to ``(int(w * ratio), int(h * ratio))`` (truncated), LANCZOS.
+* Seeding per job: Python ``random``, numpy, ``torch.manual_seed``, the CUDA seeds; noise from
+  ``torch.Generator(device).manual_seed(seed)`` on the engine's own device (CUDA on a GPU).
+  numpy's ``seed`` refuses values of 2**32 and more, which fails the reference's job; here numpy
+  gets ``seed % 2**32`` instead, and the edit goes on: no number of the pipeline comes from numpy
+  or Python's ``random``, so seeds below 2**32 give the reference's bytes and larger ones an image
+  where the reference gives none.
+* Torch: ``use_deterministic_algorithms(True, warn_only=True)``, cuDNN deterministic, benchmark
+  off; TF32 switches left at torch's defaults, as the reference leaves them.
+* Call: prompt, image, generator, guidance_scale, num_inference_steps, ``output_type="pil"``;
+  **no width, height or max_area** (the request's are recorded and ignored), so the output is the
+  pipeline's default size (1024x1024 for FLUX.1-Kontext-dev) whatever the input's aspect ratio.
+* PNG: PIL's defaults (``image.save(..., "PNG")``: compress level 6, no optimize, no metadata).
+* Weights in bf16 on CUDA (the engine's ``KONTEXT_DTYPE=auto``).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from typing import Any
+
+from PIL import Image
+
+from kontext.engine import determinism
+from kontext.engine.recipes.base import EditParams, open_image
+
+MAX_INPUT_SIDE = 1024
+NUMPY_SEED_RANGE = 2**32
+
+
+class ReferenceV1:
+    id = "reference-v1"
+    honours_size = False
+
+    def configure_torch(self) -> None:
+        determinism.configure_torch_like_reference()
+
+    def preprocess(self, image_bytes: bytes, *, max_pixels: int) -> Image.Image:
+        image = open_image(image_bytes, max_pixels=max_pixels)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if max(image.size) > MAX_INPUT_SIDE:
+            ratio = MAX_INPUT_SIDE / max(image.size)
+            image = image.resize((int(image.width * ratio), int(image.height * ratio)), Image.Resampling.LANCZOS)
+        return image
+
+    def seed(self, seed: int, device: str) -> Any:
+        import numpy as np
+        import torch
+
+        random.seed(seed)
+        np.random.seed(seed % NUMPY_SEED_RANGE)
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed(seed)
+            torch.cuda.manual_seed_all(seed)
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def pipeline_kwargs(self, image: Image.Image, params: EditParams, generator: Any) -> dict[str, Any]:
+        return {
+            "prompt": params.prompt,
+            "image": image,
+            "generator": generator,
+            "guidance_scale": params.guidance_scale,
+            "num_inference_steps": params.num_inference_steps,
+            "output_type": "pil",
+        }
+
+    def encode_png(self, image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+RECIPE = ReferenceV1()
