@@ -2,74 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import itertools
 import json
 import shutil
 from pathlib import Path
 
+from tools.tiny_tokenizers import build_tokenizers
+
 COMPLETE_MARKER = ".tiny-kontext-complete"
-
-# Words for the T5 tokenizer's training corpus: edit instructions of the kind validators send.
-_WORDS = (
-    "add remove make change turn replace put give the a an to of on in with and into more less "
-    "red blue green yellow purple orange black white golden silver warm cold bright dark glow "
-    "hat person cat dog sky tree car house face hair background light shadow water fire snow "
-    "style painting photo sketch cartoon realistic vintage neon contrast tint highlights color"
-).split()
-
-
-def _corpus(lines: int = 600) -> list[str]:
-    """Deterministic sentences over ``_WORDS`` (no randomness: the tokenizer must rebuild identically)."""
-    out = []
-    for i, combo in enumerate(itertools.islice(itertools.product(_WORDS, repeat=3), 0, lines * 7, 7)):
-        out.append(" ".join(combo) + (f" {i % 97}" if i % 5 == 0 else ""))
-    return out
-
-
-def _t5_vocab() -> list[tuple[str, float]]:
-    """Pieces and scores of a sentencepiece unigram model trained in-process (no download)."""
-    import sentencepiece as spm
-
-    buffer = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus()), model_writer=buffer, model_type="unigram", vocab_size=256,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, num_threads=1,
-        hard_vocab_limit=False, minloglevel=2,
-    )
-    processor = spm.SentencePieceProcessor(model_proto=buffer.getvalue())
-    return [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character map."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
-
-
-def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A byte-level BPE vocab with every byte alone and word-final, plus merges for common words."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in _bytes_to_unicode().values():
-        vocab.setdefault(char, len(vocab))
-        vocab.setdefault(char + "</w>", len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in sorted(set(_WORDS)):
-        current = word[0]
-        for index, char in enumerate(word[1:], start=1):
-            right = char + ("</w>" if index == len(word) - 1 else "")
-            merges.append((current, right))
-            current = current + right
-            vocab.setdefault(current, len(vocab))
-    return vocab, list(dict.fromkeys(merges))
 
 
 def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
@@ -81,24 +20,20 @@ def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
     """
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     out_dir = Path(out_dir)
-    clip_vocab, clip_merges = _clip_vocab()
-    # tokenizers' BPE takes merges as (left, right) pairs; transformers' annotation says list[str]
-    tokenizer = CLIPTokenizer(vocab=clip_vocab, merges=clip_merges, model_max_length=77)  # type: ignore[arg-type]
-    t5_vocab = _t5_vocab()
-    tokenizer_2 = T5Tokenizer(vocab=t5_vocab, extra_ids=0, model_max_length=512)
+    tokenizer, tokenizer_2 = build_tokenizers()
 
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(clip_vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
         num_hidden_layers=2, max_position_embeddings=77, projection_dim=32, bos_token_id=0, eos_token_id=1,
         pad_token_id=1, hidden_act="gelu", attention_dropout=0.0,
     ))
     torch.manual_seed(seed + 1)
     text_encoder_2 = T5EncoderModel(T5Config(
-        vocab_size=len(t5_vocab), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu",
         pad_token_id=0, eos_token_id=1, is_encoder_decoder=False,
     ))
