@@ -17,9 +17,8 @@ SAME_ON_BOTH_STACKS = {
     "give it 3 more trees and 42 stars": (
         [0, 576, 146, 169, 39, 622, 168, 655, 138, 167, 518, 41, 37, 692, 130, 164, 167, 1],
         [8, 4, 34, 25, 65, 4, 16, 72, 30, 62, 20, 48, 19, 70, 83, 4, 55, 75, 20, 1]),
-    "it’s a “vintage” photo": (
-        [0, 146, 169, 318, 446, 497, 167, 131, 318, 446, 503, 172, 608, 130, 142, 139, 318, 446, 505, 160, 602, 701, 1],
-        [4, 34, 25, 2, 20, 97, 4, 2, 79, 31, 18, 32, 5, 2, 26, 92, 24, 1]),
+    "猫狗 on the roof": ([0, 328, 470, 210, 328, 468, 493, 627, 697, 164, 158, 626, 1],
+                         [4, 2, 4, 23, 4, 57, 5, 4, 22, 58, 58, 86, 1]),
     "cafe\u0301 and café": (  # decomposed and composed é: both stacks normalise to NFC
         [0, 539, 140, 256, 207, 518, 539, 140, 256, 207, 1], [36, 18, 86, 2, 48, 19, 36, 18, 86, 2, 1]),
     "  two  spaces\tand a tab\n": (
@@ -28,12 +27,19 @@ SAME_ON_BOTH_STACKS = {
 }
 
 CLIP_BY_MAJOR = {
-    # v4's slow CLIPTokenizer (the class real checkpoints name) puts every CJK character in a word of
-    # its own and drops control characters; v5's tokenizers-backed one does neither.
-    "猫狗 on the roof": {4: [0, 328, 470, 211, 328, 468, 493, 627, 697, 164, 158, 626, 1],
-                         5: [0, 328, 470, 210, 328, 468, 493, 627, 697, 164, 158, 626, 1]},
+    # v4 loads the slow CLIPTokenizer (the class real checkpoints name), which cleans prompts with ftfy
+    # (a requirement): quotes uncurled, ligatures split, mojibake repaired, control characters dropped.
+    # v5's tokenizers-backed CLIPTokenizer does none of that. T5 ids agree on both for all of these.
+    "it’s a “vintage” photo": {
+        4: [0, 146, 169, 14, 167, 131, 5, 172, 608, 130, 142, 139, 5, 160, 602, 701, 1],
+        5: [0, 146, 169, 318, 446, 497, 167, 131, 318, 446, 503, 172, 608, 130, 142, 139, 318, 446, 505, 160, 602, 701,
+            1]},
+    "ﬁre": {4: [0, 573, 1], 5: [0, 344, 212, 448, 164, 139, 1]},
+    "cafÃ©": {4: [0, 539, 140, 256, 207, 1], 5: [0, 539, 140, 256, 195, 254, 207, 1]},
     "ctrl\x07char": {4: [0, 134, 702, 152, 548, 165, 1], 5: [0, 134, 702, 153, 393, 548, 165, 1]},
 }
+T5_OF_DIFFERING = {"it’s a “vintage” photo": [4, 34, 25, 2, 20, 97, 4, 2, 79, 31, 18, 32, 5, 2, 26, 92, 24, 1],
+                   "ﬁre": [11, 1], "cafÃ©": [36, 18, 86, 2, 1], "ctrl\x07char": [36, 25, 22, 39, 78, 75, 1]}
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +69,9 @@ def test_token_ids_are_the_same_on_both_stacks(tokenizers: tuple, prompt: str) -
 
 
 @pytest.mark.parametrize("prompt", CLIP_BY_MAJOR)
-def test_clip_ids_that_differ_between_transformers_4_and_5(tokenizers: tuple, prompt: str) -> None:
+def test_clip_ids_differ_between_transformers_4_and_5_where_ftfy_cleans(tokenizers: tuple, prompt: str) -> None:
     import transformers
 
     major = int(transformers.__version__.split(".")[0])
     assert tokenizers[0](prompt).input_ids == CLIP_BY_MAJOR[prompt][major]
+    assert tokenizers[1](prompt).input_ids == T5_OF_DIFFERING[prompt]
