@@ -63,11 +63,26 @@ def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
     staging = out_dir.with_name(out_dir.name + ".building")
     shutil.rmtree(staging, ignore_errors=True)
     pipe.save_pretrained(staging)  # type: ignore[attr-defined]
-    (staging / COMPLETE_MARKER).write_text(json.dumps({"seed": seed}))
+    (staging / COMPLETE_MARKER).write_text(json.dumps({"seed": seed, "transformers": transformers_major()}))
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     return out_dir
 
 
 def is_complete(model_dir: Path) -> bool:
-    return (Path(model_dir) / COMPLETE_MARKER).is_file()
+    """Fully written, by the transformers major version running now.
+
+    transformers 4 loads a CLIPTextModel saved by 5 with random weights (5 drops the ``text_model.``
+    key prefix) and only warns, so another major's build counts as missing and gets rebuilt.
+    """
+    marker = Path(model_dir) / COMPLETE_MARKER
+    if not marker.is_file():
+        return False
+    return json.loads(marker.read_text()).get("transformers") == transformers_major()
+
+
+def transformers_major() -> int:
+    """The running transformers' major version: 4 and 5 save and tokenize differently."""
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])

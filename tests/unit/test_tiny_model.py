@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from tools.tiny_kontext import build_tiny_kontext
+from tools.tiny_kontext import COMPLETE_MARKER, build_tiny_kontext, is_complete, transformers_major
 
 SAME_ON_BOTH_STACKS = {
     # prompt: (CLIP ids, T5 ids), identical under transformers 4.52.4 and 5.x
@@ -62,6 +63,16 @@ def test_a_rebuild_writes_the_same_bytes(tiny_model_dir: Path, tmp_path: Path) -
     assert rebuilt == _files(tiny_model_dir), "rebuild differs (or KONTEXT_TINY_MODEL_DIR holds an older build)"
 
 
+def test_a_build_by_another_transformers_major_counts_as_missing(tmp_path: Path) -> None:
+    """transformers 4 would load 5's CLIP weights as random ones (5 drops the text_model. key prefix)."""
+    marker = tmp_path / COMPLETE_MARKER
+    assert not is_complete(tmp_path)
+    marker.write_text(json.dumps({"seed": 0, "transformers": transformers_major() + 1}))
+    assert not is_complete(tmp_path)
+    marker.write_text(json.dumps({"seed": 0, "transformers": transformers_major()}))
+    assert is_complete(tmp_path)
+
+
 @pytest.mark.parametrize("prompt", SAME_ON_BOTH_STACKS)
 def test_token_ids_are_the_same_on_both_stacks(tokenizers: tuple, prompt: str) -> None:
     clip, t5 = tokenizers
@@ -70,8 +81,5 @@ def test_token_ids_are_the_same_on_both_stacks(tokenizers: tuple, prompt: str) -
 
 @pytest.mark.parametrize("prompt", CLIP_BY_MAJOR)
 def test_clip_ids_differ_between_transformers_4_and_5_where_ftfy_cleans(tokenizers: tuple, prompt: str) -> None:
-    import transformers
-
-    major = int(transformers.__version__.split(".")[0])
-    assert tokenizers[0](prompt).input_ids == CLIP_BY_MAJOR[prompt][major]
+    assert tokenizers[0](prompt).input_ids == CLIP_BY_MAJOR[prompt][transformers_major()]
     assert tokenizers[1](prompt).input_ids == T5_OF_DIFFERING[prompt]
