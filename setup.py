@@ -18,7 +18,7 @@ setup(
     description="Deterministic FLUX.1-Kontext-dev image editing miner for Bittensor",
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
-    python_requires=">=3.11",
+    python_requires=">=3.10",
     packages=find_packages(include=["protocol", "protocol.*", "kontext", "kontext.*", "neurons", "neurons.*", "client",
                                     "client.*"]),
     install_requires=requirements(),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the whole test suite (unit + end-to-end on the tiny real model). Extra args go to pytest.
+# Run the whole test suite (unit + end-to-end on the tiny real model), then, with no arguments, its
+# second leg on the oldest supported stack (scripts/test_older_stack.sh). Extra args go to pytest alone.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -7,8 +8,11 @@ cd "$ROOT"
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONHASHSEED=0 CUBLAS_WORKSPACE_CONFIG=:4096:8
-if [ "$#" -eq 0 ]; then
-  echo "[test] mypy (kontext, protocol, neurons)"
-  python -m mypy
+if [ "$#" -ne 0 ]; then
+  exec python -m pytest -q "$@"
 fi
-exec python -m pytest -q "$@"
+echo "[test] mypy (kontext, protocol, neurons)"
+python -m mypy
+python -m pytest -q
+echo "[test] second leg: the oldest supported stack"
+exec bash scripts/test_older_stack.sh

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import itertools
 import json
 import shutil
 from pathlib import Path
@@ -12,68 +10,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer, T5Tokenizer
 
+from tools.tiny_tokenizers import build_tokenizers
+
 COMPLETE_MARKER = ".tiny-kontext-complete"
-
-# Words for the T5 tokenizer's training corpus: edit instructions of the kind validators send.
-_WORDS = (
-    "add remove make change turn replace put give the a an to of on in with and into more less "
-    "red blue green yellow purple orange black white golden silver warm cold bright dark glow "
-    "hat person cat dog sky tree car house face hair background light shadow water fire snow "
-    "style painting photo sketch cartoon realistic vintage neon contrast tint highlights color"
-).split()
-
-
-def _corpus(lines: int = 600) -> list[str]:
-    """Deterministic sentences over ``_WORDS`` (no randomness: the tokenizer must rebuild identically)."""
-    out = []
-    for i, combo in enumerate(itertools.islice(itertools.product(_WORDS, repeat=3), 0, lines * 7, 7)):
-        out.append(" ".join(combo) + (f" {i % 97}" if i % 5 == 0 else ""))
-    return out
-
-
-def _t5_vocab() -> list[tuple[str, float]]:
-    """Pieces and scores of a sentencepiece unigram model trained in-process (no download)."""
-    import sentencepiece as spm
-
-    buffer = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus()), model_writer=buffer, model_type="unigram", vocab_size=256,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, num_threads=1,
-        hard_vocab_limit=False, minloglevel=2,
-    )
-    processor = spm.SentencePieceProcessor(model_proto=buffer.getvalue())
-    return [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character map."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
-
-
-def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A byte-level BPE vocab with every byte alone and word-final, plus merges for common words."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in _bytes_to_unicode().values():
-        vocab.setdefault(char, len(vocab))
-        vocab.setdefault(char + "</w>", len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in sorted(set(_WORDS)):
-        current = word[0]
-        for index, char in enumerate(word[1:], start=1):
-            right = char + ("</w>" if index == len(word) - 1 else "")
-            merges.append((current, right))
-            current = current + right
-            vocab.setdefault(current, len(vocab))
-    return vocab, list(dict.fromkeys(merges))
 
 
 def build_tokenizers() -> tuple["CLIPTokenizer", "T5Tokenizer"]:
@@ -143,11 +82,26 @@ def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
     staging = out_dir.with_name(out_dir.name + ".building")
     shutil.rmtree(staging, ignore_errors=True)
     pipe.save_pretrained(staging)  # type: ignore[attr-defined]
-    (staging / COMPLETE_MARKER).write_text(json.dumps({"seed": seed}))
+    (staging / COMPLETE_MARKER).write_text(json.dumps({"seed": seed, "transformers": transformers_major()}))
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     return out_dir
 
 
 def is_complete(model_dir: Path) -> bool:
-    return (Path(model_dir) / COMPLETE_MARKER).is_file()
+    """Fully written, by the transformers major version running now.
+
+    transformers 4 loads a CLIPTextModel saved by 5 with random weights (5 drops the ``text_model.``
+    key prefix) and only warns, so another major's build counts as missing and gets rebuilt.
+    """
+    marker = Path(model_dir) / COMPLETE_MARKER
+    if not marker.is_file():
+        return False
+    return json.loads(marker.read_text()).get("transformers") == transformers_major()
+
+
+def transformers_major() -> int:
+    """The running transformers' major version: 4 and 5 save and tokenize differently."""
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])

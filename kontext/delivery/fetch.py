@@ -21,17 +21,9 @@ async def fetch_image(session: aiohttp.ClientSession, url: str, *, max_bytes: in
                       allow_private: bool) -> bytes:
     """GET ``url`` (each redirect hop re-checked), streaming at most ``max_bytes``."""
     try:
-        async with asyncio.timeout(timeout):
-            for _ in range(MAX_REDIRECTS + 1):
-                check_url(url, allow_private=allow_private)
-                async with session.get(url, allow_redirects=False) as response:
-                    if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
-                        url = urljoin(url, response.headers["Location"])
-                        continue
-                    if response.status != 200:
-                        raise ImageFetchError(f"image_url: download failed: HTTP {response.status}")
-                    return await _read_capped(response, max_bytes)
-            raise ImageFetchError(f"image_url: more than {MAX_REDIRECTS} redirects")
+        # asyncio.wait_for, not asyncio.timeout: the latter is Python 3.11+, and 3.10 is supported.
+        return await asyncio.wait_for(_follow(session, url, max_bytes=max_bytes, allow_private=allow_private),
+                                      timeout)
     except ImageFetchError:
         raise
     except (asyncio.TimeoutError, TimeoutError):
@@ -40,6 +32,20 @@ async def fetch_image(session: aiohttp.ClientSession, url: str, *, max_bytes: in
         refusal = find_refusal(exc)
         detail = str(refusal) if refusal else f"download failed: {type(exc).__name__}: {exc}"
         raise ImageFetchError(f"image_url: {detail}"[:300]) from None
+
+
+async def _follow(session: aiohttp.ClientSession, url: str, *, max_bytes: int, allow_private: bool) -> bytes:
+    """The download itself: every redirect hop is re-checked by the address guard before it is followed."""
+    for _ in range(MAX_REDIRECTS + 1):
+        check_url(url, allow_private=allow_private)
+        async with session.get(url, allow_redirects=False) as response:
+            if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
+                url = urljoin(url, response.headers["Location"])
+                continue
+            if response.status != 200:
+                raise ImageFetchError(f"image_url: download failed: HTTP {response.status}")
+            return await _read_capped(response, max_bytes)
+    raise ImageFetchError(f"image_url: more than {MAX_REDIRECTS} redirects")
 
 
 async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:

@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, ContextManager, Optional
 
+from kontext.engine import diffusers_features
+
 log = logging.getLogger(__name__)
 
 STRICT_ATTENTION_BACKENDS = frozenset({"native", "_native_math", "_native_flash", "_native_efficient", "flash"})
@@ -89,6 +91,9 @@ def place(pipe: Any, mode: str, device: str) -> None:
     elif mode == "model_offload":
         pipe.enable_model_cpu_offload(device=device)
     elif mode == "group_offload":
+        if torch.accelerator.current_accelerator() is None:
+            diffusers_features.require(diffusers_features.GROUP_OFFLOAD_WITHOUT_ACCELERATOR,
+                                       "KONTEXT_MEMORY_MODE=group_offload on a host without a GPU")
         onload = torch.device(device)
         for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
             module = getattr(pipe, name)
