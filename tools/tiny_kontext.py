@@ -5,29 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from transformers import CLIPTokenizer, T5Tokenizer
-
 from tools.tiny_tokenizers import build_tokenizers
 
 COMPLETE_MARKER = ".tiny-kontext-complete"
 
-
-def build_tokenizers() -> tuple["CLIPTokenizer", "T5Tokenizer"]:
-    """CLIP and T5 tokenizers made in-process (no download), shared by the tiny and the synthetic model.
-
-    Their vocabularies are small (hundreds of ids): any model whose embeddings are at least
-    ``len(tokenizer)`` rows accepts their ids.
-    """
-    from transformers import CLIPTokenizer, T5Tokenizer
-
-    clip_vocab, clip_merges = _clip_vocab()
-    # tokenizers' BPE takes merges as (left, right) pairs; transformers' annotation says list[str]
-    tokenizer = CLIPTokenizer(vocab=clip_vocab, merges=clip_merges, model_max_length=77)  # type: ignore[arg-type]
-    tokenizer_2 = T5Tokenizer(vocab=_t5_vocab(), extra_ids=0, model_max_length=512)
-    return tokenizer, tokenizer_2
 
 
 def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
