@@ -1,4 +1,4 @@
-"""`kontext-miner`: smoke-test a miner from the shell, through the sidecar or the signed axon."""
+"""`kontext-client` (alias `kontext-miner`): try a miner from the shell (sidecar or signed door), replay conformance cases."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from client import conformance
 
 DEFAULT_SIDECAR = "http://127.0.0.1:8091"
 
@@ -144,11 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     result = commands.add_parser("result", help="save a finished job's PNG and print its sha256")
     result.add_argument("job_id")
     result.add_argument("--out")
+    conformance.add_parser(commands)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "conformance":  # runs the engine here: no miner to talk to
+        raise SystemExit(conformance.run(args))
     args.url = args.url.rstrip("/")
     transport = Transport(args)
     if args.command == "edit":

@@ -14,8 +14,14 @@ fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 
+# The versions to install: the subnet auditor's stack on a GPU host, the suite's proven stack elsewhere.
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  CONSTRAINTS="${KONTEXT_CONSTRAINTS:-$ROOT/constraints/reference.txt}"
+else
+  CONSTRAINTS="${KONTEXT_CONSTRAINTS:-$ROOT/constraints/tested.txt}"
+fi
 stamp="$VENV/.kontext-installed"
-want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/setup.py" | sha256sum | cut -c1-16)"
+want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/setup.py" "$CONSTRAINTS" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   python -m pip install --quiet --upgrade pip
   if ! python -c "import torch" 2>/dev/null; then
@@ -28,8 +34,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
       python -m pip install --quiet "torch==${KONTEXT_CPU_TORCH:-2.13.0}"
     fi
   fi
-  echo "[bootstrap] installing requirements"
-  python -m pip install --quiet -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
+  echo "[bootstrap] installing requirements (constraints: ${CONSTRAINTS#$ROOT/})"
+  python -m pip install --quiet -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt" -c "$CONSTRAINTS"
   python -m pip install --quiet --no-deps -e "$ROOT"
   echo "$want" > "$stamp"
 fi

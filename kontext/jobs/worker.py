@@ -220,15 +220,7 @@ class Worker:
             raise JobFailure(_short(str(exc))) from None
 
     async def _run_engine(self, job: JobRecord, image: bytes) -> Any:
-        request = job.request
-        params = EditParams(
-            prompt=request.prompt,
-            seed=request.seed,
-            guidance_scale=request.guidance_scale,
-            num_inference_steps=request.num_inference_steps,
-            width=request.width,
-            height=request.height,
-        )
+        params = EditParams.from_request(job.request)
 
         def on_step(step: int, total: int) -> None:
             self._progress = (job.id, step, total)

@@ -10,7 +10,7 @@ from packaging.version import Version
 from kontext.engine import diffusers_features
 from kontext.engine.acceleration import EngineOptions
 from kontext.engine.engine import EngineConfig, EngineState, KontextEngine
-from kontext.engine.recipe import EditParams
+from kontext.engine.recipes import EditParams
 from tests.fakes import png_bytes
 
 
@@ -31,8 +31,8 @@ def test_cpu_group_offload_works_or_is_refused_by_name(tiny_model_dir: Path) -> 
 
     if torch.accelerator.current_accelerator() is not None:
         pytest.skip("a GPU host offloads onto its GPU; this checks the CPU-only host")
-    engine = KontextEngine(EngineConfig(model_path=str(tiny_model_dir), device="cpu", local_files_only=True,
-                                        options=EngineOptions(memory_mode="group_offload")))
+    engine = KontextEngine(EngineConfig(model_path=str(tiny_model_dir), recipe="kontext-v1", device="cpu",
+                                        local_files_only=True, options=EngineOptions(memory_mode="group_offload")))
     engine.load()
     if Version(diffusers_features.installed()) >= Version(diffusers_features.GROUP_OFFLOAD_WITHOUT_ACCELERATOR):
         assert engine.state is EngineState.READY, engine.error

@@ -21,6 +21,12 @@ class EditParams:
     width: Optional[int]
     height: Optional[int]
 
+    @classmethod
+    def from_request(cls, request: Any) -> "EditParams":
+        """The parameters of an edit request (any object with these attributes: the engine knows no wire type)."""
+        return cls(prompt=request.prompt, seed=request.seed, guidance_scale=request.guidance_scale,
+                   num_inference_steps=request.num_inference_steps, width=request.width, height=request.height)
+
 
 class Recipe(Protocol):
     """A recipe decides every byte of an edit's output, from the input bytes to the PNG.

@@ -1,0 +1,77 @@
+"""`kontext-client conformance CASES.jsonl`: replay recorded requests through this machine's engine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "conformance", help="replay cases (a validator request + the expected PNG SHA256 per line) through the "
+        "engine; print match/mismatch, hashes and the environment; exit 1 on any mismatch")
+    parser.add_argument("cases", type=Path, help="JSON Lines case file (kontext/conformance.py describes it)")
+    parser.add_argument("--env-file", default=".env", help="miner settings (model, device, dtype, engine options)")
+    parser.add_argument("--model", help="KONTEXT_MODEL_PATH")
+    parser.add_argument("--recipe", help="KONTEXT_RECIPE for cases that name none")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="KONTEXT_DEVICE")
+    parser.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], help="KONTEXT_DTYPE")
+    parser.add_argument("--record", type=Path, help="write the cases again with the hashes made here")
+
+
+def run(args: argparse.Namespace) -> int:
+    """0 when every case matches, 1 on any mismatch, 2 when the cases or the engine cannot be used."""
+    from kontext.engine import determinism
+
+    try:
+        determinism.reexec_if_needed(sys.argv)
+        determinism.ensure_environment()
+    except determinism.DeterminismError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
+
+    from kontext import conformance
+    from kontext.engine.engine import EngineConfig, EngineState, KontextEngine
+    from kontext.engine.environment import pixel_and_png_stack
+    from kontext.engine.recipes import EditParams
+    from kontext.settings import Settings
+
+    overrides = {"kontext_model_path": args.model, "kontext_recipe": args.recipe, "kontext_device": args.device,
+                 "kontext_dtype": args.dtype, "kontext_self_check": False}
+    settings = Settings(_env_file=args.env_file, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[call-arg]
+    try:
+        case_file = conformance.read_cases(args.cases)
+    except (OSError, conformance.CaseError) as exc:
+        print(f"cannot read cases: {exc}", file=sys.stderr)
+        return 2
+    engines: dict[str, KontextEngine] = {}
+
+    def engine_for(recipe: str) -> KontextEngine:
+        if recipe not in engines:
+            config = EngineConfig.from_settings(settings.model_copy(update={"kontext_recipe": recipe}))
+            engine = KontextEngine(config)
+            engine.load()
+            if engine.state is not EngineState.READY:
+                raise RuntimeError(f"the engine did not load: {engine.error}")
+            engines[recipe] = engine
+        return engines[recipe]
+
+    def edit(case: conformance.Case, image: bytes) -> Any:
+        engine = engine_for(case.recipe or settings.kontext_recipe)
+        return engine.edit(image, EditParams.from_request(case.request), max_pixels=settings.max_image_pixels)
+
+    try:
+        outcomes = conformance.replay(case_file.cases, edit, conformance.downloader())
+    except (conformance.CaseError, RuntimeError, OSError, ValueError) as exc:
+        print(f"cannot replay: {exc}", file=sys.stderr)
+        return 2
+    first = next(iter(engines.values()), None)
+    environment = pixel_and_png_stack(first.device_name(__import__("torch")) if first else None)
+    environment["engine_profile"] = first.profile if first else "-"
+    all_match = conformance.report(outcomes, environment, case_file.environment, sys.stdout)
+    if args.record:
+        conformance.record(args.record, case_file, outcomes, environment, args.cases)
+        print(f"recorded {len(outcomes)} case(s) in {args.record}")
+    return 0 if all_match else 1
