@@ -105,6 +105,8 @@ class KontextEngine:
         self.profile = "unknown"
         self.self_check: Optional[selfcheck.SelfCheckResult] = None
         self.load_seconds: Optional[float] = None
+        self.warnings: list[str] = []
+        """Known differences from the stack the recipe is audited against (logged, and in /health)."""
         self.pipe: Any = None
         self._lock = threading.Lock()
 
@@ -121,6 +123,9 @@ class KontextEngine:
             log.error("engine not ready (%s): %s", self.config.model_path, self.error)
             return
         self.load_seconds = time.perf_counter() - started
+        self.warnings = self.recipe.stack_warnings(self.device)
+        for warning in self.warnings:
+            log.warning("%s: %s", self.recipe.id, warning)
         self.state = EngineState.READY
         log.info("loaded %s on %s (%s, %s, memory=%s) in %.1fs", self.config.model_path, self.device, self.dtype,
                  self.profile, self.memory_mode, self.load_seconds)
@@ -174,6 +179,7 @@ class KontextEngine:
             "state": self.state.value, "error": self.error, "device": self.device, "dtype": self.dtype,
             "profile": self.profile, "memory_mode": self.memory_mode, "recipe": self.recipe.id,
             "load_seconds": self.load_seconds, "self_check": self.self_check.as_dict() if self.self_check else None,
+            "warnings": self.warnings,
         }
 
     def device_name(self, torch: Any) -> str:

@@ -64,6 +64,10 @@ def test_reference_v1_is_the_default_and_always_makes_the_pipelines_default_size
     assert with_size.recipe == "reference-v1" and (with_size.width, with_size.height) == (1024, 1024)
     assert with_size.png == without.png  # width/height are recorded and ignored
     assert reference_engine.describe()["recipe"] == "reference-v1"
+    import transformers
+
+    warned = any("constraints/reference.txt" in warning for warning in reference_engine.describe()["warnings"])
+    assert warned == (not transformers.__version__.startswith("4."))  # the auditor tokenizes with transformers 4
 
 
 @pytest.mark.parametrize("change", [{"seed": 2}, {"prompt": "make it blue"}, {"guidance_scale": 6.0}])

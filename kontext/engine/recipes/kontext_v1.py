@@ -64,6 +64,9 @@ class KontextV1:
     def configure_torch(self) -> None:
         determinism.configure_torch_strict()
 
+    def stack_warnings(self, device: str) -> list[str]:
+        return []  # audited against itself: only the self-check's recorded hash matters
+
     def preprocess(self, image_bytes: bytes, *, max_pixels: int) -> Image.Image:
         image = _to_rgb(ImageOps.exif_transpose(open_image(image_bytes, max_pixels=max_pixels)))
         long_side = max(image.size)

@@ -33,6 +33,9 @@ from kontext.engine.recipes.base import EditParams, open_image
 
 MAX_INPUT_SIDE = 1024
 NUMPY_SEED_RANGE = 2**32
+AUDITOR_TORCH = "2.6."
+AUDITOR_TRANSFORMERS = "4.52.4"
+"""The audit miner's versions (constraints/reference.txt pins its whole stack for GPU hosts)."""
 
 
 class ReferenceV1:
@@ -41,6 +44,22 @@ class ReferenceV1:
 
     def configure_torch(self) -> None:
         determinism.configure_torch_like_reference()
+
+    def stack_warnings(self, device: str) -> list[str]:
+        """Where this process's versions are known to make other numbers than the auditor's."""
+        import torch
+        import transformers
+
+        warnings = []
+        if not transformers.__version__.startswith("4."):
+            warnings.append(
+                f"transformers {transformers.__version__}: the auditor runs {AUDITOR_TRANSFORMERS}, whose slow CLIP "
+                "tokenizer cleans prompts with ftfy (curly quotes, ligatures, mojibake) where transformers 5 does "
+                "not, so such prompts get other token ids; install with -c constraints/reference.txt")
+        if device == "cuda" and not torch.__version__.startswith(AUDITOR_TORCH):
+            warnings.append(f"torch {torch.__version__}: the auditor runs torch {AUDITOR_TORCH}0+cu124; other "
+                            "kernels can give other pixels; install with -c constraints/reference.txt")
+        return warnings
 
     def preprocess(self, image_bytes: bytes, *, max_pixels: int) -> Image.Image:
         image = open_image(image_bytes, max_pixels=max_pixels)
