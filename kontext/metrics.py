@@ -33,12 +33,18 @@ class Metrics:
         self.jobs_finished = Counter("kontext_jobs_finished", "Jobs finished, by outcome.", ["status"], registry=r)
         self.jobs_rejected = Counter("kontext_requests_rejected", "Requests refused, by error code.", ["code"],
                                      registry=r)
-        self.edit_seconds = Histogram("kontext_edit_seconds", "Engine time of one edit.", buckets=_EDIT_BUCKETS,
-                                      registry=r)
+        self.edit_seconds = Histogram("kontext_edit_seconds", "Engine time of one edit, by worker.", ["worker"],
+                                      buckets=_EDIT_BUCKETS, registry=r)
+        self.jobs_run = Counter("kontext_jobs_run", "Jobs a worker ran to the end, by worker and outcome.",
+                                ["worker", "status"], registry=r)
+        self.store_retries = Counter("kontext_store_retries", "Jobs put back after the store refused a write.",
+                                     registry=r)
         self.job_seconds = Histogram("kontext_job_seconds", "Submit-to-finish time of one job.",
                                      buckets=_EDIT_BUCKETS, registry=r)
-        self.engine_load_seconds = Gauge("kontext_engine_load_seconds", "Time the model took to load.", registry=r)
-        self.engine_ready = Gauge("kontext_engine_ready", "1 when the engine is ready to edit.", registry=r)
+        self.engine_load_seconds = Gauge("kontext_engine_load_seconds", "Time the model took to load, by worker.",
+                                         ["worker"], registry=r)
+        self.engine_ready = Gauge("kontext_engine_ready", "1 when the worker's engine is ready to edit.", ["worker"],
+                                  registry=r)
         self.callbacks = Counter("kontext_callbacks", "Webhook outcomes.", ["status"], registry=r)
         self.auth_rejections = Counter("kontext_auth_rejections", "Signed requests refused, by reason.",
                                        ["reason"], registry=r)

@@ -1,4 +1,4 @@
-"""Runtime: builds, starts and stops the long-lived parts (store, engine, worker, callbacks)."""
+"""Runtime: the composition root that builds, starts and stops the long-lived parts of one process."""
 
 from __future__ import annotations
 
@@ -12,30 +12,37 @@ from typing import Any, Coroutine, Optional
 import aiohttp
 
 from kontext.delivery.callbacks import CallbackSender
-from kontext.errors import StartupError
 from kontext.delivery.fetch import fetch_image
-from kontext.media.files import ImageFiles
-from kontext.metrics import Metrics
 from kontext.delivery.guard import make_guarded_session
 from kontext.delivery.notifier import CallbackNotifier, Deliverer
+from kontext.errors import StartupError
+from kontext.jobs.finish import JobFinisher
+from kontext.jobs.inputs import InputPrefetcher
 from kontext.jobs.queue import JobQueue
 from kontext.jobs.record import JobRecord
 from kontext.jobs.service import EditService
-from kontext.settings import Settings
 from kontext.jobs.store import SqliteJobStore
-from kontext.jobs.worker import Engine, Worker
+from kontext.jobs.worker import Engine, Worker, WorkerPool
+from kontext.media.files import ImageFiles
+from kontext.metrics import Metrics
+from kontext.settings import Settings
 
 log = logging.getLogger(__name__)
 
+PREFETCH_CONCURRENCY = 4
+"""image_url downloads at once (each bounded by IMAGE_URL_TIMEOUT_SECONDS and MAX_IMAGE_BYTES)."""
+
 
 class Runtime:
-    """Owns everything the sidecar and the axon share; one per process.
+    """Owns everything the doors share; one per process.
 
     ``engine`` and ``sender`` may be injected (tests use fakes); by default the real
-    ``KontextEngine`` and ``CallbackSender`` are built from the settings. Shutdown order: stop
-    accepting -> let the running job finish (bounded) -> stop the worker -> flush callbacks ->
-    close the session and the store. With editing disabled there is no worker: queued jobs wait
-    (and their status answers) until editing is enabled again.
+    ``KontextEngine`` and ``CallbackSender`` are built from the settings. Shutdown (``stop``), in
+    order: stop accepting (503) -> the workers drain (no new job; the running one gets the grace
+    period, then is interrupted) -> downloads and background tasks stop -> callbacks under way
+    finish (bounded) -> the HTTP session and the store close. Nothing touches the store after
+    that. With editing disabled there is no worker: queued jobs wait (and their status answers)
+    until editing is enabled again.
     """
 
     def __init__(self, settings: Settings, *, engine: Optional[Engine] = None,
@@ -50,7 +57,8 @@ class Runtime:
         self.metrics.watch_queue(lambda: len(self.queue))
         self._session: Optional[aiohttp.ClientSession] = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.worker: Optional[Worker] = None
+        self.workers: Optional[WorkerPool] = None
+        self.prefetcher: Optional[InputPrefetcher] = None
         self.notifier: Optional[CallbackNotifier] = None
         self._service: Optional[EditService] = None
 
@@ -71,40 +79,45 @@ class Runtime:
         if removed:
             log.warning("removed %d half-written file(s) left by an earlier crash", removed)
         await self.store.open()
-        self._session = make_guarded_session(
+        # 1. outbound: one guarded HTTP session for callbacks and image_url downloads
+        self._session = session = make_guarded_session(
             allow_private=settings.callback_allow_private,
             timeout=max(settings.callback_timeout_seconds, settings.image_url_timeout_seconds),
         )
-        session = self._session
         sender = self._sender or CallbackSender(session, timeout=settings.callback_timeout_seconds,
                                                 allow_private=settings.callback_allow_private)
         self.notifier = CallbackNotifier(
             self.store, self.files, sender, image_url=settings.image_url, metrics=self.metrics,
             not_before_seconds=settings.callback_not_before_seconds,
         )
-        if self.engine is None and settings.enable_kontext_edit:
-            from kontext.engine.engine import EngineConfig, KontextEngine  # torch is heavy: import on demand
-
-            self.engine = KontextEngine(EngineConfig.from_settings(settings))
 
         async def download(url: str) -> bytes:
             return await fetch_image(session, url, max_bytes=settings.max_image_bytes,
                                      timeout=settings.image_url_timeout_seconds,
                                      allow_private=settings.callback_allow_private)
 
-        if self.engine is not None:
-            self.worker = Worker(
-                self.engine, self.store, self.queue, self.files,
-                fetch_image=download, on_finished=self._job_finished,
-                max_pixels=settings.max_image_pixels, max_attempts=settings.max_attempts,
-                metrics=self.metrics,
-            )
-        self._service = EditService(settings, self.store, self.queue, self.files,
-                                    engine=self.engine, progress=self.worker, metrics=self.metrics)
+        # 2. how jobs end, and the inputs fetched ahead of the workers
+        finisher = JobFinisher(self.store, self.files, self.metrics, self._job_finished)
+        self.prefetcher = InputPrefetcher(download, self.store, self.files, self.queue, finisher,
+                                          concurrency=PREFETCH_CONCURRENCY, max_bytes=settings.max_image_bytes,
+                                          max_pixels=settings.max_image_pixels)
+        # 3. the workers (none with editing disabled)
+        engine = self.engine
+        if engine is None and settings.enable_kontext_edit:
+            from kontext.engine.engine import EngineConfig, KontextEngine  # torch is heavy: import on demand
+
+            engine = self.engine = KontextEngine(EngineConfig.from_settings(settings))
+        if engine is not None:
+            self.workers = WorkerPool([Worker("w0", engine, self.store, self.queue, self.files, finisher,
+                                              self.prefetcher, max_pixels=settings.max_image_pixels,
+                                              metrics=self.metrics)])
+        # 4. the service, then what a previous process left: unfinished jobs and unsent callbacks
+        self._service = EditService(settings, self.store, self.queue, self.files, workers=self.workers,
+                                    prefetcher=self.prefetcher, finisher=finisher, metrics=self.metrics)
         await self._service.recover()
         await self.notifier.resend_pending()
-        if self.worker is not None:
-            self._spawn(self.worker.run(eager=settings.kontext_load == "eager"), "worker")
+        if self.workers is not None:
+            self.workers.start(eager=settings.kontext_load == "eager")
         self._spawn(self._sweep_forever(), "retention-sweep")
 
     def _job_finished(self, job: JobRecord) -> None:
@@ -113,28 +126,26 @@ class Runtime:
             self.notifier.schedule(job)
 
     def count_rejection(self, code: str) -> None:
-        """Every refused request, from either door, by error code (the metrics' one entry point)."""
+        """Every refused request, from any door, by error code (the metrics' one entry point)."""
         self.metrics.jobs_rejected.labels(code).inc()
 
     async def quiesce(self, grace_seconds: float) -> None:
-        """Stop accepting jobs (503) and give the running job up to ``grace_seconds`` to finish."""
+        """Stop accepting jobs (503), then drain the workers: the running job gets ``grace_seconds``."""
         if self._service is not None:
             self._service.accepting = False
-        if self.worker is not None and self.worker.current_job is not None and grace_seconds > 0:
-            log.info("waiting up to %.0fs for job %s to finish", grace_seconds, self.worker.current_job)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.worker.wait_idle(), grace_seconds)
+        if self.workers is not None:
+            await self.workers.drain(grace_seconds)
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
         await self.quiesce(grace_seconds)
+        if self.prefetcher is not None:
+            await self.prefetcher.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        if self.worker is not None:
-            self.worker.shutdown()
         if self.notifier is not None:
             await self.notifier.drain(timeout=self.settings.callback_timeout_seconds)
         if self._session is not None:

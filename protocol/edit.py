@@ -95,7 +95,7 @@ class EditRequest(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=limits.PROMPT_MAX_CHARS, description="Edit instruction.")
     seed: int = Field(ge=limits.SEED_MIN, le=limits.SEED_MAX, strict=True, description="Noise seed.")
-    image_b64: Optional[str] = Field(default=None, min_length=1, description="Base64 PNG or JPEG.")
+    image_b64: Optional[str] = Field(default=None, min_length=1, description="Base64 PNG, JPEG or WebP.")
     image_url: HttpUrlText = None
     reference_job_id: Optional[str] = Field(default=None, min_length=1, max_length=128)
     guidance_scale: float = Field(
@@ -214,6 +214,9 @@ class StatusRecord(BaseModel):
     ignored_fields: list[str] = Field(default_factory=list)
     """Request fields the recipe records but does not use (``reference-v1`` ignores width/height)."""
     attempts: int = 0
+    """How many times a worker started it (a miner that stopped mid-job runs it again at its next start)."""
+    worker: Optional[str] = None
+    """The worker (device) that ran it."""
     queue_position: Optional[int] = None
     progress: Optional[Progress] = None
     queued_ms: Optional[int] = None

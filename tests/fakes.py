@@ -12,7 +12,7 @@ from typing import Callable, Optional
 from aiohttp.abc import AbstractResolver, ResolveResult
 from PIL import Image
 
-from kontext.engine.engine import EditOutput
+from kontext.engine.engine import EditOutput, EngineState
 from protocol import CallbackPayload, CallbackRecord, CallbackStatus
 
 
@@ -27,7 +27,7 @@ class FakeEngine:
     """
 
     def __init__(self, *, fail_load: Optional[str] = None, gate: Optional[threading.Event] = None) -> None:
-        self.state = "loading"
+        self.state = EngineState.UNLOADED
         self.error: Optional[str] = None
         self.device = "cpu"
         self.fail_load = fail_load
@@ -35,10 +35,14 @@ class FakeEngine:
         self.calls: list[tuple[bytes, object]] = []
 
     def load(self) -> None:
+        self.state = EngineState.LOADING
         if self.fail_load:
-            self.state, self.error = "failed", self.fail_load
+            self.state, self.error = EngineState.FAILED, self.fail_load
         else:
-            self.state = "ready"
+            self.state = EngineState.READY
+
+    def describe(self) -> dict:
+        return {"state": self.state.value, "error": self.error, "device": self.device, "recipe": "fake-v1"}
 
     def edit(self, image_bytes: bytes, params: object, *, max_pixels: int,
              on_step: Optional[Callable[[int, int], None]] = None) -> EditOutput:

@@ -45,22 +45,6 @@ def verify_signature(secret: str, timestamp: int | str, body: bytes, header_valu
     return hmac.compare_digest(sign_body(secret, int(timestamp), body), header_value)
 
 
-class _Collect:
-    """A minimal stream writer: aiohttp's multipart writer renders itself into it."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    async def write(self, data: bytes) -> None:
-        self.chunks.append(bytes(data))
-
-    async def write_eof(self, chunk: bytes = b"") -> None:
-        self.chunks.append(chunk)
-
-    async def drain(self) -> None:
-        return None
-
-
 async def render_form(payload: CallbackPayload, png: Optional[bytes]) -> tuple[bytes, str]:
     """(body bytes, content type) of the multipart form: text fields, then the ``image`` file part."""
     writer = aiohttp.MultipartWriter("form-data", boundary=f"kontext-{uuid.uuid4().hex}")
@@ -70,9 +54,7 @@ async def render_form(payload: CallbackPayload, png: Optional[bytes]) -> tuple[b
     if png is not None:
         part = writer.append(png, {"Content-Type": "image/png"})
         part.set_content_disposition("form-data", name="image", filename=f"{payload.job_id}.png")
-    sink = _Collect()
-    await writer.write(sink)  # type: ignore[arg-type]
-    return b"".join(sink.chunks), writer.content_type
+    return await writer.as_bytes(), writer.content_type
 
 
 class CallbackSender:
@@ -105,7 +87,8 @@ class CallbackSender:
                                          timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
                 if 200 <= response.status < 300:
                     return record(CallbackStatus.DELIVERED, response.status)
-                excerpt = (await response.text(errors="replace"))[:BODY_EXCERPT_CHARS]
+                # a few hundred bytes at most: a receiver's error body can be as large as it likes
+                excerpt = (await response.content.read(BODY_EXCERPT_CHARS)).decode("utf-8", "replace")
                 kind = "redirect (not followed)" if 300 <= response.status < 400 else f"HTTP {response.status}"
                 return record(CallbackStatus.FAILED, response.status, f"{kind}: {excerpt}".strip(": "))
         except asyncio.CancelledError:

@@ -133,6 +133,19 @@ def check_url(url: str, *, allow_private: bool) -> None:
             raise BlockedAddressError(f"refused: {means}{reason}")
 
 
+def without_credentials(url: Optional[str]) -> Optional[str]:
+    """``url`` with any ``user:pass@`` removed, for echoing it (status records, logs)."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(unparsable URL)"
+    if parts.username is None and parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
 def find_refusal(exc: BaseException) -> Optional[BlockedAddressError]:
     """The guard's refusal behind ``exc``: aiohttp wraps a resolver's error in one whose text hides it."""
     pending: list[BaseException] = [exc]

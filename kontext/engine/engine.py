@@ -40,11 +40,6 @@ class EngineState(str, Enum):
     """Loading failed; ``error`` says why. The process stays up to report it."""
 
 
-def state_name(state: object) -> str:
-    """An engine state as text, for ``EngineState`` members and test doubles' plain strings alike."""
-    return str(getattr(state, "value", state))
-
-
 @dataclass(frozen=True)
 class EngineConfig:
     model_path: str

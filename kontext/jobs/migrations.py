@@ -46,6 +46,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE jobs ADD COLUMN result_height INTEGER",
         "ALTER TABLE jobs DROP COLUMN run_ms",
     ),
+    # 3 - which worker (device) ran the job.
+    (
+        "ALTER TABLE jobs ADD COLUMN worker TEXT",
+    ),
 )
 
 LATEST = len(MIGRATIONS)
@@ -69,6 +73,7 @@ def migrate(connection: sqlite3.Connection) -> tuple[int, int]:
             connection.execute(f"PRAGMA user_version = {version + 1}")
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
             raise
     return found, LATEST

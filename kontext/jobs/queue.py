@@ -1,24 +1,34 @@
-"""In-memory priority queue of job ids: highest priority first, FIFO within a priority."""
+"""The run order of ready jobs: ``asyncio.PriorityQueue`` plus what it lacks (one entry per job, positions)."""
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True, order=True)
+class QueuedJob:
+    """One queue entry: highest priority first, FIFO within a priority (``order`` compares the key only)."""
+
+    key: tuple[float, int]
+    job_id: str = field(compare=False)
+    priority: float = field(compare=False)
 
 
 class JobQueue:
-    """The worker's run order. Persistence lives in the store; this is rebuilt from it at start.
+    """In-memory queue for one host. Persistence lives in the store; this is rebuilt from it at start.
 
-    A job id is queued at most once (idempotent put), so a restart's re-enqueue and a late
-    duplicate cannot run a job twice.
+    A job id is queued at most once (``put`` is idempotent), so a restart's re-enqueue and a late
+    duplicate cannot run a job twice. ``done`` closes an entry a worker took (nothing to do in
+    memory; a shared queue releases its lease there).
     """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, str]] = []
-        self._members: set[str] = set()
-        self._counter = itertools.count()
-        self._ready = asyncio.Condition()
+        self._queue: asyncio.PriorityQueue[QueuedJob] = asyncio.PriorityQueue()
+        self._members: dict[str, QueuedJob] = {}
+        self._seq = itertools.count()
 
     def __len__(self) -> int:
         return len(self._members)
@@ -27,29 +37,29 @@ class JobQueue:
         return job_id in self._members
 
     async def put(self, job_id: str, priority: float = 0.0) -> bool:
-        """Queue ``job_id``; returns False if it was already queued."""
+        """Queue ``job_id``; False if it is queued already."""
         if job_id in self._members:
             return False
-        heapq.heappush(self._heap, (-priority, next(self._counter), job_id))
-        self._members.add(job_id)
-        async with self._ready:
-            self._ready.notify()
+        entry = QueuedJob((-priority, next(self._seq)), job_id, priority)
+        self._members[job_id] = entry
+        self._queue.put_nowait(entry)
         return True
 
-    async def get(self) -> str:
-        async with self._ready:
-            await self._ready.wait_for(lambda: bool(self._heap))
-            _, _, job_id = heapq.heappop(self._heap)
-        self._members.discard(job_id)
-        return job_id
+    async def get(self) -> QueuedJob:
+        entry = await self._queue.get()
+        self._members.pop(entry.job_id, None)
+        return entry
+
+    async def done(self, entry: QueuedJob) -> None:
+        """The worker is finished with ``entry`` (ran it, failed it, or handed it on)."""
+
+    def position(self, job_id: str) -> Optional[int]:
+        """1-based place in the run order, or None if not queued."""
+        entry = self._members.get(job_id)
+        if entry is None:
+            return None
+        return 1 + sum(1 for other in self._members.values() if other.key < entry.key)
 
     def ahead_of(self, priority: float) -> int:
         """How many queued jobs would run before a new job of ``priority`` (higher or equal first)."""
-        return sum(1 for entry in self._heap if -entry[0] >= priority)
-
-    def position(self, job_id: str) -> int | None:
-        """1-based place in the run order, or None if not queued."""
-        if job_id not in self._members:
-            return None
-        key = next(entry for entry in self._heap if entry[2] == job_id)
-        return 1 + sum(1 for entry in self._heap if entry < key)
+        return sum(1 for entry in self._members.values() if entry.priority >= priority)

@@ -38,6 +38,8 @@ class JobRecord:
     result_height: Optional[int] = None
     recipe: Optional[str] = None
     attempts: int = 0
+    worker: Optional[str] = None
+    """The worker that ran (or runs) it."""
     callback_status: CallbackStatus = CallbackStatus.PENDING
     callback_status_code: Optional[int] = None
     callback_attempted_at: Optional[float] = None

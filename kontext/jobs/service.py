@@ -1,4 +1,4 @@
-"""EditService: the one place that decides submit, status, result, chaining and retention."""
+"""EditService: the business rules of the edit contract (submit, status, results, recovery, retention), once."""
 
 from __future__ import annotations
 
@@ -24,17 +24,20 @@ from kontext.errors import (
     StorageUnavailable,
     SyncTimeout,
 )
-from kontext.engine.engine import state_name
+from kontext.delivery.guard import without_credentials
 from kontext.engine.recipes import ignored_fields
-from kontext.media.files import ImageFiles
-from kontext.media.images import decode_base64_image
+from kontext.jobs import chaining
 from kontext.jobs.admission import AdmissionControl
 from kontext.jobs.events import JobEvents
-from kontext.jobs.record import JobRecord, now
-from kontext.metrics import Metrics
+from kontext.jobs.finish import JobFinisher
+from kontext.jobs.inputs import InputPrefetcher
 from kontext.jobs.queue import JobQueue
-from kontext.settings import Settings
+from kontext.jobs.record import JobRecord, now
 from kontext.jobs.store import JobStore
+from kontext.media.files import ImageFiles
+from kontext.media.images import decode_base64_image
+from kontext.metrics import Metrics
+from kontext.settings import Settings
 from protocol import (
     CallbackRecord,
     CallbackStatus,
@@ -67,21 +70,18 @@ class ResultImage:
     recipe: Optional[str]
 
 
-class EngineView(Protocol):
-    """What the service reads of the engine: its state and why it failed."""
+class WorkersView(Protocol):
+    """What the service reads of the workers (``WorkerPool`` in this process): their engines' state,
+    how many serve and run, and a running job's progress."""
 
     @property
     def state(self) -> Any: ...
     @property
     def error(self) -> Optional[str]: ...
-
-
-class ProgressView(Protocol):
-    """What the service reads of the worker: a running job's progress, and whether one runs."""
-
+    def running(self) -> int: ...
+    def serving(self) -> int: ...
     def progress(self, job_id: str) -> Optional[tuple[int, int]]: ...
-    @property
-    def busy(self) -> bool: ...
+    def describe(self) -> dict[str, Any]: ...
 
 
 class EditService:
@@ -94,8 +94,9 @@ class EditService:
         queue: JobQueue,
         files: ImageFiles,
         *,
-        engine: Optional[EngineView] = None,
-        progress: Optional[ProgressView] = None,
+        workers: Optional[WorkersView] = None,
+        prefetcher: Optional[InputPrefetcher] = None,
+        finisher: Optional[JobFinisher] = None,
         metrics: Optional[Metrics] = None,
         events: Optional[JobEvents] = None,
         admission: Optional[AdmissionControl] = None,
@@ -104,8 +105,9 @@ class EditService:
         self.store = store
         self.queue = queue
         self.files = files
-        self.engine = engine
-        self.progress_view = progress
+        self.workers = workers
+        self.prefetcher = prefetcher
+        self.finisher = finisher
         self.metrics = metrics
         self.events = events or JobEvents()
         self.admission = admission or AdmissionControl(settings.admission_deadline_seconds, settings.admission_window)
@@ -132,7 +134,7 @@ class EditService:
                 max_pixels=self.settings.max_image_pixels,
             )
         async with self._submit_lock:
-            if len(self.queue) >= self.settings.max_queue:
+            if self.waiting() >= self.settings.max_queue:
                 raise ServiceBusy(
                     f"the queue is full ({self.settings.max_queue} jobs waiting); retry later",
                     headers={"Retry-After": "5"},
@@ -141,9 +143,11 @@ class EditService:
             if await self.store.get(job_id) is not None:
                 raise JobConflict(f"job_id {job_id!r} already exists",
                                   fields=[{"field": "job_id", "message": "already exists"}])
-            source, priority = await self._choose_source(request, priority)
-            running = 1 if self.progress_view is not None and self.progress_view.busy else 0
-            self.admission.check(self.queue.ahead_of(priority) + running)
+            reference = await self.store.get(request.reference_job_id) if request.reference_job_id else None
+            source, priority = await chaining.source_at_submit(request, reference, self.files, priority)
+            running = self.workers.running() if self.workers is not None else 0
+            serving = self.workers.serving() if self.workers is not None else 1
+            self.admission.check(self.queue.ahead_of(priority) + running, workers=serving)
             callback = CallbackStatus.PENDING if request.callback_url else CallbackStatus.SKIPPED
             job = JobRecord(id=job_id, request=request, priority=priority, image_source=source,
                             callback_status=callback, recipe=self.settings.kontext_recipe)
@@ -156,7 +160,7 @@ class EditService:
                 log.error("cannot store job %s: %s", job_id, exc)
                 raise StorageUnavailable(f"the miner cannot store new jobs right now ({exc}); retry later",
                                          headers={"Retry-After": "30"}) from None
-            await self.queue.put(job_id, priority)
+            await self._enqueue(job)
         if self.metrics is not None:
             self.metrics.jobs_submitted.inc()
         log.info("accepted %s (source=%s, priority=%s)", job_id, source.value, priority)
@@ -169,51 +173,31 @@ class EditService:
             raise ServiceUnavailable("the miner is shutting down; retry against another miner",
                                      headers={"Retry-After": "30"})
         if self.engine_state() == "failed":
-            raise ServiceUnavailable(f"the edit engine failed to load: {self.engine.error if self.engine else ''}")
+            raise ServiceUnavailable(f"the edit engine failed to load: {self.workers.error if self.workers else ''}")
 
     def engine_state(self) -> str:
         """``disabled``, ``unloaded`` (lazy, loads on the first job), ``loading``, ``ready`` or ``failed``."""
         if not self.settings.enable_kontext_edit:
             return "disabled"
-        return "ready" if self.engine is None else state_name(self.engine.state)
+        return "ready" if self.workers is None else str(getattr(self.workers.state, "value", self.workers.state))
+
+    def waiting(self) -> int:
+        """Jobs accepted and not yet taken by a worker: queued, or their input still downloading."""
+        return len(self.queue) + (len(self.prefetcher) if self.prefetcher is not None else 0)
+
+    async def _enqueue(self, job: JobRecord) -> None:
+        """Runnable now, or once its image_url is downloaded (a slow URL holds up no other job)."""
+        if job.image_source in chaining.URL_SOURCES and self.prefetcher is not None and job.request.image_url \
+                and not await self.files.has_input(job.id):
+            self.prefetcher.schedule(job.id, job.request.image_url, job.priority)
+        else:
+            await self.queue.put(job.id, job.priority)
 
     def capacity(self) -> dict[str, bool]:
         """``GET /capacity``: each claimed job type is true only while the engine is ready and accepting."""
         ready = self.accepting and self.engine_state() == "ready"
         claimed = self.settings.capacity_job_types
         return {job_type: ready and job_type in claimed for job_type in dict.fromkeys((*KNOWN_JOB_TYPES, *claimed))}
-
-    async def _choose_source(self, request: EditRequest, priority: float) -> tuple[ImageSource, float]:
-        """Pick the input image by the chaining rule; a job chained to a queued job never overtakes it."""
-        fallback = ImageSource.BASE64_FALLBACK if request.image_b64 is not None else (
-            ImageSource.URL_FALLBACK if request.image_url is not None else None)
-        if request.reference_job_id is not None:
-            reference = await self.store.get(request.reference_job_id)
-            problem = await self._reference_problem(reference)
-            if problem is None:
-                assert reference is not None
-                if not reference.status.finished:
-                    priority = min(priority, reference.priority)
-                return ImageSource.REFERENCE_EDIT, priority
-            if fallback is not None:
-                return fallback, priority
-            raise InvalidRequest(
-                f"reference_job_id {request.reference_job_id!r} {problem}, and no image_b64 or image_url "
-                "fallback was given",
-                fields=[{"field": "reference_job_id", "message": problem}],
-            )
-        return (ImageSource.BASE64 if request.image_b64 is not None else ImageSource.URL), priority
-
-    async def _reference_problem(self, reference: Optional[JobRecord]) -> Optional[str]:
-        if reference is None:
-            return "is unknown"
-        if reference.swept_at is not None:
-            return "has expired (results are kept for the retention period)"
-        if reference.status is JobStatus.FAILED:
-            return "failed"
-        if reference.status is JobStatus.COMPLETED and not await self.files.has_result(reference.id):
-            return "has no stored result"
-        return None
 
     # -- read -----------------------------------------------------------------------------
 
@@ -275,7 +259,7 @@ class EditService:
 
     def status_record(self, job: JobRecord) -> StatusRecord:
         request = job.request
-        current = self.progress_view.progress(job.id) if self.progress_view else None
+        current = self.workers.progress(job.id) if self.workers else None
         clock = now()
         completed = job.status is JobStatus.COMPLETED
         return StatusRecord(
@@ -295,12 +279,14 @@ class EditService:
             recipe=job.recipe,
             ignored_fields=ignored_fields(job.recipe, request.width),
             attempts=job.attempts,
+            worker=job.worker,
             queue_position=self.queue.position(job.id),
             progress=Progress(step=current[0], total=current[1]) if current else None,
             queued_ms=_ms((job.started_at or clock) - job.queued_at),
             run_ms=None if job.run_seconds is None else _ms(job.run_seconds),
             request=RequestSummary(
-                **request.model_dump(include=set(RequestSummary.model_fields) - {"image_source"}),
+                **request.model_dump(include=set(RequestSummary.model_fields) - {"image_source", "callback_url"}),
+                callback_url=without_credentials(request.callback_url),
                 image_source=job.image_source,
             ),
             callback=CallbackRecord(
@@ -316,25 +302,41 @@ class EditService:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def recover(self) -> int:
-        """Queue again every job a previous process accepted but did not finish."""
+        """Queue again every job a previous process accepted but did not finish.
+
+        A job found ``processing`` was cut off by the process stopping; one cut off ``MAX_ATTEMPTS``
+        times is failed with that reason instead, so a job that kills the process cannot loop forever.
+        """
         jobs = await self.store.unfinished()
         for job in jobs:
-            await self.queue.put(job.id, job.priority)
+            if job.status is JobStatus.PROCESSING and job.attempts >= self.settings.max_attempts \
+                    and self.finisher is not None:
+                await self.finisher.fail(job, f"job was interrupted {job.attempts} time(s) while running (the miner "
+                                              "process stopped); not run again")
+                continue
+            await self._enqueue(job)
         if jobs:
             log.warning("recovered %d unfinished job(s) from the store", len(jobs))
         return len(jobs)
 
     async def sweep(self) -> list[str]:
-        """Remove records and files older than the retention period (tombstones answer 410)."""
+        """Remove records and files older than the retention period (tombstones answer 410), and files no
+        live job owns (a crash between writing a file and recording it) once they are as old."""
         clock = now()
         cutoff = clock - self.settings.retention_hours * 3600
         expired = await self.store.expire_finished_before(cutoff, clock)
         for job_id in expired:
             await self.files.remove_all(job_id)
+        orphans = []
+        for job_id in await self.files.older_than(cutoff):
+            owner = await self.store.get(job_id)
+            if owner is None or owner.swept_at is not None:
+                await self.files.remove_all(job_id)
+                orphans.append(job_id)
         await self.store.forget_swept_before(clock - TOMBSTONE_DAYS * 86400)
-        if expired:
-            log.info("retention sweep removed %d job(s)", len(expired))
-        return expired
+        if expired or orphans:
+            log.info("retention sweep removed %d job(s) and %d orphaned file set(s)", len(expired), len(orphans))
+        return expired + orphans
 
     async def health(self) -> dict[str, Any]:
         counts = await self.store.count_by_status()
@@ -345,14 +347,14 @@ class EditService:
             "status": "ok" if edit_state in ("ready", "loading", "disabled") else "degraded",
             "services": {"kontext_edit": edit_state},
             "accepting": self.accepting and edit_state in ("ready", "loading"),
-            "queue": {"depth": len(self.queue), "max": self.settings.max_queue},
+            "queue": {"depth": len(self.queue), "downloading": self.waiting() - len(self.queue),
+                      "max": self.settings.max_queue},
             "jobs": counts,
         }
-        if self.engine is not None:
-            describe = getattr(self.engine, "describe", None)
-            body["engine"] = describe() if describe else {"state": edit_state, "error": self.engine.error}
-            if self.engine.error:
-                body["engine_error"] = self.engine.error
+        if self.workers is not None:
+            body["engine"] = self.workers.describe()
+            if self.workers.error:
+                body["engine_error"] = self.workers.error
         return body
 
 

@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 _COLUMNS = (
     "id", "status", "priority", "request", "image_source", "queued_at", "started_at", "finished_at", "error",
-    "result_sha256", "result_pixels_sha256", "result_width", "result_height", "recipe", "attempts",
+    "result_sha256", "result_pixels_sha256", "result_width", "result_height", "recipe", "attempts", "worker",
     "callback_status", "callback_status_code", "callback_attempted_at", "callback_error", "callback_payload_status",
     "swept_at",
 )
@@ -35,7 +35,7 @@ class JobStore(Protocol):
     async def close(self) -> None: ...
     async def insert(self, job: JobRecord) -> None: ...
     async def get(self, job_id: str) -> Optional[JobRecord]: ...
-    async def mark_started(self, job_id: str, *, started_at: float, attempts: int) -> None: ...
+    async def mark_started(self, job_id: str, *, started_at: float, attempts: int, worker: str) -> None: ...
     async def set_image_source(self, job_id: str, source: ImageSource) -> None: ...
     async def mark_finished(self, job_id: str, outcome: JobOutcome) -> None: ...
     async def claim_callback(self, job_id: str) -> bool: ...
@@ -110,7 +110,8 @@ class SqliteJobStore:
             try:
                 result = fn(db)
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite ends some failed transactions itself (a full disk, I/O errors)
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
             return result
@@ -135,8 +136,9 @@ class SqliteJobStore:
             raise JobConflict(f"job_id {job.id!r} already exists",
                               fields=[{"field": "job_id", "message": "already exists"}]) from None
 
-    async def mark_started(self, job_id: str, *, started_at: float, attempts: int) -> None:
-        await self._update(job_id, status=JobStatus.PROCESSING.value, started_at=started_at, attempts=attempts)
+    async def mark_started(self, job_id: str, *, started_at: float, attempts: int, worker: str) -> None:
+        await self._update(job_id, status=JobStatus.PROCESSING.value, started_at=started_at, attempts=attempts,
+                           worker=worker)
 
     async def set_image_source(self, job_id: str, source: ImageSource) -> None:
         await self._update(job_id, image_source=source.value)
@@ -247,6 +249,7 @@ def _to_row(job: JobRecord) -> dict[str, Any]:
         "result_height": job.result_height,
         "recipe": job.recipe,
         "attempts": job.attempts,
+        "worker": job.worker,
         "callback_status": job.callback_status.value,
         "callback_status_code": job.callback_status_code,
         "callback_attempted_at": job.callback_attempted_at,
@@ -279,6 +282,7 @@ def _from_row(row: sqlite3.Row) -> JobRecord:
         result_height=row["result_height"],
         recipe=row["recipe"],
         attempts=row["attempts"],
+        worker=row["worker"],
         callback_status=CallbackStatus(row["callback_status"]),
         callback_status_code=row["callback_status_code"],
         callback_attempted_at=row["callback_attempted_at"],

@@ -1,146 +1,90 @@
-"""The queue consumer: runs one job at a time through the engine, off the event loop."""
+"""Workers: one per engine (device), each taking ready jobs from the shared queue and running them off the loop.
+
+A worker's life: its engine loads (at start, or on the first job when lazy) -> it takes jobs in
+priority order -> on shutdown it stops taking work, lets the running job finish within the grace
+period, then interrupts it at the next denoising step (the job stays ``processing`` and runs again
+at the next start). A worker whose engine fails to load leaves the rotation; the others serve on.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from enum import Enum
-from typing import Any, Awaitable, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
-from kontext.engine.engine import state_name
-from kontext.delivery.fetch import ImageFetchError
-from kontext.media.files import ImageFiles
-from kontext.jobs.record import JobOutcome, JobRecord, now
-from kontext.metrics import Metrics
-from kontext.jobs.queue import JobQueue
+from kontext.engine.engine import EngineState
 from kontext.engine.recipes import EditParams
+from kontext.jobs import chaining
+from kontext.jobs.finish import JobFinisher, short
+from kontext.jobs.inputs import InputPrefetcher
+from kontext.jobs.queue import JobQueue, QueuedJob
+from kontext.jobs.record import JobRecord, now
 from kontext.jobs.store import JobStore
+from kontext.media.files import ImageFiles
+from kontext.metrics import Metrics
 from protocol import ImageSource, JobStatus
 
 log = logging.getLogger(__name__)
 
-ERROR_MAX_CHARS = 500
 RETRY_SECONDS = 5.0
 """Delay before a job the store could not update is tried again."""
-
-
-class WorkerState(str, Enum):
-    """new -> starting (engine loading) -> ready <-> running -> stopped; or defunct."""
-
-    NEW = "new"
-    STARTING = "starting"
-    READY = "ready"
-    RUNNING = "running"
-    STOPPED = "stopped"
-    DEFUNCT = "defunct"
-    """The engine failed to load: queued jobs are failed with its reason."""
+THREAD_EXIT_SECONDS = 30.0
+"""After an interrupt, how long the engine thread may take to reach its next step and stop."""
 
 
 class Engine(Protocol):
-    state: Any
+    state: EngineState
     error: Optional[str]
 
     def load(self) -> None: ...
     def edit(self, image_bytes: bytes, params: EditParams, *, max_pixels: int,
              on_step: Optional[Callable[[int, int], None]] = None) -> Any: ...
+    def describe(self) -> dict[str, Any]: ...
 
 
 class JobFailure(Exception):
     """A job-level failure whose message is safe to show to the caller."""
 
 
-ImageFetcher = Callable[[str], Awaitable[bytes]]
-JobFinished = Callable[[JobRecord], None]
+class EditInterrupted(Exception):
+    """Raised from the step callback on the engine thread when a shutdown cuts the running edit off."""
 
 
 class Worker:
-    """Consumes the queue. Each job: mark processing -> resolve input -> engine -> PNG -> done.
+    """One engine, its dedicated thread (one edit at a time per device, never batched) and its loop."""
 
-    The engine runs on a dedicated single thread (one job per device, never batched), so the
-    event loop keeps answering status requests while a job runs.
-    """
-
-    def __init__(
-        self,
-        engine: Engine,
-        store: JobStore,
-        queue: JobQueue,
-        files: ImageFiles,
-        *,
-        fetch_image: ImageFetcher,
-        on_finished: JobFinished,
-        max_pixels: int,
-        max_attempts: int,
-        metrics: Optional[Metrics] = None,
-    ) -> None:
+    def __init__(self, name: str, engine: Engine, store: JobStore, queue: JobQueue, files: ImageFiles,
+                 finisher: JobFinisher, prefetcher: InputPrefetcher, *, max_pixels: int,
+                 metrics: Optional[Metrics] = None) -> None:
+        self.name = name
         self.engine = engine
         self.store = store
         self.queue = queue
         self.files = files
-        self.fetch_image = fetch_image
-        self.on_finished = on_finished
+        self.finisher = finisher
+        self.prefetcher = prefetcher
         self.max_pixels = max_pixels
-        self.max_attempts = max_attempts
         self.metrics = metrics or Metrics()
-        self.state = WorkerState.NEW
         self.current_job: Optional[str] = None
         self._progress: Optional[tuple[str, int, int]] = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kontext-engine")
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
+        self._task: Optional[asyncio.Task[None]] = None
+        self.pool: Optional["WorkerPool"] = None
+        self._stopping = False
+        self._interrupt = False
         self._retries: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def load_engine(self) -> None:
-        """Load the model on the engine thread; a failure makes the worker defunct, not the process."""
-        self.state = WorkerState.STARTING
-        started = now()
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.load)
-        failed = state_name(self.engine.state) == "failed"
-        self.state = WorkerState.DEFUNCT if failed else WorkerState.READY
-        self.metrics.engine_load_seconds.set(now() - started)
-        self.metrics.engine_ready.set(0 if failed else 1)
-        if failed:
-            log.error("engine failed to load: %s", self.engine.error)
+    def start(self, *, eager: bool) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(eager), name=f"worker-{self.name}")
 
-    async def run(self, *, eager: bool = True) -> None:
-        """Consume forever (cancel to stop). The engine loads now (eager) or on the first job."""
-        if eager:
-            await self.load_engine()
-        while True:
-            job_id = await self.queue.get()
-            self._idle.clear()
-            if self.state is WorkerState.NEW:
-                await self.load_engine()
-            try:
-                await self._run_one(job_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the store itself failed (disk full?): keep the job, keep going
-                log.exception("could not process %s; it stays queued and is retried in %ss", job_id, RETRY_SECONDS)
-                self._retry_later(job_id)
-            finally:
-                self._idle.set()
-
-    def _retry_later(self, job_id: str) -> None:
-        async def requeue() -> None:
-            await asyncio.sleep(RETRY_SECONDS)
-            await self.queue.put(job_id)
-
-        task = asyncio.get_running_loop().create_task(requeue())
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
-
-    def shutdown(self) -> None:
-        self.state = WorkerState.STOPPED
-        for task in self._retries:
-            task.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    @property
+    def alive(self) -> bool:
+        """Taking jobs, or about to: not stopped and its engine has not failed."""
+        return not self._stopping and self.engine.state is not EngineState.FAILED
 
     @property
     def busy(self) -> bool:
@@ -150,79 +94,173 @@ class Worker:
         current = self._progress
         return (current[1], current[2]) if current and current[0] == job_id else None
 
+    def describe(self) -> dict[str, Any]:
+        """What /health says of this worker."""
+        return {"name": self.name, "state": self.engine.state.value, "current_job": self.current_job,
+                "engine": self.engine.describe()}
+
+    async def load_engine(self) -> None:
+        """Load the model on the engine thread; a failure takes this worker out of rotation, not the process."""
+        started = now()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.load)
+        failed = self.engine.state is EngineState.FAILED
+        self.metrics.engine_load_seconds.labels(self.name).set(now() - started)
+        self.metrics.engine_ready.labels(self.name).set(0 if failed else 1)
+        if failed:
+            log.error("worker %s: engine failed to load, out of rotation: %s", self.name, self.engine.error)
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Stop taking work; give the running job ``grace_seconds``; then interrupt it and wait for the engine
+        thread. Nothing is written to the store after this returns."""
+        self._stopping = True
+        for task in self._retries:
+            task.cancel()
+        if self._task is None:
+            return
+        if self.busy and grace_seconds > 0:
+            log.info("worker %s: waiting up to %.0fs for job %s", self.name, grace_seconds, self.current_job)
+            await asyncio.wait([self._task], timeout=grace_seconds)
+        if not self._task.done():
+            if self.busy:
+                log.warning("worker %s: job %s cut off by the shutdown; it runs again at the next start", self.name,
+                            self.current_job)
+            self._interrupt = True
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+        done = asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(done, THREAD_EXIT_SECONDS)
+
+    async def _run(self, eager: bool) -> None:
+        if eager:
+            await self.load_engine()
+        while self.alive:
+            await self._take_one()
+        if self.engine.state is EngineState.FAILED and not self._stopping and self.pool is not None \
+                and self.pool.serving() == 0:
+            await self._fail_everything()
+
+    async def _fail_everything(self) -> None:
+        """No engine of this process loaded: rather than leave jobs waiting forever, fail each with the reason."""
+        while not self._stopping:
+            entry = await self.queue.get()
+            try:
+                job = await self.store.get(entry.job_id)
+                if job is not None and not job.status.finished:
+                    await self.finisher.fail(job, f"the edit engine failed to load: {self.engine.error}")
+            finally:
+                await self.queue.done(entry)
+
+    async def _take_one(self) -> None:
+        entry = await self.queue.get()
+        if not self.alive:  # stopped or failed while waiting: leave the job to the others (or the next start)
+            await self.queue.put(entry.job_id, entry.priority)
+            return
+        if self.engine.state is EngineState.UNLOADED:
+            await self.load_engine()
+            if self.engine.state is EngineState.FAILED:
+                await self.queue.put(entry.job_id, entry.priority)
+                return
+        self.current_job = entry.job_id
+        try:
+            await self._run_one(entry)
+        except asyncio.CancelledError:
+            raise  # the job is left "processing" in the store: the next start runs it again
+        except Exception:  # noqa: BLE001 - the store itself failed (disk full?): keep the job, keep going
+            log.exception("worker %s could not process %s; it is tried again in %ss", self.name, entry.job_id,
+                          RETRY_SECONDS)
+            self.metrics.store_retries.inc()
+            self._retry_later(entry)
+        finally:
+            self.current_job, self._progress = None, None
+            await self.queue.done(entry)
+
+    def _retry_later(self, entry: QueuedJob) -> None:
+        async def requeue() -> None:
+            await asyncio.sleep(RETRY_SECONDS)
+            await self.queue.put(entry.job_id, entry.priority)  # its own priority: stake order holds
+
+        task = asyncio.get_running_loop().create_task(requeue())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
     # -- one job --------------------------------------------------------------------------
 
-    async def _run_one(self, job_id: str) -> None:
-        job = await self.store.get(job_id)
+    async def _run_one(self, entry: QueuedJob) -> None:
+        job = await self.store.get(entry.job_id)
         if job is None or job.status.finished or job.swept_at is not None:
             return
-        if job.attempts >= self.max_attempts:
-            await self._finish(job, error=(
-                f"job was interrupted {job.attempts} time(s) while running (the miner process stopped); "
-                "not retried"))
-            return
-        if self.state is WorkerState.DEFUNCT:
-            await self._finish(job, error=f"the edit engine failed to load: {self.engine.error}")
-            return
-        job = job.evolve(status=JobStatus.PROCESSING, started_at=now(), attempts=job.attempts + 1)
-        await self.store.mark_started(job.id, started_at=job.started_at or 0.0, attempts=job.attempts)
-        self.current_job, self.state = job_id, WorkerState.RUNNING
         try:
-            job, image = await self._resolve_input(job)
+            image = await self._input(job, entry)
+        except JobFailure as failure:
+            await self.finisher.fail(job, str(failure))
+            return
+        if image is None:  # handed on: to the prefetcher, or parked behind its reference
+            return
+        job = job.evolve(status=JobStatus.PROCESSING, started_at=now(), attempts=job.attempts + 1, worker=self.name)
+        await self.store.mark_started(job.id, started_at=job.started_at or 0.0, attempts=job.attempts,
+                                      worker=self.name)
+        try:
             output = await self._run_engine(job, image)
             try:
                 await self.files.write_result(job.id, output.png)
             except OSError as exc:  # disk full, read-only: the temp file is already gone
                 raise JobFailure(f"could not store the result PNG: {exc.strerror or exc}") from None
         except JobFailure as failure:
-            await self._finish(job, error=str(failure))
+            await self.finisher.fail(job, str(failure))
         except asyncio.CancelledError:
-            raise  # left "processing" in the store: the next start runs it again
+            raise
         except Exception as exc:  # noqa: BLE001 - any other failure still ends the job
-            log.exception("job %s failed", job_id)
-            await self._finish(job, error=_short(f"internal error: {type(exc).__name__}: {exc}"))
+            log.exception("job %s failed", job.id)
+            await self.finisher.fail(job, f"internal error: {type(exc).__name__}: {exc}")
         else:
-            await self._finish(job, output=output)
-        finally:
-            self.current_job, self._progress = None, None
-            if self.state is WorkerState.RUNNING:
-                self.state = WorkerState.READY
+            await self.finisher.complete(job, output, worker=self.name)
 
-    async def _resolve_input(self, job: JobRecord) -> tuple[JobRecord, bytes]:
-        """Load the input image by the job's source; a vanished reference falls back if it can."""
+    async def _input(self, job: JobRecord, entry: QueuedJob) -> Optional[bytes]:
+        """The bytes to edit, or None when the job is not runnable yet (download pending, reference running)."""
         source = job.image_source
         if source is ImageSource.REFERENCE_EDIT:
-            reference_id = job.request.reference_job_id or ""
-            reference = await self.store.get(reference_id)
-            data = None
-            if reference is not None and reference.status is JobStatus.COMPLETED and reference.swept_at is None:
-                data = await self.files.read_result(reference_id)
-            if data is not None:
-                return job, data
-            if await self.files.has_input(job.id):
-                source = ImageSource.BASE64_FALLBACK
-            elif job.request.image_url:
-                source = ImageSource.URL_FALLBACK
-            else:
-                state = reference.status.value if reference else "gone"
-                raise JobFailure(f"reference_job_id {reference_id} did not complete ({state}) and no fallback "
-                                 "image was given")
-            job = job.evolve(image_source=source)
+            reference = await self.store.get(job.request.reference_job_id or "")
+            try:
+                run_input = await chaining.input_at_run(job, reference, self.files)
+            except chaining.ChainBroken as exc:
+                raise JobFailure(str(exc)) from None
+            if run_input.wait_for is not None:
+                self.queue_after(entry, run_input.wait_for)
+                return None
+            if run_input.data is not None:
+                return run_input.data
+            source = run_input.source
             await self.store.set_image_source(job.id, source)
-        if source in (ImageSource.BASE64, ImageSource.BASE64_FALLBACK):
-            data = await self.files.read_input(job.id)
-            if data is None:
-                raise JobFailure("the uploaded image is missing from the data directory")
-            return job, data
-        try:
-            return job, await self.fetch_image(job.request.image_url or "")
-        except ImageFetchError as exc:
-            raise JobFailure(_short(str(exc))) from None
+        data = await self.files.read_input(job.id)
+        if data is not None:
+            return data
+        if source in chaining.URL_SOURCES and job.request.image_url:
+            self.prefetcher.schedule(job.id, job.request.image_url, entry.priority)
+            return None
+        raise JobFailure("the uploaded image is missing from the data directory")
+
+    def queue_after(self, entry: QueuedJob, reference_id: str) -> None:
+        """Run ``entry`` once its reference has finished (checked again every RETRY_SECONDS / 10)."""
+        async def later() -> None:
+            while True:
+                await asyncio.sleep(RETRY_SECONDS / 10)
+                reference = await self.store.get(reference_id)
+                if reference is None or reference.status.finished:
+                    await self.queue.put(entry.job_id, entry.priority)
+                    return
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     async def _run_engine(self, job: JobRecord, image: bytes) -> Any:
         params = EditParams.from_request(job.request)
 
         def on_step(step: int, total: int) -> None:
+            if self._interrupt:
+                raise EditInterrupted(f"job {job.id} cut off by a shutdown")
             self._progress = (job.id, step, total)
 
         def run() -> Any:
@@ -231,25 +269,59 @@ class Worker:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, run)
         except ValueError as exc:  # the recipe refused the image
-            raise JobFailure(_short(f"input image: {exc}")) from None
-
-    async def _finish(self, job: JobRecord, *, output: Any = None, error: Optional[str] = None) -> None:
-        if output is not None:
-            outcome = JobOutcome(status=JobStatus.COMPLETED, finished_at=now(), result_sha256=output.sha256,
-                                 result_pixels_sha256=output.pixels_sha256, result_width=output.width,
-                                 result_height=output.height, recipe=output.recipe)
-        else:
-            outcome = JobOutcome(status=JobStatus.FAILED, finished_at=now(), error=error, recipe=job.recipe)
-        await self.store.mark_finished(job.id, outcome)
-        job = job.evolve(**vars(outcome))
-        await self.files.remove_input(job.id)
-        self.metrics.jobs_finished.labels(job.status.value).inc()
-        self.metrics.job_seconds.observe(outcome.finished_at - job.queued_at)
-        if output is not None:
-            self.metrics.edit_seconds.observe(output.seconds)
-        log.info("job %s %s in %.0f ms", job.id, job.status.value, (job.run_seconds or 0.0) * 1000)
-        self.on_finished(job)
+            raise JobFailure(short(f"input image: {exc}")) from None
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= ERROR_MAX_CHARS else text[: ERROR_MAX_CHARS - 1] + "…"
+class WorkerPool:
+    """Every worker of this process, seen as one: what the service and /health read."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+        for worker in workers:
+            worker.pool = self
+
+    def start(self, *, eager: bool) -> None:
+        for worker in self.workers:
+            worker.start(eager=eager)
+
+    async def drain(self, grace_seconds: float) -> None:
+        await asyncio.gather(*(worker.drain(grace_seconds) for worker in self.workers))
+
+    @property
+    def state(self) -> EngineState:
+        """Ready if any engine is ready; loading while one loads; failed only when every one failed."""
+        states = {worker.engine.state for worker in self.workers}
+        for state in (EngineState.READY, EngineState.LOADING, EngineState.UNLOADED):
+            if state in states:
+                return state
+        return EngineState.FAILED
+
+    @property
+    def error(self) -> Optional[str]:
+        errors = [f"{w.name}: {w.engine.error}" for w in self.workers if w.engine.error]
+        return "; ".join(errors) or None
+
+    @property
+    def busy(self) -> bool:
+        return any(worker.busy for worker in self.workers)
+
+    def running(self) -> int:
+        return sum(worker.busy for worker in self.workers)
+
+    def serving(self) -> int:
+        """Workers in rotation (their engine not failed)."""
+        return sum(worker.alive for worker in self.workers)
+
+    def progress(self, job_id: str) -> Optional[tuple[int, int]]:
+        for worker in self.workers:
+            current = worker.progress(job_id)
+            if current is not None:
+                return current
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        engines = [worker.engine.describe() for worker in self.workers]
+        first = dict(engines[0]) if engines else {}
+        first["state"] = self.state.value
+        first["error"] = self.error
+        return {**first, "workers": [worker.describe() for worker in self.workers]}

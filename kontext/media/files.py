@@ -54,6 +54,20 @@ class ImageFiles:
     async def remove_input(self, job_id: str) -> None:
         await asyncio.to_thread(remove_quietly, self.input_path(job_id))
 
+    async def older_than(self, cutoff: float) -> list[str]:
+        """Job ids with an input or result file last written before ``cutoff`` (epoch seconds)."""
+        def scan() -> list[str]:
+            found: set[str] = set()
+            for folder, suffix in ((self.inputs_dir, ""), (self.results_dir, ".png")):
+                for path in folder.iterdir() if folder.is_dir() else ():
+                    if path.name.startswith(".") or not path.name.endswith(suffix):
+                        continue
+                    if path.stat().st_mtime < cutoff:
+                        found.add(path.name.removesuffix(suffix) if suffix else path.name)
+            return sorted(found)
+
+        return await asyncio.to_thread(scan)
+
     async def remove_all(self, job_id: str) -> None:
         await asyncio.to_thread(remove_quietly, self.input_path(job_id))
         await asyncio.to_thread(remove_quietly, self.result_path(job_id))

@@ -37,7 +37,12 @@ def decode_base64_image(text: str, *, field: str, max_bytes: int, max_pixels: in
 
 
 def check_image_bytes(data: bytes, *, field: str, max_bytes: int, max_pixels: int) -> tuple[int, int]:
-    """Return (width, height) if ``data`` is a PNG/JPEG/WebP within the limits, else raise a 4xx."""
+    """Return (width, height) if ``data`` is a PNG/JPEG/WebP within the limits, else raise a 4xx.
+
+    Only the header is read. This is where the pixel limit is checked: a decompression bomb (a small
+    file whose header claims a huge image, refused by PIL itself past its own limit) is a 413 here
+    like any other image over MAX_IMAGE_PIXELS, never a 400.
+    """
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"{field}: image is larger than {max_bytes} bytes", fields=[_f(field, "too large")])
     if not data:
@@ -47,19 +52,22 @@ def check_image_bytes(data: bytes, *, field: str, max_bytes: int, max_pixels: in
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 width, height, fmt = image.width, image.height, image.format
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning, SyntaxError):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _too_many_pixels(field, max_pixels, ": its header claims a decompression bomb") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise InvalidRequest(f"{field}: bytes are not a PNG, JPEG or WebP image",
                              fields=[_f(field, "not an image")]) from None
     if fmt not in ACCEPTED_FORMATS:
         raise InvalidRequest(f"{field}: image format {fmt} is not accepted (PNG, JPEG or WebP)",
                              fields=[_f(field, "unsupported format")])
     if width < 1 or height < 1 or width * height > max_pixels:
-        raise PayloadTooLarge(
-            f"{field}: image is {width}x{height}, over the limit of {max_pixels} pixels",
-            fields=[_f(field, "too many pixels")],
-        )
+        raise _too_many_pixels(field, max_pixels, f": it is {width}x{height}")
     return width, height
+
+
+def _too_many_pixels(field: str, max_pixels: int, detail: str) -> PayloadTooLarge:
+    return PayloadTooLarge(f"{field}: image is over the limit of {max_pixels} pixels{detail}",
+                           fields=[_f(field, "too many pixels")])
 
 
 def write_atomic(path: Path, data: bytes) -> None:

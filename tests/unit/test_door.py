@@ -66,7 +66,7 @@ async def test_root_and_check(door, tmp_path: Path) -> None:
     root = await client.get("/")
     body = await root.json()
     assert root.status == 200 and body["service"] == "kontext-miner" and body["hotkey"] == MINER.ss58_address
-    assert body["engine"] in ("loading", "ready") and "POST /sync/edit" in body["endpoints"]
+    assert body["engine"] in ("unloaded", "loading", "ready") and "POST /sync/edit" in body["endpoints"]
     assert (await client.get(f"/check/{MINER.ss58_address}")).status == 200
     other = await client.get(f"/check/{VALIDATOR.ss58_address}")
     assert other.status == 404 and (await other.json())["error"] == "job_not_found"
@@ -270,7 +270,7 @@ async def test_admission_deadline_refuses_at_once_with_retry_after(door, tmp_pat
     first = await client.post("/edit", json=EDIT)
     assert first.status == 200  # nothing ahead: about 2 s, inside the deadline
     for _ in range(500):
-        if runtime.worker is not None and runtime.worker.busy:
+        if runtime.workers is not None and runtime.workers.running():
             break
         await asyncio.sleep(0.01)
     second = await client.post("/edit", json={**EDIT, "seed": 8})

@@ -37,12 +37,40 @@ def test_bad_images_name_the_field(text: str, error: type, message: str) -> None
     assert message in info.value.message and info.value.message.startswith("image_b64")
 
 
-def test_decompression_bomb_header_is_refused_without_decoding() -> None:
-    # A PNG header claiming 100k x 100k pixels: refused from the header alone.
-    bomb = png_bytes((1, 1))
-    bomb = bomb[:16] + (100_000).to_bytes(4, "big") + (100_000).to_bytes(4, "big") + bomb[24:]
-    with pytest.raises((InvalidRequest, PayloadTooLarge)):
-        decode_base64_image(base64.b64encode(bomb).decode(), **LIMITS)
+def _claiming(width: int, height: int) -> bytes:
+    """A valid PNG whose IHDR claims ``width`` x ``height`` (the CRC recomputed, so PIL reads the header)."""
+    import struct
+    import zlib
+
+    png = png_bytes((1, 1))
+    ihdr = b"IHDR" + struct.pack(">II", width, height) + png[24:29]
+    return png[:8] + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+@pytest.mark.parametrize("side, bomb", [
+    (100_000, True),   # 10^10 pixels: PIL refuses the header outright (DecompressionBombError)
+    (10_000, True),    # 10^8 pixels: over PIL's warning threshold (DecompressionBombWarning)
+    (3_000, False),    # 9 * 10^6: under PIL's limits, over ours
+])
+def test_a_decompression_bomb_is_413_from_the_header(side: int, bomb: bool) -> None:
+    """The exact path: a valid header (CRC right) that PIL reads, or refuses as a bomb, answers 413."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    data = _claiming(side, side)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        if bomb:
+            with pytest.raises((Image.DecompressionBombError, Image.DecompressionBombWarning)):
+                Image.open(io.BytesIO(data))
+        else:
+            assert Image.open(io.BytesIO(data)).size == (side, side)
+    with pytest.raises(PayloadTooLarge) as info:
+        decode_base64_image(base64.b64encode(data).decode(), **{**LIMITS, "max_pixels": 1_000_000})
+    assert info.value.status == 413 and "over the limit of 1000000 pixels" in info.value.message
+    assert ("decompression bomb" if bomb else f"it is {side}x{side}") in info.value.message
 
 
 def test_atomic_write_and_stale_temp_cleanup(tmp_path: Path) -> None:

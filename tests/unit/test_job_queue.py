@@ -9,7 +9,9 @@ async def test_priority_then_fifo() -> None:
     queue = JobQueue()
     for job_id, priority in (("a", 0), ("b", 5), ("c", 0), ("d", 5)):
         await queue.put(job_id, priority)
-    assert [await queue.get() for _ in range(4)] == ["b", "d", "a", "c"]
+    entries = [await queue.get() for _ in range(4)]
+    assert [entry.job_id for entry in entries] == ["b", "d", "a", "c"]
+    assert [entry.priority for entry in entries] == [5, 5, 0, 0]  # each entry keeps its priority (for requeues)
 
 
 async def test_put_is_idempotent_and_positions_count() -> None:
@@ -29,5 +31,12 @@ async def test_get_waits_for_put() -> None:
     await asyncio.sleep(0.01)
     assert not getter.done()
     await queue.put("late")
-    assert await asyncio.wait_for(getter, 1) == "late"
+    assert (await asyncio.wait_for(getter, 1)).job_id == "late"
     assert "late" not in queue
+
+
+async def test_ahead_of_counts_higher_and_equal_priorities() -> None:
+    queue = JobQueue()
+    for job_id, priority in (("a", 0), ("b", 5), ("c", 10)):
+        await queue.put(job_id, priority)
+    assert (queue.ahead_of(5), queue.ahead_of(11), queue.ahead_of(0)) == (2, 0, 3)

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import pytest
 from aiohttp.test_utils import TestClient
 
+from kontext.engine.engine import EngineState
 from kontext.runtime import Runtime
 from kontext.settings import Settings
 from kontext.http.app import create_app
@@ -232,10 +233,33 @@ async def test_engine_load_failure_is_reported(start, settings) -> None:
 
 
 async def test_health_shape(start, settings) -> None:
-    client, _ = await start(settings)
-    health = await (await client.get("/health")).json()
-    assert health["services"]["kontext_edit"] in ("loading", "ready")
-    assert health["queue"] == {"depth": 0, "max": settings.max_queue}
+    """Loading first, then ready, with the engine, its worker and the queue described exactly."""
+    loading = threading.Event()
+
+    class SlowLoad(FakeEngine):
+        def load(self) -> None:
+            self.state = EngineState.LOADING
+            loading.wait(10)
+            super().load()
+
+    client, _ = await start(settings, SlowLoad())
+    for _ in range(200):
+        health = await (await client.get("/health")).json()
+        if health["services"]["kontext_edit"] == "loading":
+            break
+        await asyncio.sleep(0.01)
+    assert health["services"]["kontext_edit"] == "loading" and health["status"] == "ok" and health["accepting"]
+    loading.set()
+    for _ in range(200):
+        health = await (await client.get("/health")).json()
+        if health["services"]["kontext_edit"] == "ready":
+            break
+        await asyncio.sleep(0.01)
+    assert health["services"]["kontext_edit"] == "ready" and health["engine"]["state"] == "ready"
+    assert health["queue"] == {"depth": 0, "downloading": 0, "max": settings.max_queue}
+    assert [w["name"] for w in health["engine"]["workers"]] == ["w0"]
+    assert health["engine"]["workers"][0]["state"] == "ready" and health["engine"]["workers"][0]["current_job"] is None
+    assert health["jobs"] == {} and "engine_error" not in health
 
 
 async def test_callbacks_are_recorded(aiohttp_client, settings) -> None:
@@ -274,18 +298,18 @@ async def test_metrics_count_jobs_rejections_and_queue(start, settings) -> None:
     assert "kontext_jobs_submitted_total 1.0" in text
     assert 'kontext_requests_rejected_total{code="validation_error"} 1.0' in text
     assert "kontext_queue_depth 0.0" in text
-    assert "kontext_edit_seconds_count 1.0" in text
-    assert "kontext_engine_ready 1.0" in text
+    assert 'kontext_edit_seconds_count{worker="w0"} 1.0' in text
+    assert 'kontext_engine_ready{worker="w0"} 1.0' in text
+    assert 'kontext_jobs_run_total{status="completed",worker="w0"} 1.0' in text
 
 
 async def test_lazy_loading_accepts_then_loads_on_the_first_job(start, tmp_path: Path) -> None:
     engine = FakeEngine()
-    engine.state = "unloaded"
     client, _ = await start(make_settings(tmp_path, kontext_load="lazy"), engine)
     health = await (await client.get("/health")).json()
-    assert health["services"]["kontext_edit"] == "ready" and engine.state == "unloaded"
+    assert health["services"]["kontext_edit"] == "ready" and engine.state is EngineState.UNLOADED
     job_id = (await submit(client, image_b64=IMAGE_B64))["job_id"]
-    assert (await wait_finished(client, job_id))["status"] == "completed" and engine.state == "ready"
+    assert (await wait_finished(client, job_id))["status"] == "completed" and engine.state is EngineState.READY
 
 
 async def test_each_refused_request_is_logged_once_without_secrets(start, settings, caplog) -> None:

@@ -46,19 +46,30 @@ def test_sidecar_process_exits_2_with_the_reason(tmp_path: Path, hash_seed: str 
     assert run.returncode == 2 and "not usable" in run.stderr and "Traceback" not in run.stderr
 
 
-async def test_disk_full_on_submit_is_503_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
-    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
+async def test_disk_full_on_submit_is_503_and_leaves_nothing(tmp_path: Path) -> None:
+    """SQLite's own SQLITE_FULL, not a patched store: the database may not grow past its current pages."""
+    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine(gate=__import__("threading").Event()))
     await runtime.start()
     try:
-        async def full(*args, **kwargs):
-            raise sqlite3.OperationalError("database or disk is full")
-
-        monkeypatch.setattr(runtime.store, "insert", full)
-        with pytest.raises(StorageUnavailable, match="cannot store new jobs") as info:
-            await runtime.service.submit(REQUEST)
-        assert info.value.status == 503 and info.value.headers["Retry-After"]
-        assert list(runtime.files.inputs_dir.iterdir()) == []  # the upload was removed again
-        assert len(runtime.queue) == 0
+        pages = runtime.store.db.execute("PRAGMA page_count").fetchone()[0]
+        runtime.store.db.execute(f"PRAGMA max_page_count = {pages}")
+        big = EditRequest.model_validate({**REQUEST.model_dump(), "prompt": "p" * 4000})
+        for _ in range(20):  # until the file has no room left for another job
+            try:
+                await runtime.service.submit(big)
+            except StorageUnavailable as exc:
+                refused = exc
+                break
+        else:
+            raise AssertionError("the database never filled up")
+        assert refused.status == 503 and refused.headers["Retry-After"] and "full" in refused.message
+        stored = sum((await runtime.store.count_by_status()).values())
+        running = runtime.workers.running() if runtime.workers else 0
+        assert stored == runtime.service.waiting() + running  # every job stored is queued or running, no other
+        inputs = {path.name for path in runtime.files.inputs_dir.iterdir()}
+        assert len(inputs) == stored  # the refused job's upload was removed again; the others kept theirs
+        runtime.store.db.execute("PRAGMA max_page_count = 1073741823")
+        assert (await runtime.service.submit(REQUEST)).accepted  # room again: the store still works
     finally:
         await runtime.stop()
 

@@ -50,7 +50,7 @@ async def test_unfinished_and_pending_callbacks(store: SqliteJobStore) -> None:
     await store.insert(JobRecord(id="a", request=_request()))
     await store.insert(JobRecord(id="b", request=_request()))
     await store.insert(JobRecord(id="c", request=_request()))
-    await store.mark_started("b", started_at=50.0, attempts=1)
+    await store.mark_started("b", started_at=50.0, attempts=1, worker="w0")
     await store.mark_finished("c", JobOutcome(status=JobStatus.COMPLETED, finished_at=100.0, result_sha256="ab",
                                               result_pixels_sha256="cd", result_width=64, result_height=48,
                                               recipe="reference-v1"))
@@ -97,7 +97,7 @@ async def test_a_failed_insert_never_discards_other_writes(store: SqliteJobStore
     for index in range(20):
         await store.insert(JobRecord(id=f"job-{index}", request=_request()))
     duplicates = [store.insert(JobRecord(id=f"job-{index}", request=_request())) for index in range(20)]
-    starts = [store.mark_started(f"job-{index}", started_at=float(index), attempts=1) for index in range(20)]
+    starts = [store.mark_started(f"job-{index}", started_at=float(index), attempts=1, worker="w0") for index in range(20)]
     interleaved = [op for pair in zip(starts, duplicates) for op in pair]
     results = await asyncio.gather(*interleaved, return_exceptions=True)
     assert sum(isinstance(result, JobConflict) for result in results) == 20
@@ -117,7 +117,7 @@ async def test_a_write_that_fails_midway_leaves_nothing_behind(store: SqliteJobS
         await store._write(half_then_fail)
     job = await store.get("a")
     assert job is not None and job.status is JobStatus.QUEUED and job.attempts == 0
-    await store.mark_started("a", started_at=1.0, attempts=1)
+    await store.mark_started("a", started_at=1.0, attempts=1, worker="w0")
     assert (await store.get("a")).attempts == 1  # type: ignore[union-attr]
 
 

@@ -72,7 +72,8 @@ def open_image(image_bytes: bytes, *, max_pixels: int) -> Image.Image:
             image.load()
     except ValueError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError(f"image is over the limit of {max_pixels} pixels (a decompression bomb)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"not a readable image ({type(exc).__name__}: {exc})") from None
     return image

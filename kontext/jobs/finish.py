@@ -1,0 +1,57 @@
+"""How a job ends, recorded once: the store, the input file, metrics and the log, then whoever listens."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from kontext.jobs.record import JobOutcome, JobRecord, now
+from kontext.jobs.store import JobStore
+from kontext.media.files import ImageFiles
+from kontext.metrics import Metrics
+from protocol import JobStatus
+
+log = logging.getLogger(__name__)
+
+ERROR_MAX_CHARS = 500
+
+
+class JobFinisher:
+    """Used by every worker and by the input prefetcher; ``on_finished`` sends the callback and wakes
+    ``/sync/edit`` waiters."""
+
+    def __init__(self, store: JobStore, files: ImageFiles, metrics: Metrics,
+                 on_finished: Callable[[JobRecord], None]) -> None:
+        self.store = store
+        self.files = files
+        self.metrics = metrics
+        self.on_finished = on_finished
+
+    async def complete(self, job: JobRecord, output: Any, *, worker: str) -> JobRecord:
+        """``output`` is the engine's ``EditOutput``, its PNG already stored."""
+        self.metrics.edit_seconds.labels(worker).observe(output.seconds)
+        return await self._end(job, JobOutcome(
+            status=JobStatus.COMPLETED, finished_at=now(), result_sha256=output.sha256,
+            result_pixels_sha256=output.pixels_sha256, result_width=output.width, result_height=output.height,
+            recipe=output.recipe))
+
+    async def fail(self, job: JobRecord, error: str) -> JobRecord:
+        return await self._end(job, JobOutcome(status=JobStatus.FAILED, finished_at=now(), error=short(error),
+                                               recipe=job.recipe))
+
+    async def _end(self, job: JobRecord, outcome: JobOutcome) -> JobRecord:
+        await self.store.mark_finished(job.id, outcome)
+        job = job.evolve(**vars(outcome))
+        await self.files.remove_input(job.id)
+        self.metrics.jobs_finished.labels(job.status.value).inc()
+        if job.worker is not None:
+            self.metrics.jobs_run.labels(job.worker, job.status.value).inc()
+        self.metrics.job_seconds.observe(outcome.finished_at - job.queued_at)
+        log.info("job %s %s in %.0f ms%s", job.id, job.status.value, (job.run_seconds or 0.0) * 1000,
+                 f": {job.error}" if job.error else "")
+        self.on_finished(job)
+        return job
+
+
+def short(text: str) -> str:
+    return text if len(text) <= ERROR_MAX_CHARS else text[: ERROR_MAX_CHARS - 1] + "…"

@@ -1,0 +1,81 @@
+"""Inputs by URL are downloaded before their job reaches a worker, so a URL that never answers holds
+up nobody: at most ``concurrency`` downloads at once, each with a total deadline and a byte cap."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable, Optional
+
+from kontext.delivery.fetch import ImageFetchError
+from kontext.errors import EditError
+from kontext.jobs.finish import JobFinisher
+from kontext.jobs.queue import JobQueue
+from kontext.jobs.store import JobStore
+from kontext.media.files import ImageFiles
+from kontext.media.images import check_image_bytes
+
+log = logging.getLogger(__name__)
+
+ImageFetcher = Callable[[str], Awaitable[bytes]]
+
+
+class InputPrefetcher:
+    """Download -> the job's input file -> the run queue; a failed download fails the job with its reason."""
+
+    def __init__(self, fetch: ImageFetcher, store: JobStore, files: ImageFiles, queue: JobQueue,
+                 finisher: JobFinisher, *, concurrency: int, max_bytes: int, max_pixels: int) -> None:
+        self.fetch = fetch
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.store = store
+        self.files = files
+        self.queue = queue
+        self.finisher = finisher
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def __len__(self) -> int:
+        """Jobs whose input is being (or waiting to be) downloaded."""
+        return len(self._tasks)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._tasks
+
+    def schedule(self, job_id: str, url: str, priority: float) -> None:
+        if job_id in self._tasks:
+            return
+        task = asyncio.get_running_loop().create_task(self._prefetch(job_id, url, priority), name=f"fetch-{job_id}")
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+
+    async def close(self) -> None:
+        """Stop every download; their jobs stay queued in the store and are fetched again at the next start."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _prefetch(self, job_id: str, url: str, priority: float) -> None:
+        error: Optional[str] = None
+        try:
+            async with self._slots:
+                data = await self.fetch(url)
+            await asyncio.to_thread(check_image_bytes, data, field="image_url", max_bytes=self.max_bytes,
+                                    max_pixels=self.max_pixels)
+            await self.files.write_input(job_id, data)
+        except (ImageFetchError, EditError) as exc:
+            error = str(exc)
+        except OSError as exc:  # disk full, read-only
+            error = f"could not store the downloaded image: {exc.strerror or exc}"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever else, the job must end with a reason
+            log.exception("download for %s failed", job_id)
+            error = f"image_url: download failed: {type(exc).__name__}"
+        if error is None:
+            await self.queue.put(job_id, priority)
+            return
+        job = await self.store.get(job_id)
+        if job is not None and not job.status.finished:
+            await self.finisher.fail(job, error)

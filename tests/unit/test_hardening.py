@@ -1,0 +1,293 @@
+"""Faults found at the edges, each pinned: drain on shutdown, retries keep their priority and are not crashes,
+bounded callback error bodies, no credentials echoed, downloads that never hold up other jobs, image_url
+inputs, the chained-job cap, and orphaned files in the retention sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from aiohttp import web
+from PIL import Image
+
+from kontext.delivery.callbacks import CallbackSender
+from kontext.delivery.guard import make_guarded_session
+from kontext.runtime import Runtime
+from protocol import CallbackPayload, CallbackStatus, EditRequest, ImageSource, JobStatus
+from tests.e2e.servers import ThreadedApp
+from tests.fakes import FakeEngine, RecordingDeliverer, png_bytes
+from tests.unit.test_sidecar import make_settings
+
+IMAGE_B64 = base64.b64encode(png_bytes()).decode()
+
+
+def _request(seed: int, **extra: object) -> EditRequest:
+    body: dict = {"prompt": "p", "seed": seed, "num_inference_steps": 2, **extra}
+    if "image_url" not in extra and "reference_job_id" not in extra:
+        body["image_b64"] = IMAGE_B64
+    return EditRequest.model_validate(body)
+
+
+async def _until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.02)
+
+
+async def _status(runtime: Runtime, job_id: str) -> JobStatus:
+    return (await runtime.service.status(job_id)).status
+
+
+async def test_shutdown_starts_no_new_job_and_cuts_off_none_it_could_finish(tmp_path: Path) -> None:
+    """The old cleanup let the worker take the next job after the drain and then cut it off mid-run."""
+    settings = make_settings(tmp_path)
+    gate = threading.Event()
+    runtime = Runtime(settings, engine=FakeEngine(gate=gate))
+    await runtime.start()
+    first = (await runtime.service.submit(_request(1))).job_id
+    second = (await runtime.service.submit(_request(2))).job_id
+    await _until(lambda: _is(runtime, first, JobStatus.PROCESSING))
+    threading.Timer(0.3, gate.set).start()  # the running job finishes inside the grace period
+    await runtime.stop(grace_seconds=10)
+    again = Runtime(settings, engine=FakeEngine())
+    await again.start()
+    try:
+        done = await again.service.status(first)
+        assert done.status is JobStatus.COMPLETED and done.attempts == 1  # finished before the stop, once
+        waiting = await again.store.get(second)
+        assert waiting is not None and waiting.attempts == 0  # never started by the stopping process
+        await _until(lambda: _is(again, second, JobStatus.COMPLETED))
+        assert (await again.service.status(second)).attempts == 1
+    finally:
+        await again.stop()
+
+
+async def test_a_job_past_the_grace_period_is_interrupted_and_runs_again(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    runtime = Runtime(settings, engine=engine)
+    await runtime.start()
+    job_id = (await runtime.service.submit(_request(3, num_inference_steps=4))).job_id
+    await _until(lambda: _is(runtime, job_id, JobStatus.PROCESSING))
+    stopping = asyncio.ensure_future(runtime.stop(grace_seconds=0.2))
+    await asyncio.sleep(0.5)
+    gate.set()  # the engine reaches its next step: the interrupt stops it there
+    await asyncio.wait_for(stopping, 10)
+    assert not runtime.files.result_path(job_id).exists()  # the edit was cut off: no image came out of it
+    again = Runtime(settings, engine=FakeEngine())
+    await again.start()
+    try:
+        await _until(lambda: _is(again, job_id, JobStatus.COMPLETED))
+        assert (await again.service.status(job_id)).attempts == 2
+    finally:
+        await again.stop()
+
+
+async def _is(runtime: Runtime, job_id: str, status: JobStatus) -> bool:
+    return await _status(runtime, job_id) is status
+
+
+async def test_a_store_retry_keeps_priority_and_is_not_a_crash(tmp_path: Path, monkeypatch) -> None:
+    """MAX_ATTEMPTS counts runs cut off by a stopped process; a write the store refused is retried
+    with the job's own priority and never fails the job as 'the miner process stopped'."""
+    import kontext.jobs.worker
+
+    monkeypatch.setattr(kontext.jobs.worker, "RETRY_SECONDS", 0.05)
+    runtime = Runtime(make_settings(tmp_path, max_attempts=1), engine=FakeEngine())
+    await runtime.start()
+    try:
+        real = runtime.store.mark_finished
+        refusals = {"left": 1}
+
+        async def full_once(job_id, outcome):  # type: ignore[no-untyped-def]
+            if refusals["left"]:
+                refusals["left"] -= 1
+                raise sqlite3.OperationalError("database or disk is full")
+            await real(job_id, outcome)
+
+        monkeypatch.setattr(runtime.store, "mark_finished", full_once)
+        requeued = []
+        real_put = runtime.queue.put
+
+        async def spy(job_id: str, priority: float = 0.0) -> bool:
+            requeued.append((job_id, priority))
+            return await real_put(job_id, priority)
+
+        monkeypatch.setattr(runtime.queue, "put", spy)
+        job_id = (await runtime.service.submit(_request(4), priority=77.0)).job_id
+        await _until(lambda: _is(runtime, job_id, JobStatus.COMPLETED))
+        assert requeued == [(job_id, 77.0), (job_id, 77.0)]  # submitted, then retried at its own priority
+        assert (await runtime.service.status(job_id)).attempts == 2
+        assert "kontext_store_retries_total 1.0" in runtime.metrics.render().decode()
+    finally:
+        await runtime.stop()
+
+
+async def test_a_receivers_error_body_is_read_a_few_hundred_bytes_at_most() -> None:
+    """A receiver answering 500 with an endless body: the outcome is recorded at once, not after reading it all."""
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=500)
+        await response.prepare(request)
+        while request.transport is not None and not request.transport.is_closing():  # until the client leaves
+            await response.write(b"x" * 65536)
+            await asyncio.sleep(0.01)
+        return response
+
+    server = ThreadedApp(lambda: _app_with(endless)).start()
+    try:
+        async with make_guarded_session(allow_private=True, timeout=30) as session:
+            sender = CallbackSender(session, timeout=30, allow_private=True)
+            payload = CallbackPayload(job_id="j", status=JobStatus.COMPLETED, completed_at=_now())
+            started = time.monotonic()
+            record = await sender.deliver(f"{server.url}/cb", None, payload, b"png")
+        assert record.status is CallbackStatus.FAILED and record.status_code == 500
+        assert record.error is not None and record.error.startswith("HTTP 500: xxx") and len(record.error) < 300
+        assert time.monotonic() - started < 25  # not the 30 s timeout: it did not read the body to the end
+    finally:
+        server.stop()
+
+
+def _app_with(handler) -> web.Application:  # type: ignore[no-untyped-def]
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app
+
+
+def _now():  # type: ignore[no-untyped-def]
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
+
+
+async def test_credentials_in_a_callback_url_are_never_echoed(tmp_path: Path) -> None:
+    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine(), sender=RecordingDeliverer())
+    await runtime.start()
+    try:
+        job_id = (await runtime.service.submit(
+            _request(5, callback_url="http://alice:s3cret@hook.test/cb?x=1"))).job_id
+        status = await runtime.service.status(job_id)
+        assert status.request.callback_url == "http://hook.test/cb?x=1"
+        assert "s3cret" not in status.model_dump_json() and "alice" not in status.model_dump_json()
+    finally:
+        await runtime.stop()
+
+
+def _png(size: tuple[int, int] = (24, 16)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _image_server() -> ThreadedApp:
+    async def image(request: web.Request) -> web.Response:
+        return web.Response(body=_png(), content_type="image/png")
+
+    async def never(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)  # longer than the miner's 2 s download deadline: it never answers in time
+        return web.Response()
+
+    def make() -> web.Application:
+        app = web.Application()
+        app.router.add_get("/img.png", image)
+        app.router.add_get("/hang.png", never)
+        return app
+
+    return ThreadedApp(make).start()
+
+
+async def test_a_stuck_image_url_holds_up_no_other_job(tmp_path: Path) -> None:
+    server = _image_server()
+    runtime = Runtime(make_settings(tmp_path, image_url_timeout_seconds=2.0), engine=FakeEngine())
+    await runtime.start()
+    try:
+        stuck = [(await runtime.service.submit(_request(10 + i, image_url=f"{server.url}/hang.png"))).job_id
+                 for i in range(2)]
+        normal = (await runtime.service.submit(_request(20))).job_id
+        await _until(lambda: _is(runtime, normal, JobStatus.COMPLETED), timeout=1.5)  # before any download ends
+        assert [await _status(runtime, job_id) for job_id in stuck] == [JobStatus.QUEUED] * 2
+        health = await runtime.service.health()
+        assert health["queue"]["downloading"] == 2
+        for job_id in stuck:
+            await _until(lambda: _is(runtime, job_id, JobStatus.FAILED))
+            error = (await runtime.service.status(job_id)).error or ""
+            assert error == "image_url: download timed out after 2s"
+    finally:
+        await runtime.stop()
+        server.stop()
+
+
+async def test_image_url_inputs_and_url_fallbacks_work(tmp_path: Path) -> None:
+    server = _image_server()
+    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
+    await runtime.start()
+    try:
+        by_url = (await runtime.service.submit(_request(30, image_url=f"{server.url}/img.png"))).job_id
+        await _until(lambda: _is(runtime, by_url, JobStatus.COMPLETED))
+        status = await runtime.service.status(by_url)
+        assert status.request.image_source is ImageSource.URL
+        fallback = (await runtime.service.submit(_request(31, reference_job_id="edit-missing",
+                                                           image_url=f"{server.url}/img.png"))).job_id
+        await _until(lambda: _is(runtime, fallback, JobStatus.COMPLETED))
+        assert (await runtime.service.status(fallback)).request.image_source is ImageSource.URL_FALLBACK
+        assert runtime.engine is not None
+        assert [call[0] for call in runtime.engine.calls[-2:]] == [_png(), _png()]  # type: ignore[attr-defined]
+        broken = (await runtime.service.submit(_request(32, image_url=f"{server.url}/missing.png"))).job_id
+        await _until(lambda: _is(runtime, broken, JobStatus.FAILED))
+        assert (await runtime.service.status(broken)).error == "image_url: download failed: HTTP 404"
+    finally:
+        await runtime.stop()
+        server.stop()
+
+
+async def test_a_chained_job_is_capped_at_its_references_priority_and_never_overtakes_it(tmp_path: Path) -> None:
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    runtime = Runtime(make_settings(tmp_path), engine=engine)
+    await runtime.start()
+    try:
+        blocker = (await runtime.service.submit(_request(40))).job_id
+        await _until(lambda: _is(runtime, blocker, JobStatus.PROCESSING))
+        reference = (await runtime.service.submit(_request(41), priority=1.0)).job_id
+        chained = (await runtime.service.submit(_request(42, reference_job_id=reference), priority=500.0)).job_id
+        other = (await runtime.service.submit(_request(43), priority=5.0)).job_id
+        assert (await runtime.store.get(chained)).priority == 1.0  # type: ignore[union-attr]
+        assert [runtime.queue.position(j) for j in (other, reference, chained)] == [1, 2, 3]
+        gate.set()
+        await _until(lambda: _is(runtime, chained, JobStatus.COMPLETED))
+        done = {j: (await runtime.store.get(j)) for j in (reference, chained)}
+        assert done[reference].finished_at <= done[chained].started_at  # type: ignore[union-attr,operator]
+        assert (await runtime.service.status(chained)).request.image_source is ImageSource.REFERENCE_EDIT
+    finally:
+        gate.set()
+        await runtime.stop()
+
+
+async def test_the_retention_sweep_removes_orphaned_files(tmp_path: Path) -> None:
+    runtime = Runtime(make_settings(tmp_path, retention_hours=1), engine=FakeEngine())
+    await runtime.start()
+    try:
+        job_id = (await runtime.service.submit(_request(50))).job_id
+        await _until(lambda: _is(runtime, job_id, JobStatus.COMPLETED))
+        old = time.time() - 2 * 3600
+        orphan_result = runtime.files.result_path("edit-orphan")  # a crash between the PNG and its record
+        orphan_result.write_bytes(b"png")
+        orphan_input = runtime.files.input_path("edit-orphan-input")
+        orphan_input.write_bytes(b"img")
+        fresh_orphan = runtime.files.result_path("edit-fresh")
+        fresh_orphan.write_bytes(b"png")
+        for path in (orphan_result, orphan_input, runtime.files.result_path(job_id)):
+            os.utime(path, (old, old))
+        removed = await runtime.service.sweep()
+        assert set(removed) == {"edit-orphan", "edit-orphan-input"}  # the live job's PNG stays: its record is young
+        assert not orphan_result.exists() and not orphan_input.exists() and fresh_orphan.exists()
+        assert runtime.files.result_path(job_id).exists()
+    finally:
+        await runtime.stop()
