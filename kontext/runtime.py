@@ -173,7 +173,7 @@ class Runtime:
 
 def _probe_writable(directory: "os.PathLike[str]") -> None:
     """Write, sync and remove a small file: catches read-only mounts and full disks at start."""
-    from kontext.media.images import remove_quietly, write_atomic
+    from kontext.media.files import remove_quietly, write_atomic
 
     probe = Path(directory) / ".write-probe"
     write_atomic(probe, b"kontext-miner" * 64)

@@ -16,7 +16,9 @@ class Settings(BaseSettings):
     """Every operator-facing knob. Field names are the environment keys, upper-cased.
 
     Built once by the entry point (``Settings()``, or ``Settings(_env_file=None, ...)`` in
-    tests) and passed down; nothing else reads ``os.environ``.
+    tests) and passed down; no service setting is read from ``os.environ`` anywhere else. (The
+    process-level determinism variables, PYTHONHASHSEED and CUBLAS_WORKSPACE_CONFIG, are checked by
+    ``kontext.engine.determinism`` before torch starts, as they must be.)
     """
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True,

@@ -155,7 +155,11 @@ def main() -> None:
     from kontext.engine import determinism
     from kontext.engine.recipes import EditParams
 
-    determinism.ensure_environment()
+    try:  # a deterministic process: re-execute with PYTHONHASHSEED=0 when it is unset, one plain line otherwise
+        determinism.reexec_if_needed(sys.argv)
+        determinism.ensure_environment()
+    except determinism.DeterminismError as exc:
+        raise SystemExit(f"cannot start: {exc}") from None
     model = args.model
     if model is None:
         from tools.tiny_kontext import build_tiny_kontext

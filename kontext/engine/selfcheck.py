@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from kontext.media.images import write_atomic
+from kontext.media.files import write_atomic
 from kontext.engine.environment import pixel_and_png_stack
 from kontext.engine.recipes import EditParams
 

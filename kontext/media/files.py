@@ -1,12 +1,13 @@
-"""Where job images live on disk: uploaded inputs and result PNGs, written atomically."""
+"""Where job images live on disk: uploaded inputs and result PNGs, written atomically (temp, fsync, rename)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from pathlib import Path
 from typing import Optional
 
-from kontext.media.images import read_if_exists, remove_quietly, remove_stale_temp_files, write_atomic
 
 
 class ImageFiles:
@@ -71,3 +72,45 @@ class ImageFiles:
     async def remove_all(self, job_id: str) -> None:
         await asyncio.to_thread(remove_quietly, self.input_path(job_id))
         await asyncio.to_thread(remove_quietly, self.result_path(job_id))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` so readers see either nothing or the whole file (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_if_exists(path: Path) -> Optional[bytes]:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def remove_stale_temp_files(directory: Path) -> int:
+    """Delete half-written temp files left by a crash (they never replace a real file)."""
+    removed = 0
+    if directory.is_dir():
+        for temp in directory.glob(".*.tmp"):
+            remove_quietly(temp)
+            removed += 1
+    return removed

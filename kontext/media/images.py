@@ -1,16 +1,12 @@
-"""Image bytes on the way in and out: base64 decoding, cheap validation, atomic files."""
+"""Uploaded images on the way in: base64 decoding and cheap header validation (format, bytes, pixels)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import io
-import os
 import re
-import tempfile
 import warnings
-from pathlib import Path
-from typing import Optional
 
 from PIL import Image, UnidentifiedImageError
 
@@ -68,48 +64,6 @@ def check_image_bytes(data: bytes, *, field: str, max_bytes: int, max_pixels: in
 def _too_many_pixels(field: str, max_pixels: int, detail: str) -> PayloadTooLarge:
     return PayloadTooLarge(f"{field}: image is over the limit of {max_pixels} pixels{detail}",
                            fields=[_f(field, "too many pixels")])
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` so readers see either nothing or the whole file (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def read_if_exists(path: Path) -> Optional[bytes]:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def remove_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def remove_stale_temp_files(directory: Path) -> int:
-    """Delete half-written temp files left by a crash (they never replace a real file)."""
-    removed = 0
-    if directory.is_dir():
-        for temp in directory.glob(".*.tmp"):
-            remove_quietly(temp)
-            removed += 1
-    return removed
 
 
 def _f(field: str, message: str) -> dict[str, str]:

@@ -164,3 +164,47 @@ def test_client_command_through_sidecar_and_axon(neuron, tmp_path: Path) -> None
     first, second = json.loads(via_sidecar.stdout), json.loads(via_axon.stdout)
     assert first["sha256"] == second["sha256"] == hashlib.sha256((tmp_path / "a.png").read_bytes()).hexdigest()
     assert "step" in via_sidecar.stderr or "completed" in via_sidecar.stderr
+
+
+def test_sigterm_drains_with_503s_and_exits_0(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """pm2 stop: new jobs get 503 on both doors while the running one finishes; status stays open; exit 0."""
+    import signal
+
+    import bittensor as bt
+
+    wallets = tmp_path / "home" / "wallets"
+    wallet = bt.Wallet("miner", "default", path=str(wallets)).create_new_hotkey(use_password=False, suppress=True)
+    hotkey = wallet.hotkey.ss58_address
+    process = NeuronProcess(tiny_model_dir, tmp_path / "home" / "data", wallet_path=wallets,
+                            validators=f"{VALIDATOR.ss58_address}:5000").start()
+    try:
+        long_edit = {**EDIT, "width": 1024, "height": 1024, "num_inference_steps": 12, "seed": 91}
+        job_id = MinerClient(process.url).edit(**long_edit)["job_id"]
+        deadline = time.monotonic() + 60
+        while MinerClient(process.url).status(job_id)["status"] == "queued" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process.proc is not None
+        process.proc.send_signal(signal.SIGTERM)
+        refused_sidecar = refused_door = None
+        while time.monotonic() < deadline and (refused_sidecar is None or refused_door is None):
+            sidecar = requests.post(f"{process.url}/edit", json=EDIT, timeout=10)
+            door = _signed(process, hotkey, "EditSynapse", EDIT)
+            if sidecar.status_code == 503:
+                refused_sidecar = sidecar
+            if door.status_code == 503:
+                refused_door = door
+            time.sleep(0.05)
+        assert refused_sidecar is not None and refused_sidecar.json()["error"] == "service_unavailable"
+        assert refused_door is not None and "shutting down" in refused_door.json()["message"]
+        assert "Retry-After" in refused_sidecar.headers
+        assert MinerClient(process.url).status(job_id)["status"] in ("processing", "completed")  # still answered
+        assert process.proc.wait(90) == 0
+    finally:
+        process.stop()
+    restarted = NeuronProcess(tiny_model_dir, tmp_path / "home" / "data", wallet_path=wallets,
+                              validators=f"{VALIDATOR.ss58_address}:5000").start()
+    try:
+        status = MinerClient(restarted.url).wait(job_id)
+        assert status["status"] == "completed" and status["attempts"] == 1  # finished before the exit
+    finally:
+        restarted.stop()

@@ -83,3 +83,12 @@ def test_synthetic_fit_problem_names_the_shortfall() -> None:
     assert small is not None and small.endswith("this GPU has 24.0 GiB free") and "\n" not in small
     assert "about 37 GiB free" in small and "31.0 GiB of weights" in small
     assert "no CUDA GPU" in (bench.synthetic_fit_problem(None, weights) or "")
+
+
+def test_bench_service_refuses_a_wrong_hash_seed_in_one_plain_line() -> None:
+    """With PYTHONHASHSEED unset the script re-executes itself; with another value it says so, no traceback."""
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_service.py"), "--jobs", "1"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "PYTHONHASHSEED": "1"})
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "cannot start: PYTHONHASHSEED='1'" in run.stderr

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from kontext.errors import InvalidRequest, PayloadTooLarge
-from kontext.media.images import decode_base64_image, remove_stale_temp_files, write_atomic
+from kontext.media.files import remove_stale_temp_files, write_atomic
+from kontext.media.images import decode_base64_image
 from tests.fakes import png_bytes
 
 LIMITS = {"field": "image_b64", "max_bytes": 1_000_000, "max_pixels": 512 * 512}
