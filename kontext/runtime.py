@@ -36,8 +36,8 @@ PREFETCH_CONCURRENCY = 4
 class Runtime:
     """Owns everything the doors share; one per process.
 
-    ``engine`` and ``sender`` may be injected (tests use fakes); by default the real
-    ``KontextEngine`` and ``CallbackSender`` are built from the settings. Shutdown (``stop``), in
+    ``engine``/``engines`` and ``sender`` may be injected (tests use fakes); by default one real
+    ``KontextEngine`` per device of KONTEXT_DEVICES and a ``CallbackSender`` are built from the settings. Shutdown (``stop``), in
     order: stop accepting (503) -> the workers drain (no new job; the running one gets the grace
     period, then is interrupted) -> downloads and background tasks stop -> callbacks under way
     finish (bounded) -> the HTTP session and the store close. Nothing touches the store after
@@ -45,10 +45,10 @@ class Runtime:
     until editing is enabled again.
     """
 
-    def __init__(self, settings: Settings, *, engine: Optional[Engine] = None,
+    def __init__(self, settings: Settings, *, engine: Optional[Engine] = None, engines: Optional[list[Engine]] = None,
                  sender: Optional[Deliverer] = None) -> None:
         self.settings = settings
-        self.engine = engine
+        self.engines: list[Engine] = engines or ([engine] if engine is not None else [])
         self._sender = sender
         self.store = SqliteJobStore(settings.database_path)
         self.files = ImageFiles(settings.inputs_dir, settings.edits_dir)
@@ -101,16 +101,18 @@ class Runtime:
         self.prefetcher = InputPrefetcher(download, self.store, self.files, self.queue, finisher,
                                           concurrency=PREFETCH_CONCURRENCY, max_bytes=settings.max_image_bytes,
                                           max_pixels=settings.max_image_pixels)
-        # 3. the workers (none with editing disabled)
-        engine = self.engine
-        if engine is None and settings.enable_kontext_edit:
-            from kontext.engine.engine import EngineConfig, KontextEngine  # torch is heavy: import on demand
+        # 3. one worker per engine, one engine per device (none with editing disabled)
+        if not self.engines and settings.enable_kontext_edit:
+            from kontext.engine.devices import resolve_devices  # torch is heavy: import on demand
+            from kontext.engine.engine import EngineConfig, KontextEngine
 
-            engine = self.engine = KontextEngine(EngineConfig.from_settings(settings))
-        if engine is not None:
-            self.workers = WorkerPool([Worker("w0", engine, self.store, self.queue, self.files, finisher,
-                                              self.prefetcher, max_pixels=settings.max_image_pixels,
-                                              metrics=self.metrics)])
+            devices = resolve_devices(settings.kontext_devices, settings.kontext_device)
+            self.engines = [KontextEngine(EngineConfig.from_settings(settings, device)) for device in devices]
+        if self.engines:
+            self.workers = WorkerPool([
+                Worker(f"w{index}", engine, self.store, self.queue, self.files, finisher, self.prefetcher,
+                       max_pixels=settings.max_image_pixels, metrics=self.metrics)
+                for index, engine in enumerate(self.engines)])
         # 4. the service, then what a previous process left: unfinished jobs and unsent callbacks
         self._service = EditService(settings, self.store, self.queue, self.files, workers=self.workers,
                                     prefetcher=self.prefetcher, finisher=finisher, metrics=self.metrics)

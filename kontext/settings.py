@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kontext.engine.devices import parse_devices
 from kontext.engine.recipes import DEFAULT_RECIPE, RECIPES
 from protocol.limits import JOB_TYPE_FLUX_DEV, JOB_TYPE_KONTEXT_EDIT
 
@@ -30,6 +31,9 @@ class Settings(BaseSettings):
     kontext_recipe: str = DEFAULT_RECIPE
     """What decides the output bytes: reference-v1 (the subnet's audit) or kontext-v1 (portable)."""
     kontext_device: Literal["auto", "cpu", "cuda"] = "auto"
+    """With KONTEXT_DEVICES=auto: cpu (one CPU engine) or cuda (every visible GPU); auto: the GPUs, else the CPU."""
+    kontext_devices: str = "auto"
+    """One engine and worker per device: auto (every visible GPU, else one CPU engine) or cuda:0,cuda:1 / cpu,cpu."""
     kontext_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     kontext_load: Literal["eager", "lazy"] = "eager"
     kontext_cpu_threads: int = Field(default=1, ge=1, le=256)
@@ -94,6 +98,12 @@ class Settings(BaseSettings):
     # Callbacks.
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_allow_private: bool = False
+
+    @field_validator("kontext_devices")
+    @classmethod
+    def _device_list(cls, value: str) -> str:
+        parse_devices(value)
+        return value
 
     @field_validator("kontext_recipe")
     @classmethod

@@ -71,7 +71,7 @@ def model_bytes(pipe: Any) -> int:
 def choose_memory_mode(options: EngineOptions, device: str, weights: int, free_vram: Optional[int]) -> str:
     """Resolve ``auto``: everything on the GPU if it fits the budget with 30 % headroom for activations,
     else model offload (whole models move in and out), else group offload (block by block)."""
-    if device != "cuda":
+    if not device.startswith("cuda"):
         return "gpu" if options.memory_mode == "auto" else options.memory_mode
     if options.memory_mode != "auto":
         return options.memory_mode

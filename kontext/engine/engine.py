@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kontext.engine import acceleration, selfcheck
 from kontext.engine.acceleration import EngineOptions
+from kontext.engine.devices import check_available, is_cuda
 from kontext.engine.determinism import pin_threads
 from kontext.engine.recipes import DEFAULT_RECIPE, EditParams, Recipe, get_recipe
 
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]
+_READ_LOCK = threading.Lock()
+"""Engines of one process read their weights one at a time: the libraries' lazy imports race otherwise
+(two threads saw ``cannot import name 'FluxKontextPipeline'``), and one copy at a time bounds host RAM.
+Placement, warm-up and edits run in parallel."""
 PipelineLoader = Callable[[Any, str], Any]
 """(torch dtype, device) -> a FluxKontextPipeline, used instead of ``from_pretrained`` (the bench's synthetic model)."""
 
@@ -53,11 +58,12 @@ class EngineConfig:
     """Where self-check hashes are recorded; None turns the warm-up self-check off."""
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "EngineConfig":
+    def from_settings(cls, settings: "Settings", device: Optional[str] = None) -> "EngineConfig":
+        """``device``: one of KONTEXT_DEVICES (default KONTEXT_DEVICE, for a single engine)."""
         return cls(
             model_path=settings.kontext_model_path,
             recipe=settings.kontext_recipe,
-            device=settings.kontext_device,
+            device=device or settings.kontext_device,
             dtype=settings.kontext_dtype,
             num_threads=settings.kontext_cpu_threads,
             local_files_only=settings.kontext_local_files_only,
@@ -126,29 +132,31 @@ class KontextEngine:
                  self.profile, self.memory_mode, self.load_seconds)
 
     def _load(self) -> None:
-        import torch
-        from diffusers import FluxKontextPipeline
+        with _READ_LOCK:  # diffusers' and transformers' lazy imports are not thread-safe
+            import torch
+            from diffusers import FluxKontextPipeline
 
         options = self.config.options
         options.validate()
         # 1. process-wide determinism (the recipe's switches), device and dtype
         self.recipe.configure_torch()
         pin_threads(self.config.num_threads)
-        self.device = _resolve_device(self.config.device, torch)
+        self.device = check_available(self.config.device, torch)
         torch_dtype = _resolve_dtype(self.config.dtype, self.device, torch)
         self.dtype = str(torch_dtype).removeprefix("torch.")
         self.profile = options.profile(self.dtype)
         # 2. weights, through the same from_pretrained path for the real and the tiny model (or an injected loader)
-        if self.loader is not None:
-            pipe = self.loader(torch_dtype, self.device)
-        else:
-            pipe = FluxKontextPipeline.from_pretrained(
-                self.config.model_path, torch_dtype=torch_dtype, local_files_only=self.config.local_files_only
-            )
+        with _READ_LOCK:
+            if self.loader is not None:
+                pipe = self.loader(torch_dtype, self.device)
+            else:
+                pipe = FluxKontextPipeline.from_pretrained(
+                    self.config.model_path, torch_dtype=torch_dtype, local_files_only=self.config.local_files_only
+                )
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
             getattr(pipe, name).eval()
         # 3. placement from the VRAM budget, then the number-changing options
-        free = torch.cuda.mem_get_info()[0] if self.device == "cuda" else None
+        free = torch.cuda.mem_get_info(torch.device(self.device))[0] if is_cuda(self.device) else None
         self.memory_mode = acceleration.choose_memory_mode(options, self.device, acceleration.model_bytes(pipe),
                                                            free)
         acceleration.place(pipe, self.memory_mode, self.device)
@@ -178,8 +186,8 @@ class KontextEngine:
         }
 
     def device_name(self, torch: Any) -> str:
-        if self.device == "cuda":
-            return torch.cuda.get_device_name()
+        if is_cuda(self.device):
+            return torch.cuda.get_device_name(torch.device(self.device))
         return f"cpu/{self.config.num_threads}-threads"
 
     def edit(self, image_bytes: bytes, params: EditParams, *, max_pixels: int,
@@ -232,15 +240,7 @@ def _step_reporter(on_step: StepCallback, total: int) -> Callable[..., dict]:
     return callback
 
 
-def _resolve_device(device: str, torch: Any) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("KONTEXT_DEVICE=cuda but no CUDA device is available")
-    return device
-
-
 def _resolve_dtype(dtype: str, device: str, torch: Any) -> Any:
     if dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
+        return torch.bfloat16 if is_cuda(device) else torch.float32
     return getattr(torch, dtype)

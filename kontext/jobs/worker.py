@@ -95,9 +95,10 @@ class Worker:
         return (current[1], current[2]) if current and current[0] == job_id else None
 
     def describe(self) -> dict[str, Any]:
-        """What /health says of this worker."""
-        return {"name": self.name, "state": self.engine.state.value, "current_job": self.current_job,
-                "engine": self.engine.describe()}
+        """What /health says of this worker: device, state, current job, self-check."""
+        engine = self.engine.describe()
+        return {"name": self.name, "device": engine.get("device"), "state": self.engine.state.value,
+                "current_job": self.current_job, "self_check": engine.get("self_check"), "error": self.engine.error}
 
     async def load_engine(self) -> None:
         """Load the model on the engine thread; a failure takes this worker out of rotation, not the process."""

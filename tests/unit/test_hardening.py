@@ -237,8 +237,7 @@ async def test_image_url_inputs_and_url_fallbacks_work(tmp_path: Path) -> None:
                                                            image_url=f"{server.url}/img.png"))).job_id
         await _until(lambda: _is(runtime, fallback, JobStatus.COMPLETED))
         assert (await runtime.service.status(fallback)).request.image_source is ImageSource.URL_FALLBACK
-        assert runtime.engine is not None
-        assert [call[0] for call in runtime.engine.calls[-2:]] == [_png(), _png()]  # type: ignore[attr-defined]
+        assert [call[0] for call in runtime.engines[0].calls[-2:]] == [_png(), _png()]  # type: ignore[attr-defined]
         broken = (await runtime.service.submit(_request(32, image_url=f"{server.url}/missing.png"))).job_id
         await _until(lambda: _is(runtime, broken, JobStatus.FAILED))
         assert (await runtime.service.status(broken)).error == "image_url: download failed: HTTP 404"

@@ -178,7 +178,7 @@ async def test_chaining_fallback_and_pending_reference(start, settings) -> None:
     assert [s["status"] for s in statuses] == ["completed"] * 4
     assert [s["request"]["image_source"] for s in statuses] == [
         "base64", "reference_edit", "reference_edit", "base64_fallback"]
-    engine = runtime.engine
+    engine = runtime.engines[0]
     first_png = await (await client.get(f"/edit/result/{first}")).read()
     assert engine.calls[1][0] == first_png  # the chained job edited the first result
 
