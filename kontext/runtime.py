@@ -111,7 +111,7 @@ class Runtime:
         if self.engines:
             self.workers = WorkerPool([
                 Worker(f"w{index}", engine, self.store, self.queue, self.files, finisher, self.prefetcher,
-                       max_pixels=settings.max_image_pixels, metrics=self.metrics)
+                       max_pixels=settings.max_image_pixels, max_attempts=settings.max_attempts, metrics=self.metrics)
                 for index, engine in enumerate(self.engines)])
         # 4. the service, then what a previous process left: unfinished jobs and unsent callbacks
         self._service = EditService(settings, self.store, self.queue, self.files, workers=self.workers,

@@ -79,6 +79,17 @@ class Settings(BaseSettings):
     admission_window: int = Field(default=20, ge=1)
     """How many recent edit times the admission estimate takes the median of."""
 
+    # Where jobs live: SQLite on one host, or Redis for doors and kontext-worker processes on many hosts.
+    job_backend: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_lease_seconds: float = Field(default=30.0, gt=0)
+    """A job taken by a worker that stopped renewing its lease this long is taken up by another."""
+    worker_name: Optional[str] = None
+    """kontext-worker: this process's name in the queue and /health (default host:pid)."""
+    worker_health_host: str = "127.0.0.1"
+    worker_health_port: int = Field(default=8093, ge=0, le=65535)
+    """kontext-worker: GET /health and /metrics here (0: off)."""
+
     # Storage and retention.
     data_dir: Path = Path("data")
     retention_hours: float = Field(default=24.0, gt=0)

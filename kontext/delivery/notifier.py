@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timezone
 from typing import Callable, Optional, Protocol
 
-from kontext.media.files import ImageFiles
+from kontext.media.files import ImageStore
 from kontext.jobs.record import JobRecord
 from kontext.metrics import Metrics
 from kontext.jobs.store import JobStore
@@ -34,7 +34,7 @@ class CallbackNotifier:
     the receiver may already have it, and there is no second POST.
     """
 
-    def __init__(self, store: JobStore, files: ImageFiles, sender: Deliverer, *,
+    def __init__(self, store: JobStore, files: ImageStore, sender: Deliverer, *,
                  image_url: Callable[[str], str], metrics: Optional[Metrics] = None,
                  not_before_seconds: float = 0.0) -> None:
         self.store = store

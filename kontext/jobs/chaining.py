@@ -14,7 +14,7 @@ from typing import Optional
 
 from kontext.errors import InvalidRequest
 from kontext.jobs.record import JobRecord
-from kontext.media.files import ImageFiles
+from kontext.media.files import ImageStore
 from protocol import EditRequest, ImageSource, JobStatus
 
 URL_SOURCES = frozenset({ImageSource.URL, ImageSource.URL_FALLBACK})
@@ -43,7 +43,7 @@ def fallback_source(request: EditRequest) -> Optional[ImageSource]:
     return None
 
 
-async def reference_problem(reference: Optional[JobRecord], files: ImageFiles) -> Optional[str]:
+async def reference_problem(reference: Optional[JobRecord], files: ImageStore) -> Optional[str]:
     """Why ``reference`` cannot give this job its image, or None if it can (now or once it finishes)."""
     if reference is None:
         return "is unknown"
@@ -56,7 +56,7 @@ async def reference_problem(reference: Optional[JobRecord], files: ImageFiles) -
     return None
 
 
-async def source_at_submit(request: EditRequest, reference: Optional[JobRecord], files: ImageFiles,
+async def source_at_submit(request: EditRequest, reference: Optional[JobRecord], files: ImageStore,
                            priority: float) -> tuple[ImageSource, float]:
     """The job's source and priority; ``InvalidRequest`` (400) when nothing usable is left."""
     if request.reference_job_id is None:
@@ -76,7 +76,7 @@ async def source_at_submit(request: EditRequest, reference: Optional[JobRecord],
     )
 
 
-async def input_at_run(job: JobRecord, reference: Optional[JobRecord], files: ImageFiles) -> RunInput:
+async def input_at_run(job: JobRecord, reference: Optional[JobRecord], files: ImageStore) -> RunInput:
     """For a ``reference_edit`` job when a worker takes it: the reference's PNG, a wait, or the fallback."""
     reference_id = job.request.reference_job_id or ""
     if reference is not None and reference.swept_at is None:

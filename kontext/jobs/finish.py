@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from kontext.jobs.record import JobOutcome, JobRecord, now
 from kontext.jobs.store import JobStore
-from kontext.media.files import ImageFiles
+from kontext.media.files import ImageStore
 from kontext.metrics import Metrics
 from protocol import JobStatus
 
@@ -20,7 +20,7 @@ class JobFinisher:
     """Used by every worker and by the input prefetcher; ``on_finished`` sends the callback and wakes
     ``/sync/edit`` waiters."""
 
-    def __init__(self, store: JobStore, files: ImageFiles, metrics: Metrics,
+    def __init__(self, store: JobStore, files: ImageStore, metrics: Metrics,
                  on_finished: Callable[[JobRecord], None]) -> None:
         self.store = store
         self.files = files

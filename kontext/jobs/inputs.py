@@ -10,9 +10,9 @@ from typing import Awaitable, Callable, Optional
 from kontext.delivery.fetch import ImageFetchError
 from kontext.errors import EditError
 from kontext.jobs.finish import JobFinisher
-from kontext.jobs.queue import JobQueue
+from kontext.jobs.queue import QueuedJob, RunQueue
 from kontext.jobs.store import JobStore
-from kontext.media.files import ImageFiles
+from kontext.media.files import ImageStore
 from kontext.media.images import check_image_bytes
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ ImageFetcher = Callable[[str], Awaitable[bytes]]
 class InputPrefetcher:
     """Download -> the job's input file -> the run queue; a failed download fails the job with its reason."""
 
-    def __init__(self, fetch: ImageFetcher, store: JobStore, files: ImageFiles, queue: JobQueue,
+    def __init__(self, fetch: ImageFetcher, store: JobStore, files: ImageStore, queue: RunQueue,
                  finisher: JobFinisher, *, concurrency: int, max_bytes: int, max_pixels: int) -> None:
         self.fetch = fetch
         self.max_bytes = max_bytes
@@ -42,10 +42,13 @@ class InputPrefetcher:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._tasks
 
-    def schedule(self, job_id: str, url: str, priority: float) -> None:
+    def schedule(self, job_id: str, url: str, priority: float, entry: Optional[QueuedJob] = None) -> None:
+        """Download, then queue the job. ``entry``: the queue entry a worker handed over; it is closed only
+        once the job is queued again (or failed), so a shared queue's lease keeps it safe meanwhile."""
         if job_id in self._tasks:
             return
-        task = asyncio.get_running_loop().create_task(self._prefetch(job_id, url, priority), name=f"fetch-{job_id}")
+        task = asyncio.get_running_loop().create_task(self._prefetch(job_id, url, priority, entry),
+                                                      name=f"fetch-{job_id}")
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
@@ -56,7 +59,14 @@ class InputPrefetcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _prefetch(self, job_id: str, url: str, priority: float) -> None:
+    async def _prefetch(self, job_id: str, url: str, priority: float, entry: Optional[QueuedJob]) -> None:
+        try:
+            await self._fetch_then_queue(job_id, url, priority)
+        finally:
+            if entry is not None:
+                await self.queue.done(entry)
+
+    async def _fetch_then_queue(self, job_id: str, url: str, priority: float) -> None:
         error: Optional[str] = None
         try:
             async with self._slots:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Protocol
 
 
 @dataclass(frozen=True, order=True)
@@ -15,6 +15,21 @@ class QueuedJob:
     key: tuple[float, int]
     job_id: str = field(compare=False)
     priority: float = field(compare=False)
+    receipt: Any = field(default=None, compare=False)
+    """What a shared queue needs to close the entry (its stream and entry id)."""
+    redelivered: bool = field(default=False, compare=False)
+    """Taken over from a worker that stopped renewing its lease (a shared queue's recovery)."""
+
+
+class RunQueue(Protocol):
+    """What the service and the workers use of the queue; ``JobQueue`` (one host) and ``RedisJobQueue``."""
+
+    async def put(self, job_id: str, priority: float = 0.0) -> bool: ...
+    async def get(self) -> QueuedJob: ...
+    async def done(self, entry: QueuedJob) -> None: ...
+    async def size(self) -> int: ...
+    async def position(self, job_id: str) -> Optional[int]: ...
+    async def ahead_of(self, priority: float) -> int: ...
 
 
 class JobQueue:
@@ -53,13 +68,16 @@ class JobQueue:
     async def done(self, entry: QueuedJob) -> None:
         """The worker is finished with ``entry`` (ran it, failed it, or handed it on)."""
 
-    def position(self, job_id: str) -> Optional[int]:
+    async def size(self) -> int:
+        return len(self._members)
+
+    async def position(self, job_id: str) -> Optional[int]:
         """1-based place in the run order, or None if not queued."""
         entry = self._members.get(job_id)
         if entry is None:
             return None
         return 1 + sum(1 for other in self._members.values() if other.key < entry.key)
 
-    def ahead_of(self, priority: float) -> int:
+    async def ahead_of(self, priority: float) -> int:
         """How many queued jobs would run before a new job of ``priority`` (higher or equal first)."""
         return sum(1 for entry in self._members.values() if entry.priority >= priority)

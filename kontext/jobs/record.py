@@ -17,7 +17,7 @@ def now() -> float:
 @dataclass(frozen=True)
 class JobRecord:
     """One job as persisted. ``request`` holds the validated request; an uploaded image is not in
-    the record but in the data directory (``ImageFiles``), until the job ends.
+    the record but in the image store (files, or Redis), until the job ends.
 
     The callback secret is kept (the callback may have to be sent after a restart) but never
     leaves the process except as the webhook's own header.
@@ -60,6 +60,13 @@ class JobRecord:
             return None
         end = self.finished_at if self.status.finished and self.finished_at is not None else now()
         return max(0.0, end - self.started_at)
+
+    def cut_off_too_often(self, max_attempts: int) -> Optional[str]:
+        """Why a job found ``processing`` by a new owner (a restart, a lease taken over) must not run again."""
+        if self.status is JobStatus.PROCESSING and self.attempts >= max_attempts:
+            return (f"job was interrupted {self.attempts} time(s) while running (the miner or worker process "
+                    "stopped); not run again")
+        return None
 
     def evolve(self, **changes: object) -> "JobRecord":
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -31,10 +31,10 @@ from kontext.jobs.admission import AdmissionControl
 from kontext.jobs.events import JobEvents
 from kontext.jobs.finish import JobFinisher
 from kontext.jobs.inputs import InputPrefetcher
-from kontext.jobs.queue import JobQueue
+from kontext.jobs.queue import RunQueue
 from kontext.jobs.record import JobRecord, now
 from kontext.jobs.store import JobStore
-from kontext.media.files import ImageFiles
+from kontext.media.files import ImageStore
 from kontext.media.images import decode_base64_image
 from kontext.metrics import Metrics
 from kontext.settings import Settings
@@ -91,8 +91,8 @@ class EditService:
         self,
         settings: Settings,
         store: JobStore,
-        queue: JobQueue,
-        files: ImageFiles,
+        queue: RunQueue,
+        files: ImageStore,
         *,
         workers: Optional[WorkersView] = None,
         prefetcher: Optional[InputPrefetcher] = None,
@@ -134,7 +134,7 @@ class EditService:
                 max_pixels=self.settings.max_image_pixels,
             )
         async with self._submit_lock:
-            if self.waiting() >= self.settings.max_queue:
+            if await self.waiting() >= self.settings.max_queue:
                 raise ServiceBusy(
                     f"the queue is full ({self.settings.max_queue} jobs waiting); retry later",
                     headers={"Retry-After": "5"},
@@ -147,7 +147,7 @@ class EditService:
             source, priority = await chaining.source_at_submit(request, reference, self.files, priority)
             running = self.workers.running() if self.workers is not None else 0
             serving = self.workers.serving() if self.workers is not None else 1
-            self.admission.check(self.queue.ahead_of(priority) + running, workers=serving)
+            self.admission.check(await self.queue.ahead_of(priority) + running, workers=serving)
             callback = CallbackStatus.PENDING if request.callback_url else CallbackStatus.SKIPPED
             job = JobRecord(id=job_id, request=request, priority=priority, image_source=source,
                             callback_status=callback, recipe=self.settings.kontext_recipe)
@@ -181,9 +181,9 @@ class EditService:
             return "disabled"
         return "ready" if self.workers is None else str(getattr(self.workers.state, "value", self.workers.state))
 
-    def waiting(self) -> int:
+    async def waiting(self) -> int:
         """Jobs accepted and not yet taken by a worker: queued, or their input still downloading."""
-        return len(self.queue) + (len(self.prefetcher) if self.prefetcher is not None else 0)
+        return await self.queue.size() + (len(self.prefetcher) if self.prefetcher is not None else 0)
 
     async def _enqueue(self, job: JobRecord) -> None:
         """Runnable now, or once its image_url is downloaded (a slow URL holds up no other job)."""
@@ -203,7 +203,8 @@ class EditService:
 
     async def status(self, job_id: str) -> StatusRecord:
         job = await self._get(job_id)
-        return self.status_record(job)
+        position = await self.queue.position(job.id) if job.status is JobStatus.QUEUED else None
+        return self.status_record(job, position)
 
     async def result(self, job_id: str) -> ResultImage:
         job = await self._get(job_id)
@@ -257,7 +258,7 @@ class EditService:
             )
         return job
 
-    def status_record(self, job: JobRecord) -> StatusRecord:
+    def status_record(self, job: JobRecord, queue_position: Optional[int] = None) -> StatusRecord:
         request = job.request
         current = self.workers.progress(job.id) if self.workers else None
         clock = now()
@@ -280,7 +281,7 @@ class EditService:
             ignored_fields=ignored_fields(job.recipe, request.width),
             attempts=job.attempts,
             worker=job.worker,
-            queue_position=self.queue.position(job.id),
+            queue_position=queue_position,
             progress=Progress(step=current[0], total=current[1]) if current else None,
             queued_ms=_ms((job.started_at or clock) - job.queued_at),
             run_ms=None if job.run_seconds is None else _ms(job.run_seconds),
@@ -309,10 +310,9 @@ class EditService:
         """
         jobs = await self.store.unfinished()
         for job in jobs:
-            if job.status is JobStatus.PROCESSING and job.attempts >= self.settings.max_attempts \
-                    and self.finisher is not None:
-                await self.finisher.fail(job, f"job was interrupted {job.attempts} time(s) while running (the miner "
-                                              "process stopped); not run again")
+            reason = job.cut_off_too_often(self.settings.max_attempts)
+            if reason is not None and self.finisher is not None:
+                await self.finisher.fail(job, reason)
                 continue
             await self._enqueue(job)
         if jobs:
@@ -340,6 +340,7 @@ class EditService:
 
     async def health(self) -> dict[str, Any]:
         counts = await self.store.count_by_status()
+        depth = await self.queue.size()
         edit_state = self.engine_state()
         if edit_state == "unloaded":  # lazy loading: accepting, the first job loads the model
             edit_state = "ready"
@@ -347,7 +348,7 @@ class EditService:
             "status": "ok" if edit_state in ("ready", "loading", "disabled") else "degraded",
             "services": {"kontext_edit": edit_state},
             "accepting": self.accepting and edit_state in ("ready", "loading"),
-            "queue": {"depth": len(self.queue), "downloading": self.waiting() - len(self.queue),
+            "queue": {"depth": depth, "downloading": await self.waiting() - depth,
                       "max": self.settings.max_queue},
             "jobs": counts,
         }

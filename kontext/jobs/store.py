@@ -11,7 +11,7 @@ import asyncio
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, TypeVar
+from typing import Any, Callable, Mapping, Optional, Protocol, TypeVar
 
 from kontext.errors import JobConflict
 from kontext.jobs.migrations import migrate
@@ -20,12 +20,25 @@ from protocol import CallbackRecord, CallbackStatus, EditRequest, ImageSource, J
 
 T = TypeVar("T")
 
-_COLUMNS = (
+COLUMNS = (
     "id", "status", "priority", "request", "image_source", "queued_at", "started_at", "finished_at", "error",
     "result_sha256", "result_pixels_sha256", "result_width", "result_height", "recipe", "attempts", "worker",
     "callback_status", "callback_status_code", "callback_attempted_at", "callback_error", "callback_payload_status",
     "swept_at",
 )
+
+
+_FLOATS = frozenset({"priority", "queued_at", "started_at", "finished_at", "callback_attempted_at", "swept_at"})
+_INTS = frozenset({"seq", "attempts", "result_width", "result_height", "callback_status_code"})
+
+
+def typed_column(name: str, text: str) -> Any:
+    """A column's value from its text form (how Redis keeps it)."""
+    if name in _FLOATS:
+        return float(text)
+    if name in _INTS:
+        return int(text)
+    return text
 
 
 class JobStore(Protocol):
@@ -40,7 +53,8 @@ class JobStore(Protocol):
     async def mark_finished(self, job_id: str, outcome: JobOutcome) -> None: ...
     async def claim_callback(self, job_id: str) -> bool: ...
     async def set_callback(self, job_id: str, record: CallbackRecord) -> None: ...
-    async def fail_interrupted_callbacks(self, error: str, attempted_at: float) -> list[str]: ...
+    async def fail_interrupted_callbacks(self, error: str, attempted_at: float,
+                                         claimed_before: Optional[float] = None) -> list[str]: ...
     async def unfinished(self) -> list[JobRecord]: ...
     async def pending_callbacks(self) -> list[JobRecord]: ...
     async def expire_finished_before(self, cutoff: float, swept_at: float) -> list[str]: ...
@@ -121,13 +135,13 @@ class SqliteJobStore:
     # -- writes ---------------------------------------------------------------------------
 
     async def insert(self, job: JobRecord) -> None:
-        values = _to_row(job)
+        values = to_row(job)
 
         def insert(db: sqlite3.Connection) -> None:
             db.execute(
-                f"INSERT INTO jobs (seq, {', '.join(_COLUMNS)}) "
-                f"VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), {', '.join('?' for _ in _COLUMNS)})",
-                [values[c] for c in _COLUMNS],
+                f"INSERT INTO jobs (seq, {', '.join(COLUMNS)}) "
+                f"VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), {', '.join('?' for _ in COLUMNS)})",
+                [values[c] for c in COLUMNS],
             )
 
         try:
@@ -167,8 +181,10 @@ class SqliteJobStore:
             callback_payload_status=record.payload_status.value if record.payload_status else None,
         )
 
-    async def fail_interrupted_callbacks(self, error: str, attempted_at: float) -> list[str]:
-        """Callbacks left ``sending`` by a process that stopped mid-POST become ``failed`` (at most once)."""
+    async def fail_interrupted_callbacks(self, error: str, attempted_at: float,
+                                         claimed_before: Optional[float] = None) -> list[str]:
+        """Callbacks left ``sending`` by a process that stopped mid-POST become ``failed`` (at most once).
+        One process owns this file, so at its start every ``sending`` callback was cut off."""
         def fail(db: sqlite3.Connection) -> list[str]:
             ids = [row["id"] for row in db.execute("SELECT id FROM jobs WHERE callback_status = ?",
                                                    (CallbackStatus.SENDING.value,))]
@@ -208,7 +224,7 @@ class SqliteJobStore:
 
     async def get(self, job_id: str) -> Optional[JobRecord]:
         row = await self._read(lambda db: db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
-        return None if row is None else _from_row(row)
+        return None if row is None else from_row(row)
 
     async def unfinished(self) -> list[JobRecord]:
         return await self._select(
@@ -229,10 +245,10 @@ class SqliteJobStore:
 
     async def _select(self, sql: str, params: tuple[Any, ...]) -> list[JobRecord]:
         rows = await self._read(lambda db: db.execute(sql, params).fetchall())
-        return [_from_row(row) for row in rows]
+        return [from_row(row) for row in rows]
 
 
-def _to_row(job: JobRecord) -> dict[str, Any]:
+def to_row(job: JobRecord) -> dict[str, Any]:
     return {
         "id": job.id,
         "status": job.status.value,
@@ -259,7 +275,7 @@ def _to_row(job: JobRecord) -> dict[str, Any]:
     }
 
 
-def _from_row(row: sqlite3.Row) -> JobRecord:
+def from_row(row: Mapping[str, Any]) -> JobRecord:
     request_json = row["request"]
     request = (
         EditRequest.model_validate_json(request_json)

@@ -19,10 +19,10 @@ from kontext.engine.recipes import EditParams
 from kontext.jobs import chaining
 from kontext.jobs.finish import JobFinisher, short
 from kontext.jobs.inputs import InputPrefetcher
-from kontext.jobs.queue import JobQueue, QueuedJob
+from kontext.jobs.queue import QueuedJob, RunQueue
 from kontext.jobs.record import JobRecord, now
 from kontext.jobs.store import JobStore
-from kontext.media.files import ImageFiles
+from kontext.media.files import ImageStore
 from kontext.metrics import Metrics
 from protocol import ImageSource, JobStatus
 
@@ -55,8 +55,8 @@ class EditInterrupted(Exception):
 class Worker:
     """One engine, its dedicated thread (one edit at a time per device, never batched) and its loop."""
 
-    def __init__(self, name: str, engine: Engine, store: JobStore, queue: JobQueue, files: ImageFiles,
-                 finisher: JobFinisher, prefetcher: InputPrefetcher, *, max_pixels: int,
+    def __init__(self, name: str, engine: Engine, store: JobStore, queue: RunQueue, files: ImageStore,
+                 finisher: JobFinisher, prefetcher: InputPrefetcher, *, max_pixels: int, max_attempts: int,
                  metrics: Optional[Metrics] = None) -> None:
         self.name = name
         self.engine = engine
@@ -66,6 +66,7 @@ class Worker:
         self.finisher = finisher
         self.prefetcher = prefetcher
         self.max_pixels = max_pixels
+        self.max_attempts = max_attempts
         self.metrics = metrics or Metrics()
         self.current_job: Optional[str] = None
         self._progress: Optional[tuple[str, int, int]] = None
@@ -164,23 +165,27 @@ class Worker:
                 await self.queue.put(entry.job_id, entry.priority)
                 return
         self.current_job = entry.job_id
+        handed_on = False
         try:
-            await self._run_one(entry)
+            handed_on = await self._run_one(entry)
         except asyncio.CancelledError:
-            raise  # the job is left "processing" in the store: the next start runs it again
+            raise  # the job is left "processing" in the store: the next start (or a lease) runs it again
         except Exception:  # noqa: BLE001 - the store itself failed (disk full?): keep the job, keep going
             log.exception("worker %s could not process %s; it is tried again in %ss", self.name, entry.job_id,
                           RETRY_SECONDS)
             self.metrics.store_retries.inc()
             self._retry_later(entry)
+            handed_on = True
         finally:
             self.current_job, self._progress = None, None
-            await self.queue.done(entry)
+            if not handed_on:
+                await self.queue.done(entry)
 
     def _retry_later(self, entry: QueuedJob) -> None:
         async def requeue() -> None:
             await asyncio.sleep(RETRY_SECONDS)
             await self.queue.put(entry.job_id, entry.priority)  # its own priority: stake order holds
+            await self.queue.done(entry)
 
         task = asyncio.get_running_loop().create_task(requeue())
         self._retries.add(task)
@@ -188,17 +193,23 @@ class Worker:
 
     # -- one job --------------------------------------------------------------------------
 
-    async def _run_one(self, entry: QueuedJob) -> None:
+    async def _run_one(self, entry: QueuedJob) -> bool:
+        """Run the entry's job; True when the entry was handed on (to the prefetcher, or parked behind its
+        reference) and whoever took it closes it."""
         job = await self.store.get(entry.job_id)
         if job is None or job.status.finished or job.swept_at is not None:
-            return
+            return False
+        reason = job.cut_off_too_often(self.max_attempts) if entry.redelivered else None
+        if reason is not None:  # its worker died mid-run as often as allowed: as a restart would, fail it
+            await self.finisher.fail(job, reason)
+            return False
         try:
             image = await self._input(job, entry)
         except JobFailure as failure:
             await self.finisher.fail(job, str(failure))
-            return
-        if image is None:  # handed on: to the prefetcher, or parked behind its reference
-            return
+            return False
+        if image is None:
+            return True
         job = job.evolve(status=JobStatus.PROCESSING, started_at=now(), attempts=job.attempts + 1, worker=self.name)
         await self.store.mark_started(job.id, started_at=job.started_at or 0.0, attempts=job.attempts,
                                       worker=self.name)
@@ -217,6 +228,7 @@ class Worker:
             await self.finisher.fail(job, f"internal error: {type(exc).__name__}: {exc}")
         else:
             await self.finisher.complete(job, output, worker=self.name)
+        return False
 
     async def _input(self, job: JobRecord, entry: QueuedJob) -> Optional[bytes]:
         """The bytes to edit, or None when the job is not runnable yet (download pending, reference running)."""
@@ -238,7 +250,7 @@ class Worker:
         if data is not None:
             return data
         if source in chaining.URL_SOURCES and job.request.image_url:
-            self.prefetcher.schedule(job.id, job.request.image_url, entry.priority)
+            self.prefetcher.schedule(job.id, job.request.image_url, entry.priority, entry)
             return None
         raise JobFailure("the uploaded image is missing from the data directory")
 
@@ -250,6 +262,7 @@ class Worker:
                 reference = await self.store.get(reference_id)
                 if reference is None or reference.status.finished:
                     await self.queue.put(entry.job_id, entry.priority)
+                    await self.queue.done(entry)
                     return
 
         task = asyncio.get_running_loop().create_task(later())

@@ -147,7 +147,7 @@ async def test_signed_edit_carries_the_callers_stake_as_priority(door, tmp_path:
     assert (await runtime.store.get(jobs["high"])).priority == 9000.0  # type: ignore[union-attr]
     assert (await runtime.store.get(jobs["low"])).priority == 10.0  # type: ignore[union-attr]
     # the richer validator's job overtakes the earlier, poorer one in the queue
-    assert runtime.queue.position(jobs["high"]) == 1 and runtime.queue.position(jobs["low"]) == 2
+    assert await runtime.queue.position(jobs["high"]) == 1 and await runtime.queue.position(jobs["low"]) == 2
     gate.set()
 
 

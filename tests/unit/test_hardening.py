@@ -258,7 +258,7 @@ async def test_a_chained_job_is_capped_at_its_references_priority_and_never_over
         chained = (await runtime.service.submit(_request(42, reference_job_id=reference), priority=500.0)).job_id
         other = (await runtime.service.submit(_request(43), priority=5.0)).job_id
         assert (await runtime.store.get(chained)).priority == 1.0  # type: ignore[union-attr]
-        assert [runtime.queue.position(j) for j in (other, reference, chained)] == [1, 2, 3]
+        assert [await runtime.queue.position(j) for j in (other, reference, chained)] == [1, 2, 3]
         gate.set()
         await _until(lambda: _is(runtime, chained, JobStatus.COMPLETED))
         done = {j: (await runtime.store.get(j)) for j in (reference, chained)}

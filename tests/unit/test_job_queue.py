@@ -19,10 +19,10 @@ async def test_put_is_idempotent_and_positions_count() -> None:
     assert await queue.put("a")
     assert await queue.put("b")
     assert not await queue.put("a")
-    assert len(queue) == 2 and queue.position("a") == 1 and queue.position("b") == 2
+    assert len(queue) == 2 and await queue.position("a") == 1 and await queue.position("b") == 2
     await queue.put("vip", 10)
-    assert queue.position("vip") == 1 and queue.position("b") == 3
-    assert queue.position("zzz") is None
+    assert await queue.position("vip") == 1 and await queue.position("b") == 3
+    assert await queue.position("zzz") is None
 
 
 async def test_get_waits_for_put() -> None:
@@ -39,4 +39,4 @@ async def test_ahead_of_counts_higher_and_equal_priorities() -> None:
     queue = JobQueue()
     for job_id, priority in (("a", 0), ("b", 5), ("c", 10)):
         await queue.put(job_id, priority)
-    assert (queue.ahead_of(5), queue.ahead_of(11), queue.ahead_of(0)) == (2, 0, 3)
+    assert (await queue.ahead_of(5), await queue.ahead_of(11), await queue.ahead_of(0)) == (2, 0, 3)

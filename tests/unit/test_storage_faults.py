@@ -65,7 +65,7 @@ async def test_disk_full_on_submit_is_503_and_leaves_nothing(tmp_path: Path) -> 
         assert refused.status == 503 and refused.headers["Retry-After"] and "full" in refused.message
         stored = sum((await runtime.store.count_by_status()).values())
         running = runtime.workers.running() if runtime.workers else 0
-        assert stored == runtime.service.waiting() + running  # every job stored is queued or running, no other
+        assert stored == await runtime.service.waiting() + running  # every job stored is queued or running, no other
         inputs = {path.name for path in runtime.files.inputs_dir.iterdir()}
         assert len(inputs) == stored  # the refused job's upload was removed again; the others kept theirs
         runtime.store.db.execute("PRAGMA max_page_count = 1073741823")
