@@ -25,6 +25,7 @@ setup(
     entry_points={
         "console_scripts": [
             "kontext-sidecar=kontext.main:main",
+            "kontext-worker=kontext.worker_main:main",
             "kontext-client=client.cli:main",
             "kontext-miner=client.cli:main",  # the client's old name, kept as an alias for one release
             "kontext-neuron=neurons.miner:main",

@@ -36,13 +36,16 @@ class CallbackNotifier:
 
     def __init__(self, store: JobStore, files: ImageStore, sender: Deliverer, *,
                  image_url: Callable[[str], str], metrics: Optional[Metrics] = None,
-                 not_before_seconds: float = 0.0) -> None:
+                 not_before_seconds: float = 0.0, interrupted_after: Optional[float] = None) -> None:
+        """``interrupted_after``: with a store shared by many processes, a callback ``sending`` for longer
+        than this is taken as cut off (another process may be sending the younger ones); None: every one."""
         self.store = store
         self.metrics = metrics or Metrics()
         self.files = files
         self.sender = sender
         self.image_url = image_url
         self.not_before_seconds = not_before_seconds
+        self.interrupted_after = interrupted_after
         self._tasks: dict[str, asyncio.Task[Optional[CallbackRecord]]] = {}
         self._posting: set[str] = set()
         """Jobs whose callback is claimed (``sending``): a shutdown lets these finish."""
@@ -57,7 +60,9 @@ class CallbackNotifier:
 
     async def resend_pending(self) -> int:
         """At start: a callback a stopped process left mid-POST is failed, never sent twice; pending ones are sent."""
-        interrupted = await self.store.fail_interrupted_callbacks(INTERRUPTED, time.time())
+        now = time.time()
+        claimed_before = None if self.interrupted_after is None else now - self.interrupted_after
+        interrupted = await self.store.fail_interrupted_callbacks(INTERRUPTED, now, claimed_before)
         if interrupted:
             log.warning("%d callback(s) were being sent when the miner stopped; recorded as failed, not resent: %s",
                         len(interrupted), ", ".join(interrupted[:10]))

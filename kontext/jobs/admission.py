@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from typing import Optional
+from typing import Callable, Optional
 
 from kontext.errors import DeadlineUnreachable
 from kontext.jobs.record import JobRecord
@@ -20,8 +20,11 @@ class AdmissionControl:
     silent until the first edit time is known (a cold miner admits everything).
     """
 
-    def __init__(self, deadline_seconds: Optional[float], window: int) -> None:
+    def __init__(self, deadline_seconds: Optional[float], window: int,
+                 median_source: Optional[Callable[[], Optional[float]]] = None) -> None:
+        """``median_source``: where the edit times are measured elsewhere (workers on other hosts)."""
         self.deadline_seconds = deadline_seconds
+        self.median_source = median_source
         self._times: deque[float] = deque(maxlen=window)
 
     def record(self, job: JobRecord) -> None:
@@ -30,6 +33,8 @@ class AdmissionControl:
             self._times.append(job.finished_at - job.started_at)
 
     def median_seconds(self) -> Optional[float]:
+        if self.median_source is not None:
+            return self.median_source()
         return statistics.median(self._times) if self._times else None
 
     def check(self, jobs_ahead: int, *, workers: int = 1) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from kontext.errors import JobConflict
 from kontext.jobs.record import JobOutcome, JobRecord
+from kontext.redis_client import guarded
 from kontext.jobs.store import COLUMNS, from_row, to_row, typed_column
 from protocol import CallbackRecord, CallbackStatus, ImageSource, JobStatus
 
@@ -46,12 +47,14 @@ class RedisJobStore:
         self.redis = redis
         self._claim = redis.register_script(_CLAIM)
 
+    @guarded
     async def open(self) -> None:
         await self.redis.ping()
 
     async def close(self) -> None:
         """The client belongs to the runtime, which closes it."""
 
+    @guarded
     async def insert(self, job: JobRecord) -> None:
         key = _key(job.id)
         row = to_row(job)
@@ -69,17 +72,21 @@ class RedisJobStore:
             pipe.sadd(f"{PREFIX}status:{job.status.value}", job.id)
             await pipe.execute()
 
+    @guarded
     async def get(self, job_id: str) -> Optional[JobRecord]:
         raw = await self.redis.hgetall(_key(job_id))
         return _decode(raw) if raw else None
 
+    @guarded
     async def mark_started(self, job_id: str, *, started_at: float, attempts: int, worker: str) -> None:
         await self._update(job_id, {"status": JobStatus.PROCESSING.value, "started_at": started_at,
                                     "attempts": attempts, "worker": worker}, moves_to=JobStatus.PROCESSING)
 
+    @guarded
     async def set_image_source(self, job_id: str, source: ImageSource) -> None:
         await self._update(job_id, {"image_source": source.value})
 
+    @guarded
     async def mark_finished(self, job_id: str, outcome: JobOutcome) -> None:
         values = {"status": outcome.status.value, "finished_at": outcome.finished_at, "error": outcome.error,
                   "result_sha256": outcome.result_sha256, "result_pixels_sha256": outcome.result_pixels_sha256,
@@ -95,6 +102,7 @@ class RedisJobStore:
 
         await self._update(job_id, values, moves_to=outcome.status, also=indexes)
 
+    @guarded
     async def claim_callback(self, job_id: str) -> bool:
         """pending -> sending, atomically across every process: only one of them POSTs."""
         import time
@@ -104,6 +112,7 @@ class RedisJobStore:
                                           job_id])
         return bool(claimed)
 
+    @guarded
     async def set_callback(self, job_id: str, record: CallbackRecord) -> None:
         values = {"callback_status": record.status.value, "callback_status_code": record.status_code,
                   "callback_attempted_at": record.attempted_at.timestamp() if record.attempted_at else None,
@@ -116,6 +125,7 @@ class RedisJobStore:
 
         await self._update(job_id, values, also=indexes)
 
+    @guarded
     async def fail_interrupted_callbacks(self, error: str, attempted_at: float,
                                          claimed_before: Optional[float] = None) -> list[str]:
         """Callbacks claimed before ``claimed_before`` and never recorded: their sender stopped mid-POST."""
@@ -128,15 +138,18 @@ class RedisJobStore:
                 payload_status=JobStatus(status.decode()) if status else None))
         return ids
 
+    @guarded
     async def unfinished(self) -> list[JobRecord]:
         ids = await self.redis.zrange(f"{PREFIX}unfinished", 0, -1)
         return [job for job in [await self.get(raw.decode()) for raw in ids] if job is not None]
 
+    @guarded
     async def pending_callbacks(self) -> list[JobRecord]:
         ids = await self.redis.smembers(f"{PREFIX}callbacks:pending")
         jobs = [await self.get(raw.decode()) for raw in ids]
         return sorted((job for job in jobs if job is not None), key=lambda job: job.queued_at)
 
+    @guarded
     async def expire_finished_before(self, cutoff: float, swept_at: float) -> list[str]:
         ids = [raw.decode() for raw in await self.redis.zrangebyscore(f"{PREFIX}finished", 0, cutoff)]
         for job_id in ids:
@@ -151,6 +164,7 @@ class RedisJobStore:
                 await pipe.execute()
         return ids
 
+    @guarded
     async def forget_swept_before(self, cutoff: float) -> int:
         ids = [raw.decode() for raw in await self.redis.zrangebyscore(f"{PREFIX}swept", 0, cutoff)]
         if ids:
@@ -160,6 +174,7 @@ class RedisJobStore:
                 await pipe.execute()
         return len(ids)
 
+    @guarded
     async def count_by_status(self) -> dict[str, int]:
         counts = {status.value: await self.redis.scard(f"{PREFIX}status:{status.value}") for status in JobStatus}
         return {status: count for status, count in counts.items() if count}

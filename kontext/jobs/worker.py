@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import statistics
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, Protocol
 
 from kontext.engine.engine import EngineState
+from kontext.errors import StorageUnavailable
 from kontext.engine.recipes import EditParams
 from kontext.jobs import chaining
 from kontext.jobs.finish import JobFinisher, short
@@ -28,8 +31,12 @@ from protocol import ImageSource, JobStatus
 
 log = logging.getLogger(__name__)
 
+RECENT_EDITS = 20
+"""Edit times a worker keeps, for the admission estimate of doors on other hosts."""
 RETRY_SECONDS = 5.0
 """Delay before a job the store could not update is tried again."""
+QUEUE_RETRY_MAX = 10.0
+"""Longest wait between attempts to reach a queue that is away."""
 THREAD_EXIT_SECONDS = 30.0
 """After an interrupt, how long the engine thread may take to reach its next step and stop."""
 
@@ -69,6 +76,9 @@ class Worker:
         self.max_attempts = max_attempts
         self.metrics = metrics or Metrics()
         self.current_job: Optional[str] = None
+        self.queue_error: Optional[str] = None
+        """Why the queue cannot be reached now (a Redis outage), or None."""
+        self.recent_seconds: deque[float] = deque(maxlen=RECENT_EDITS)
         self._progress: Optional[tuple[str, int, int]] = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
         self._task: Optional[asyncio.Task[None]] = None
@@ -99,7 +109,9 @@ class Worker:
         """What /health says of this worker: device, state, current job, self-check."""
         engine = self.engine.describe()
         return {"name": self.name, "device": engine.get("device"), "state": self.engine.state.value,
-                "current_job": self.current_job, "self_check": engine.get("self_check"), "error": self.engine.error}
+                "current_job": self.current_job, "self_check": engine.get("self_check"), "error": self.engine.error,
+                "queue_error": self.queue_error,
+                "median_edit_seconds": statistics.median(self.recent_seconds) if self.recent_seconds else None}
 
     async def load_engine(self) -> None:
         """Load the model on the engine thread; a failure takes this worker out of rotation, not the process."""
@@ -137,8 +149,20 @@ class Worker:
     async def _run(self, eager: bool) -> None:
         if eager:
             await self.load_engine()
+        backoff = 1.0
         while self.alive:
-            await self._take_one()
+            try:
+                await self._take_one()
+                backoff = 1.0
+                if self.queue_error is not None:
+                    log.info("worker %s: the queue is reachable again", self.name)
+                    self.queue_error = None
+            except StorageUnavailable as exc:  # the shared queue (Redis) is away: keep trying, say so
+                if self.queue_error is None:
+                    log.error("worker %s: %s; retrying every %.0fs at most", self.name, exc.message, QUEUE_RETRY_MAX)
+                self.queue_error = exc.message
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, QUEUE_RETRY_MAX)
         if self.engine.state is EngineState.FAILED and not self._stopping and self.pool is not None \
                 and self.pool.serving() == 0:
             await self._fail_everything()
@@ -227,7 +251,9 @@ class Worker:
             log.exception("job %s failed", job.id)
             await self.finisher.fail(job, f"internal error: {type(exc).__name__}: {exc}")
         else:
-            await self.finisher.complete(job, output, worker=self.name)
+            finished = await self.finisher.complete(job, output, worker=self.name)
+            if finished.run_seconds is not None:
+                self.recent_seconds.append(finished.run_seconds)
         return False
 
     async def _input(self, job: JobRecord, entry: QueuedJob) -> Optional[bytes]:

@@ -1,0 +1,111 @@
+"""Workers on other hosts, seen from a door: each worker process publishes its workers every few seconds,
+and the doors read them for /health, /capacity and the admission estimate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import statistics
+import time
+from typing import Any, Optional
+
+from kontext.engine.engine import EngineState
+from kontext.jobs.worker import WorkerPool
+
+log = logging.getLogger(__name__)
+
+KEY = "kontext:workers"
+INTERVAL_SECONDS = 2.0
+STALE_AFTER_SECONDS = 3 * INTERVAL_SECONDS
+"""A worker not heard from for this long is gone (stopped, or cut off from Redis)."""
+
+
+class Heartbeat:
+    """A worker process's side: one hash field per worker, refreshed every INTERVAL_SECONDS."""
+
+    def __init__(self, redis: Any, process: str, pool: WorkerPool) -> None:
+        self.redis = redis
+        self.process = process
+        self.pool = pool
+        self.last_error: Optional[str] = None
+        self.failing_since: Optional[float] = None
+
+    def fields(self) -> dict[str, str]:
+        now = time.time()
+        return {f"{self.process}/{worker.name}": json.dumps({**worker.describe(), "process": self.process, "at": now})
+                for worker in self.pool.workers}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.redis.hset(KEY, mapping=self.fields())
+                if self.last_error is not None:
+                    log.info("Redis reachable again after %.0fs", time.time() - (self.failing_since or time.time()))
+                self.last_error, self.failing_since = None, None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep trying: the queue and /health say why meanwhile
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.failing_since = self.failing_since or time.time()
+            await asyncio.sleep(INTERVAL_SECONDS)
+
+    async def withdraw(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.redis.hdel(KEY, *self.fields())
+
+
+class RemoteWorkers:
+    """A door's side: implements the service's ``WorkersView`` from the freshest heartbeats."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+        self._workers: list[dict[str, Any]] = []
+
+    async def refresh(self) -> None:
+        raw = await self.redis.hgetall(KEY)
+        now = time.time()
+        workers = [json.loads(value) for value in raw.values()]
+        self._workers = sorted((w for w in workers if now - w.get("at", 0) <= STALE_AFTER_SECONDS),
+                               key=lambda w: (w["process"], w["name"]))
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # Redis away: the last view ages out, capacity goes false
+                await self.refresh()
+            if self._workers and time.time() - max(w["at"] for w in self._workers) > STALE_AFTER_SECONDS:
+                self._workers = []
+            await asyncio.sleep(INTERVAL_SECONDS / 2)
+
+    @property
+    def state(self) -> EngineState:
+        states = {worker["state"] for worker in self._workers}
+        for state in (EngineState.READY, EngineState.LOADING, EngineState.UNLOADED):
+            if state.value in states:
+                return state
+        return EngineState.FAILED if states else EngineState.LOADING
+
+    @property
+    def error(self) -> Optional[str]:
+        if not self._workers:
+            return None
+        errors = [f"{w['process']}/{w['name']}: {w['error']}" for w in self._workers if w.get("error")]
+        return "; ".join(errors) or None
+
+    def running(self) -> int:
+        return sum(1 for worker in self._workers if worker.get("current_job"))
+
+    def serving(self) -> int:
+        return sum(1 for worker in self._workers if worker["state"] == EngineState.READY.value)
+
+    def progress(self, job_id: str) -> Optional[tuple[int, int]]:
+        return None  # a remote worker's steps are not published; status still says processing
+
+    def median_edit_seconds(self) -> Optional[float]:
+        medians = [w["median_edit_seconds"] for w in self._workers if w.get("median_edit_seconds")]
+        return statistics.median(medians) if medians else None
+
+    def describe(self) -> dict[str, Any]:
+        return {"state": self.state.value, "error": self.error, "workers": self._workers,
+                "note": "workers in kontext-worker processes (JOB_BACKEND=redis), from their heartbeats"}
