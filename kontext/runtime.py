@@ -188,8 +188,9 @@ class Runtime:
             return
         finisher = finisher or self._build_delivery()
         assert self.prefetcher is not None
+        prefix = f"{self.process}/" if self.role == "worker" else ""  # names unique across hosts
         self.workers = WorkerPool([
-            Worker(f"w{index}", engine, self.store, self.queue, self.files, finisher, self.prefetcher,
+            Worker(f"{prefix}w{index}", engine, self.store, self.queue, self.files, finisher, self.prefetcher,
                    max_pixels=settings.max_image_pixels, max_attempts=settings.max_attempts, metrics=self.metrics)
             for index, engine in enumerate(self.engines)])
 

@@ -24,3 +24,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not is_complete(target):
         build_tiny_kontext(target)
     return target
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real redis-server of its own (AOF on), on a free loopback port; stopped after the test."""
+    from tests.e2e.servers import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -34,8 +34,8 @@ class Heartbeat:
 
     def fields(self) -> dict[str, str]:
         now = time.time()
-        return {f"{self.process}/{worker.name}": json.dumps({**worker.describe(), "process": self.process, "at": now})
-                for worker in self.pool.workers}
+        return {worker.name: json.dumps({**worker.describe(), "process": self.process, "at": now})
+                for worker in self.pool.workers}  # worker names carry their process: unique across hosts
 
     async def run(self) -> None:
         while True:
@@ -90,7 +90,7 @@ class RemoteWorkers:
     def error(self) -> Optional[str]:
         if not self._workers:
             return None
-        errors = [f"{w['process']}/{w['name']}: {w['error']}" for w in self._workers if w.get("error")]
+        errors = [f"{w['name']}: {w['error']}" for w in self._workers if w.get("error")]
         return "; ".join(errors) or None
 
     def running(self) -> int:

@@ -209,7 +209,7 @@ async def _multipart_from_bytes(request: web.Request, body: bytes):
 
     if not request.content_type.startswith("multipart/"):
         return None
-    stream = StreamReader(request.protocol, limit=2**16, loop=asyncio.get_running_loop())
+    stream = StreamReader(request.protocol, limit=max(2**16, len(body)), loop=asyncio.get_running_loop())
     stream.feed_data(body)
     stream.feed_eof()
     return MultipartReader(request.headers, stream)
@@ -254,3 +254,81 @@ class ThreadedApp:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port in its own directory, AOF on (fsync every write)."""
+
+    def __init__(self, folder: Path, port: Optional[int] = None) -> None:
+        self.folder = folder
+        self.port = port or free_port()
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        import shutil
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: scripts/test.sh installs it (apt-get install "
+                               "redis-server)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = open(self.folder / "redis.log", "ab")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"redis-server did not answer on {self.port}")
+
+    def stop(self) -> None:
+        """SIGTERM: Redis flushes its AOF and exits."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(20)
+
+
+class WorkerProcess(SidecarProcess):
+    """`python -m kontext.worker_main`: engines taking jobs from Redis, with /health on ``port``."""
+
+    def __init__(self, model_dir: Path, data_dir: Path, *, redis_url: str, name: str,
+                 extra_env: Optional[dict[str, str]] = None, recipe: Optional[str] = "kontext-v1") -> None:
+        super().__init__(model_dir, data_dir, extra_env={
+            "JOB_BACKEND": "redis", "REDIS_URL": redis_url, "WORKER_NAME": name, "KONTEXT_DEVICES": "cpu",
+            "WORKER_HEALTH_HOST": "127.0.0.1", **(extra_env or {})}, recipe=recipe)
+        self.name = name
+        self.extra_env["WORKER_HEALTH_PORT"] = str(self.port)
+        self.log_path = data_dir.parent / f"worker-{name}-{self.port}.log"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "kontext.worker_main", "--env-file", os.devnull]
+
+    def health(self) -> dict:
+        return requests.get(f"{self.url}/health", timeout=5).json()
+
+    def wait_ready(self, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                health = self.health()
+                if health["workers"] and all(w["state"] == "ready" for w in health["workers"]) \
+                        and health["redis"]["reachable"]:
+                    return health
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.log_tail()}")
