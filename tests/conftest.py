@@ -29,7 +29,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def redis_server(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A real redis-server of its own (AOF on), on a free loopback port; stopped after the test."""
-    from tests.e2e.servers import RedisServer
+    from tools.redis_server import RedisServer
 
     server = RedisServer(tmp_path / "redis").start()
     try:

@@ -7,6 +7,7 @@ import io
 import ipaddress
 import socket
 import threading
+import time
 from typing import Callable, Optional
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -59,7 +60,10 @@ class FakeEngine:
             if on_step:
                 on_step(step, total)
             if step == 1 and self.gate is not None:
-                self.gate.wait(timeout=30)
+                deadline = time.monotonic() + 30
+                while not self.gate.wait(0.05) and time.monotonic() < deadline:
+                    if on_step:  # a real engine keeps reporting steps: an interrupt can stop it meanwhile
+                        on_step(step, total)
         digest = hashlib.sha256(image_bytes + repr(params).encode()).digest()
         image = Image.new("RGB", (16, 16), tuple(digest[:3]))
         buffer = io.BytesIO()

@@ -129,7 +129,7 @@ class RedisJobStore:
     async def fail_interrupted_callbacks(self, error: str, attempted_at: float,
                                          claimed_before: Optional[float] = None) -> list[str]:
         """Callbacks claimed before ``claimed_before`` and never recorded: their sender stopped mid-POST."""
-        cutoff = attempted_at if claimed_before is None else claimed_before
+        cutoff: Any = "+inf" if claimed_before is None else claimed_before
         ids = [raw.decode() for raw in await self.redis.zrangebyscore(f"{PREFIX}callbacks:sending", 0, cutoff)]
         for job_id in ids:
             status = await self.redis.hget(_key(job_id), "status")

@@ -178,7 +178,7 @@ def test_sigterm_drains_with_503s_and_exits_0(tiny_model_dir: Path, tmp_path: Pa
     process = NeuronProcess(tiny_model_dir, tmp_path / "home" / "data", wallet_path=wallets,
                             validators=f"{VALIDATOR.ss58_address}:5000").start()
     try:
-        long_edit = {**EDIT, "width": 1024, "height": 1024, "num_inference_steps": 12, "seed": 91}
+        long_edit = {**EDIT, "width": 1024, "height": 1024, "num_inference_steps": 6, "seed": 91}
         job_id = MinerClient(process.url).edit(**long_edit)["job_id"]
         deadline = time.monotonic() + 60
         while MinerClient(process.url).status(job_id)["status"] == "queued" and time.monotonic() < deadline:

@@ -106,7 +106,7 @@ sys.path.insert(0, {root!r})
 from kontext.engine.engine import EngineConfig, KontextEngine
 from kontext.engine.recipes import EditParams
 from tests.fakes import png_bytes
-engine = KontextEngine(EngineConfig(model_path={model!r}, device="cpu", local_files_only=True))
+engine = KontextEngine(EngineConfig(model_path={model!r}, recipe="kontext-v1", device="cpu", local_files_only=True))
 engine.load()
 out = engine.edit(png_bytes((48, 40), (30, 160, 90)), EditParams("add a red hat", 7, 2.5, 2, 64, 64),
                   max_pixels=1 << 24)

@@ -5,6 +5,7 @@ import asyncio
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,8 +20,27 @@ def _request(**extra: object) -> EditRequest:
     return EditRequest.model_validate({"prompt": "hat", "seed": 7, "image_b64": "QUJD", **extra})
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path):
+    """Every contract test runs on both backends: SQLite (one host) and a real Redis (many hosts)."""
+    if request.param == "sqlite":
+        backend: Any = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    else:
+        from kontext.jobs.redis_store import RedisJobStore
+        from kontext.redis_client import connect
+
+        server = request.getfixturevalue("redis_server")
+        client = connect(server.url)
+        backend = RedisJobStore(client)
+    await backend.open()
+    yield backend
+    await backend.close()
+    if request.param == "redis":
+        await client.aclose()
+
+
 @pytest.fixture
-async def store(tmp_path: Path):
+async def sqlite_store(tmp_path: Path):
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
     await store.open()
     yield store
@@ -104,7 +124,8 @@ async def test_a_failed_insert_never_discards_other_writes(store: SqliteJobStore
     assert [(await store.get(f"job-{i}")).attempts for i in range(20)] == [1] * 20  # type: ignore[union-attr]
 
 
-async def test_a_write_that_fails_midway_leaves_nothing_behind(store: SqliteJobStore) -> None:
+async def test_a_write_that_fails_midway_leaves_nothing_behind(sqlite_store: SqliteJobStore) -> None:
+    store = sqlite_store
     """The disk-full path: whatever the transaction wrote before the error is rolled back, and the store
     keeps working."""
     await store.insert(JobRecord(id="a", request=_request()))

@@ -1,0 +1,78 @@
+"""The Redis run queue on a real redis-server: stake bands, one entry per job, positions, leases renewed
+while held and taken over when they lapse."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from kontext.errors import StorageUnavailable
+from kontext.jobs.redis_queue import BAND_FLOORS, RedisJobQueue, band
+from kontext.redis_client import connect
+
+
+@pytest.fixture
+async def client(redis_server) -> Any:  # type: ignore[no-untyped-def]
+    redis = connect(redis_server.url)
+    yield redis
+    await redis.aclose()
+
+
+async def _queue(client: Any, consumer: str, lease: float = 30.0) -> RedisJobQueue:
+    queue = RedisJobQueue(client, consumer=consumer, lease_seconds=lease)
+    await queue.open()
+    return queue
+
+
+def test_bands() -> None:
+    assert [band(p) for p in (-5, 0, 0.5, 1, 50, 5000, 10**9)] == [0, 0, 0, 1, 2, 4, len(BAND_FLOORS) - 1]
+
+
+async def test_higher_stake_first_fifo_within_a_band_and_one_entry_per_job(client: Any) -> None:
+    queue = await _queue(client, "a")
+    for job_id, priority in (("low-1", 0), ("rich", 5000), ("low-2", 0.5), ("mid", 20)):
+        assert await queue.put(job_id, priority)
+    assert not await queue.put("low-1", 0)  # queued already
+    assert await queue.size() == 4
+    assert [await queue.position(j) for j in ("rich", "mid", "low-1", "low-2")] == [1, 2, 3, 4]
+    assert await queue.ahead_of(20) == 2 and await queue.ahead_of(0) == 4 and await queue.ahead_of(10**6) == 0
+    taken = [await queue.get() for _ in range(4)]
+    assert [entry.job_id for entry in taken] == ["rich", "mid", "low-1", "low-2"]
+    assert await queue.size() == 0 and await queue.position("mid") is None
+    for entry in taken:
+        await queue.done(entry)
+    assert await queue.put("low-1", 0)  # taken and done: it may be queued again (a retry)
+
+
+async def test_a_lapsed_lease_is_taken_over_and_a_renewed_one_is_not(client: Any) -> None:
+    dying = await _queue(client, "dying", lease=0.6)
+    living = await _queue(client, "living", lease=0.6)
+    other = await _queue(client, "other", lease=0.6)
+    await dying.put("orphan", 0)
+    await living.put("kept", 0)
+    orphan = await dying.get()  # taken, then never renewed: its worker "died"
+    kept = await living.get()
+    living.start_renewing()
+    try:
+        await asyncio.sleep(1.2)
+        taken = await asyncio.wait_for(other.get(), 5)
+        assert taken.job_id == "orphan" and taken.redelivered and orphan.job_id == "orphan"
+        await other.put("fresh", 0)
+        nxt = await asyncio.wait_for(other.get(), 5)
+        assert nxt.job_id == "fresh" and not nxt.redelivered  # "kept" was renewed: nobody took it over
+        await living.done(kept)
+    finally:
+        await living.close()
+
+
+async def test_an_unreachable_redis_is_a_503_not_a_crash() -> None:
+    from tools.redis_server import free_port
+
+    client = connect(f"redis://127.0.0.1:{free_port()}/0")
+    queue = RedisJobQueue(client, consumer="c", lease_seconds=1)
+    with pytest.raises(StorageUnavailable) as info:
+        await queue.put("x", 0)
+    assert info.value.status == 503 and "unreachable" in info.value.message
+    await client.aclose()
