@@ -47,12 +47,26 @@ def _settings(model: str, data: Path, recipe: str, **extra: Any) -> Any:
                     retention_sweep_seconds=3600, **extra)
 
 
-async def _wait(service: Any, ids: list[str]) -> list[Any]:
-    while True:
+async def _wait(service: Any, ids: list[str], timeout: float = 600) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         statuses = [await service.status(job_id) for job_id in ids]
         if all(status.status.finished for status in statuses):
             return statuses
         await asyncio.sleep(0.02)
+    raise SystemExit(f"jobs did not finish in {timeout:g}s")
+
+
+async def _until_serving(pool_of: Any, count: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pool = pool_of()
+        if pool is not None and pool.serving() >= count:
+            return
+        if pool is not None and pool.error:
+            raise SystemExit(f"an engine failed to load: {pool.error}")
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"{count} worker(s) not ready in {timeout:g}s")
 
 
 async def throughput(model: str, workers: int, jobs: int, recipe: str, steps: int) -> float:
@@ -64,9 +78,7 @@ async def throughput(model: str, workers: int, jobs: int, recipe: str, steps: in
                                 kontext_devices=",".join(["cpu"] * workers)))
     await runtime.start()
     try:
-        while runtime.workers is not None and runtime.workers.serving() < workers or \
-                runtime.service.engine_state() != "ready":
-            await asyncio.sleep(0.1)
+        await _until_serving(lambda: runtime.workers, workers)
         image = _image()
         requests = [EditRequest(prompt="add a red hat", seed=i, image_b64=image, num_inference_steps=steps,
                                 width=256, height=256) for i in range(jobs)]
@@ -93,10 +105,7 @@ async def overhead(model: str, jobs: int, recipe: str, redis_url: str = "") -> l
     if worker is not None:
         await worker.start()
     try:
-        pool = (worker or door).workers
-        while pool is None or pool.serving() < 1:
-            await asyncio.sleep(0.1)
-            pool = (worker or door).workers
+        await _until_serving(lambda: (worker or door).workers, 1)
         image = _image()
         delays = []
         for index in range(jobs):
@@ -124,7 +133,10 @@ def main() -> None:
     parser.add_argument("--recipe", default="kontext-v1", help="kontext-v1 (default: 256x256 outputs) or reference-v1")
     parser.add_argument("--overhead-jobs", type=int, default=30)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--quick", action="store_true", help="CI: 2 jobs of 1 step, 3 overhead jobs")
     args = parser.parse_args()
+    if args.quick:
+        args.jobs, args.steps, args.overhead_jobs = 2, 1, 3
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from kontext.engine import determinism
 

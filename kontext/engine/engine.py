@@ -28,10 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]
-_READ_LOCK = threading.Lock()
-"""Engines of one process read their weights one at a time: the libraries' lazy imports race otherwise
-(two threads saw ``cannot import name 'FluxKontextPipeline'``), and one copy at a time bounds host RAM.
-Placement, warm-up and edits run in parallel."""
+_LOAD_LOCK = threading.Lock()
+"""Engines of one process load one at a time (weights, placement, warm-up, self-check): diffusers' and
+transformers' lazy imports are not thread-safe (two threads saw ``cannot import name
+'FluxKontextPipeline'``), the warm-up's first call imports more of them, and one copy at a time bounds
+host RAM. Once loaded, engines edit in parallel."""
 PipelineLoader = Callable[[Any, str], Any]
 """(torch dtype, device) -> a FluxKontextPipeline, used instead of ``from_pretrained`` (the bench's synthetic model)."""
 
@@ -117,7 +118,8 @@ class KontextEngine:
         self.state = EngineState.LOADING
         started = time.perf_counter()
         try:
-            self._load()
+            with _LOAD_LOCK:
+                self._load()
         except Exception as exc:  # noqa: BLE001 - reported through state/error and /health
             self.error = f"{type(exc).__name__}: {exc}"[:1000]
             self.state = EngineState.FAILED
@@ -132,9 +134,8 @@ class KontextEngine:
                  self.profile, self.memory_mode, self.load_seconds)
 
     def _load(self) -> None:
-        with _READ_LOCK:  # diffusers' and transformers' lazy imports are not thread-safe
-            import torch
-            from diffusers import FluxKontextPipeline
+        import torch
+        from diffusers import FluxKontextPipeline
 
         options = self.config.options
         options.validate()
@@ -146,13 +147,12 @@ class KontextEngine:
         self.dtype = str(torch_dtype).removeprefix("torch.")
         self.profile = options.profile(self.dtype)
         # 2. weights, through the same from_pretrained path for the real and the tiny model (or an injected loader)
-        with _READ_LOCK:
-            if self.loader is not None:
-                pipe = self.loader(torch_dtype, self.device)
-            else:
-                pipe = FluxKontextPipeline.from_pretrained(
-                    self.config.model_path, torch_dtype=torch_dtype, local_files_only=self.config.local_files_only
-                )
+        if self.loader is not None:
+            pipe = self.loader(torch_dtype, self.device)
+        else:
+            pipe = FluxKontextPipeline.from_pretrained(
+                self.config.model_path, torch_dtype=torch_dtype, local_files_only=self.config.local_files_only
+            )
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
             getattr(pipe, name).eval()
         # 3. placement from the VRAM budget, then the number-changing options

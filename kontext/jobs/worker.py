@@ -164,7 +164,7 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, QUEUE_RETRY_MAX)
         if self.engine.state is EngineState.FAILED and not self._stopping and self.pool is not None \
-                and self.pool.serving() == 0:
+                and not any(worker.alive for worker in self.pool.workers):
             await self._fail_everything()
 
     async def _fail_everything(self) -> None:
@@ -349,8 +349,8 @@ class WorkerPool:
         return sum(worker.busy for worker in self.workers)
 
     def serving(self) -> int:
-        """Workers in rotation (their engine not failed)."""
-        return sum(worker.alive for worker in self.workers)
+        """Workers ready to take a job now (their engine loaded, not stopping)."""
+        return sum(worker.alive and worker.engine.state is EngineState.READY for worker in self.workers)
 
     def progress(self, job_id: str) -> Optional[tuple[int, int]]:
         for worker in self.workers:

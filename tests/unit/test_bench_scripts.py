@@ -92,3 +92,16 @@ def test_bench_service_refuses_a_wrong_hash_seed_in_one_plain_line() -> None:
                          env={**os.environ, "PYTHONHASHSEED": "1"})
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "cannot start: PYTHONHASHSEED='1'" in run.stderr
+
+
+def test_bench_scale_quick_prints_both_figures(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_scale.py"), "--quick", "--model",
+                          str(tiny_model_dir), "--json", str(out)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={**os.environ, "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert re.search(r"1 worker [\d.]+ jobs/s, 2 workers [\d.]+ jobs/s, ratio [\d.]+", run.stdout), run.stdout
+    assert re.search(r"SQLite p50 [\d.]+ ms / p95 [\d.]+ ms; Redis p50 [\d.]+ ms", run.stdout), run.stdout
+    figures = json.loads(out.read_text())
+    assert figures["ratio"] > 0 and figures["redis_submit_to_start_ms"]["p95"] >= figures["redis_submit_to_start_ms"]["p50"]
