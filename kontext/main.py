@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from typing import Optional, Sequence
 
 
@@ -22,15 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from kontext.engine import determinism
+    from kontext.process import prepare
 
     args = build_parser().parse_args(argv)
-    try:
-        determinism.reexec_if_needed(sys.argv)
-        determinism.ensure_environment()
-    except determinism.DeterminismError as exc:
-        raise SystemExit(f"cannot start: {exc}") from None
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    prepare(args.log_level)
 
     from kontext.http.app import create_app
     from kontext.http.serve import Listener, run, serve

@@ -115,16 +115,11 @@ async def serve(args: Any, *, chain: Any = None) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
-    from kontext.engine import determinism
+    from kontext.process import prepare
 
-    try:
-        determinism.reexec_if_needed(sys.argv)
-        determinism.ensure_environment()
-    except determinism.DeterminismError as exc:
-        raise SystemExit(f"cannot start: {exc}") from None
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    prepare("DEBUG" if args.debug else "INFO")
     from kontext.http.serve import run
+
 
     run(serve(args))
 

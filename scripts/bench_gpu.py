@@ -228,14 +228,10 @@ def choose_model(args: argparse.Namespace, device: str) -> tuple[str, Optional[L
 def main() -> None:
     args = parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from kontext.engine import determinism
+    from kontext.process import prepare
 
     # 1. a deterministic process before torch starts: PYTHONHASHSEED=0 (re-executing when unset), cuBLAS workspace
-    try:
-        determinism.reexec_if_needed(sys.argv)
-        determinism.ensure_environment()
-    except determinism.DeterminismError as exc:
-        raise SystemExit(f"cannot start: {exc}") from None
+    prepare("WARNING")
     import torch
 
     # 2. the device, and the model: a directory, the tiny one, or a synthetic one built by the engine's loader

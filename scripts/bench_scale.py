@@ -138,13 +138,9 @@ def main() -> None:
     if args.quick:
         args.jobs, args.steps, args.overhead_jobs = 2, 1, 3
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from kontext.engine import determinism
+    from kontext.process import prepare
 
-    try:  # 1. a deterministic process: PYTHONHASHSEED=0 (re-executing when unset), the cuBLAS workspace
-        determinism.reexec_if_needed(sys.argv)
-        determinism.ensure_environment()
-    except determinism.DeterminismError as exc:
-        raise SystemExit(f"cannot start: {exc}") from None
+    prepare("WARNING")  # 1. PYTHONHASHSEED=0 (re-executing when unset) and the cuBLAS workspace, or one line
     model = args.model
     if model is None:  # 2. the tiny model, built offline
         from tools.tiny_kontext import build_tiny_kontext

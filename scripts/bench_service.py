@@ -152,14 +152,10 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from kontext.engine import determinism
+    from kontext.process import prepare
     from kontext.engine.recipes import EditParams
 
-    try:  # a deterministic process: re-execute with PYTHONHASHSEED=0 when it is unset, one plain line otherwise
-        determinism.reexec_if_needed(sys.argv)
-        determinism.ensure_environment()
-    except determinism.DeterminismError as exc:
-        raise SystemExit(f"cannot start: {exc}") from None
+    prepare("WARNING")  # PYTHONHASHSEED=0 (re-executing when unset) and the cuBLAS workspace, or one line
     model = args.model
     if model is None:
         from tools.tiny_kontext import build_tiny_kontext
