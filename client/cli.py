@@ -20,7 +20,7 @@ DEFAULT_SIDECAR = "http://127.0.0.1:8091"
 
 
 class Transport:
-    """The sidecar's HTTP contract, or the axon's synapses signed with a wallet (btauth/1)."""
+    """The sidecar's HTTP contract, or the public door's synapses signed with a wallet (btauth/1)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args

@@ -1,4 +1,4 @@
-"""Client side of the axon's authentication: headers for btauth/1 and Epistula requests."""
+"""Client side of the signed doors: headers for btauth/1 and Epistula requests."""
 
 from __future__ import annotations
 

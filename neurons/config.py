@@ -26,7 +26,7 @@ def add_chain_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
-    """The axon's address and what is published for validators: shared by the miner and kontext-commit."""
+    """The public door's address and what is published for validators: shared by the miner and kontext-commit."""
     add = parser.add_argument
     add("--axon.ip", dest="axon_ip", default="0.0.0.0", help="bind address of the public door (default 0.0.0.0)")
     add("--axon.port", dest="axon_port", type=int, default=DEFAULT_AXON_PORT,

@@ -1,4 +1,4 @@
-"""Who may call the axon: registered hotkeys, validator permits and stakes, from chain or a file."""
+"""Who may call the public door: registered hotkeys, validator permits and stakes, from chain or a file."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Blacklist:
 class ValidatorRegistry:
     """A snapshot of the subnet's members, refreshed in the background.
 
-    A failed refresh keeps the last good snapshot (a chain outage must not take the axon down)
+    A failed refresh keeps the last good snapshot (a chain outage must not take the door down)
     and is reported by ``health()``.
     """
 

@@ -85,7 +85,7 @@ class WorkersView(Protocol):
 
 
 class EditService:
-    """Business rules of the edit contract, shared by the sidecar routes and the axon synapses."""
+    """Business rules of the edit contract, shared by every door: the public door, the sidecar and the synapses."""
 
     def __init__(
         self,
