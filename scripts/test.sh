@@ -20,8 +20,11 @@ export PYTHONHASHSEED=0 CUBLAS_WORKSPACE_CONFIG=:4096:8
 if [ "$#" -ne 0 ]; then
   exec python -m pytest -q "$@"
 fi
-echo "[test] mypy (kontext, protocol, neurons)"
+echo "[test] mypy (kontext, protocol, neurons, client, tools)"
 python -m mypy
-python -m pytest -q
+# Two pytest workers, a test file each at a time (pytest-xdist): most end-to-end tests wait on servers.
+# schemathesis generates its tests lazily, which xdist does not collect: that file runs on its own after.
+python -m pytest -q -n 2 --dist loadfile --ignore tests/unit/test_fuzz_http.py
+python -m pytest -q tests/unit/test_fuzz_http.py
 echo "[test] second leg: the oldest supported stack"
 exec bash scripts/test_older_stack.sh
