@@ -60,11 +60,10 @@ class InputPrefetcher:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _prefetch(self, job_id: str, url: str, priority: float, entry: Optional[QueuedJob]) -> None:
-        try:
-            await self._fetch_then_queue(job_id, url, priority)
-        finally:
-            if entry is not None:
-                await self.queue.done(entry)
+        # Cancelled (a shutdown) or the store away: the entry stays held, and its lease brings the job back.
+        await self._fetch_then_queue(job_id, url, priority)
+        if entry is not None:
+            await self.queue.done(entry)
 
     async def _fetch_then_queue(self, job_id: str, url: str, priority: float) -> None:
         error: Optional[str] = None
@@ -73,16 +72,18 @@ class InputPrefetcher:
                 data = await self.fetch(url)
             await asyncio.to_thread(check_image_bytes, data, field="image_url", max_bytes=self.max_bytes,
                                     max_pixels=self.max_pixels)
-            await self.files.write_input(job_id, data)
-        except (ImageFetchError, EditError) as exc:
+        except (ImageFetchError, EditError) as exc:  # the URL's fault: the job ends with the reason
             error = str(exc)
-        except OSError as exc:  # disk full, read-only
-            error = f"could not store the downloaded image: {exc.strerror or exc}"
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever else, the job must end with a reason
             log.exception("download for %s failed", job_id)
             error = f"image_url: download failed: {type(exc).__name__}"
+        if error is None:
+            try:
+                await self.files.write_input(job_id, data)
+            except OSError as exc:  # disk full, read-only
+                error = f"could not store the downloaded image: {exc.strerror or exc}"
         if error is None:
             await self.queue.put(job_id, priority)
             return
