@@ -43,7 +43,6 @@ from protocol import (
     CallbackStatus,
     EditAccepted,
     EditRequest,
-    ImageSource,
     JobStatus,
     Progress,
     RequestSummary,

@@ -6,7 +6,6 @@ worker that cannot reach Redis keeps trying and says so."""
 
 from __future__ import annotations
 
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -7,7 +7,6 @@ bodies of arbitrary JSON and bytes. The engine is the fast fake: the contract is
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Iterator
 
 import pytest

@@ -179,7 +179,7 @@ async def test_an_empty_answer_is_an_error_not_a_refusal() -> None:
 
 
 async def test_localhost_through_the_default_resolver() -> None:
-    with pytest.raises(BlockedAddressError, match=rf"^refused: localhost resolves to 127\.0\.0\.1, which is loopback"):
+    with pytest.raises(BlockedAddressError, match=r"^refused: localhost resolves to 127\.0\.0\.1, which is loopback"):
         await GuardedResolver(allow_private=False).resolve("localhost", 80)
     results = await GuardedResolver(allow_private=True).resolve("localhost", 80)
     assert [r["host"] for r in results] == ["127.0.0.1"]
