@@ -39,9 +39,6 @@ class InputPrefetcher:
         """Jobs whose input is being (or waiting to be) downloaded."""
         return len(self._tasks)
 
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._tasks
-
     def schedule(self, job_id: str, url: str, priority: float, entry: Optional[QueuedJob] = None) -> None:
         """Download, then queue the job. ``entry``: the queue entry a worker handed over; it is closed only
         once the job is queued again (or failed), so a shared queue's lease keeps it safe meanwhile."""

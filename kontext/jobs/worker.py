@@ -341,10 +341,6 @@ class WorkerPool:
         errors = [f"{w.name}: {w.engine.error}" for w in self.workers if w.engine.error]
         return "; ".join(errors) or None
 
-    @property
-    def busy(self) -> bool:
-        return any(worker.busy for worker in self.workers)
-
     def running(self) -> int:
         return sum(worker.busy for worker in self.workers)
 
