@@ -139,6 +139,7 @@ def test_a_restarted_redis_loses_nothing(cluster: Cluster) -> None:
     cluster.redis.stop()  # with AOF on, an accepted job is on disk
     time.sleep(1.0)
     cluster.redis = RedisServer(cluster.redis.folder, port=cluster.redis.port).start()
+    assert requests.get(f"{cluster.door.url}/edit/status/{ids[0]}", timeout=30).status_code == 200  # at once
     statuses = cluster.wait_all(ids)
     assert [status["status"] for status in statuses] == ["completed"] * 6
 
