@@ -236,7 +236,7 @@ async def test_hostile_json_is_400_not_500(door, tmp_path: Path, path: str, body
 
 async def test_callback_waits_for_not_before_while_the_result_is_visible(door, tmp_path: Path) -> None:
     deliverer = RecordingDeliverer()
-    client, _ = await door(make_settings(tmp_path, callback_not_before_seconds=1.0), deliverer=deliverer)
+    client, _ = await door(make_settings(tmp_path, callback_not_before_seconds=3.0), deliverer=deliverer)
     arrived = time.time()
     job_id = (await (await client.post("/edit", json={**EDIT, "callback_url": "http://r.test/cb"})).json())["job_id"]
     for _ in range(500):
@@ -247,12 +247,16 @@ async def test_callback_waits_for_not_before_while_the_result_is_visible(door, t
     assert status["status"] == "completed" and status["callback"]["status"] == "pending"
     assert (await client.get(f"/edit/result/{job_id}")).status == 200  # visible before the callback
     assert status["callback"]["not_before"] is not None and not deliverer.sent
-    for _ in range(300):
+    for _ in range(500):
         if deliverer.sent:
             break
         await asyncio.sleep(0.01)
-    assert deliverer.sent and time.time() - arrived >= 1.0
-    final = await (await client.get(f"/edit/status/{job_id}")).json()
+    assert deliverer.sent and time.time() - arrived >= 3.0
+    for _ in range(500):  # the outcome is recorded just after the POST returns
+        final = await (await client.get(f"/edit/status/{job_id}")).json()
+        if final["callback"]["status"] not in ("pending", "sending"):
+            break
+        await asyncio.sleep(0.01)
     assert final["callback"]["status"] == "delivered" and final["callback"]["not_before"] == status["callback"][
         "not_before"]
 
