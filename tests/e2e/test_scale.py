@@ -62,17 +62,18 @@ def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     door = _door(tiny_model_dir, home / "door", redis)
     workers = [_worker(tiny_model_dir, home, redis, name) for name in ("alpha", "beta")]
     receiver = CallbackReceiver().start()
+    cluster = Cluster(redis, door, workers, receiver, home, tiny_model_dir)
     try:
         door.start(wait_ready=False)
         for worker in workers:
             worker.start()
         door.wait_ready()
-        yield Cluster(redis, door, workers, receiver, home, tiny_model_dir)
-    finally:
-        for process in (door, *workers):
+        yield cluster
+    finally:  # the tests swap in replacements: stop what the cluster holds now, not what it began with
+        for process in (cluster.door, *cluster.workers):
             process.stop()
         receiver.stop()
-        redis.stop()
+        cluster.redis.stop()
 
 
 def test_twenty_jobs_complete_exactly_once_with_single_host_bytes(cluster: Cluster, tmp_path: Path) -> None:

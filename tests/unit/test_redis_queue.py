@@ -76,3 +76,35 @@ async def test_an_unreachable_redis_is_a_503_not_a_crash() -> None:
         await queue.put("x", 0)
     assert info.value.status == 503 and "unreachable" in info.value.message
     await client.aclose()
+
+
+async def test_a_cancelled_get_always_ends(client: Any) -> None:
+    """redis-py can swallow a cancellation that lands mid-read (redis/redis-py#2028); a worker cancelled
+    while waiting for work must still stop, or a shutdown hangs."""
+    queue = await _queue(client, "c")
+    for attempt in range(150):
+        task = asyncio.create_task(queue.get())
+        await asyncio.sleep((attempt % 15) * 0.0007)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=3)
+        assert done, f"attempt {attempt}: the cancelled get() kept running"
+        assert task.cancelled()
+
+
+async def test_a_cancelled_loop_of_commands_and_pipelines_always_ends(client: Any) -> None:
+    """The heartbeat's shape: a loop of commands and transactions that only a cancellation ends."""
+    async def forever() -> None:
+        while True:
+            await client.hset("k", mapping={"a": "1"})
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.hget("k", "a")
+                pipe.scard("s")
+                await pipe.execute()
+
+    for attempt in range(100):
+        task = asyncio.create_task(forever())
+        for _ in range(attempt % 9):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=3)
+        assert done, f"attempt {attempt}: the cancelled loop kept running"
