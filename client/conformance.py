@@ -72,6 +72,6 @@ def run(args: argparse.Namespace) -> int:
     environment["engine_profile"] = first.profile if first else "-"
     all_match = conformance.report(outcomes, environment, case_file.environment, sys.stdout)
     if args.record:
-        conformance.record(args.record, case_file, outcomes, environment, args.cases)
+        conformance.record(args.record, outcomes, environment)
         print(f"recorded {len(outcomes)} case(s) in {args.record}")
     return 0 if all_match else 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, TextIO
@@ -133,9 +134,9 @@ def report(outcomes: list[Outcome], environment: dict[str, str], recorded: dict[
     return matched == len(outcomes)
 
 
-def record(path: Path, case_file: CaseFile, outcomes: list[Outcome], environment: dict[str, str],
-           source: Path) -> None:
-    """Write the case file again with the hashes made here (a new golden file)."""
+def record(path: Path, outcomes: list[Outcome], environment: dict[str, str]) -> None:
+    """Write the case file again with the hashes made here (a new golden file); ``image_file`` paths are
+    written relative to ``path``, as ``read_cases`` reads them, wherever the new file goes."""
     lines = [json.dumps({"environment": environment}, sort_keys=True)]
     for outcome in outcomes:
         case = outcome.case
@@ -143,7 +144,7 @@ def record(path: Path, case_file: CaseFile, outcomes: list[Outcome], environment
                                  "request": case.request.model_dump(mode="json", exclude_none=True),
                                  "expected_sha256": outcome.sha256, "expected_pixels_sha256": outcome.pixels_sha256}
         if case.image_file is not None:
-            entry["image_file"] = str(case.image_file.relative_to(source.parent))
+            entry["image_file"] = os.path.relpath(case.image_file, path.parent)
         lines.append(json.dumps(entry, sort_keys=True))
     path.write_text("\n".join(lines) + "\n")
 
