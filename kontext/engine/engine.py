@@ -204,6 +204,9 @@ class KontextEngine:
 
         started = time.perf_counter()
         recipe = self.recipe
+        # 0. the recipe's process-wide torch switches, again: another engine in this process (the
+        #    conformance CLI holds one per recipe) may have set its own since this one loaded
+        recipe.configure_torch()
         # 1. decode and normalise the input (the recipe's preprocessing)
         image = recipe.preprocess(image_bytes, max_pixels=max_pixels)
         # 2. the recipe's seeding and call arguments, plus progress reporting

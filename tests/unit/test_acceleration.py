@@ -123,3 +123,25 @@ def test_regional_compile_warms_up_at_load_and_stays_repeatable(tiny_model_dir: 
     assert "compile=regional" in engine.profile and engine.load_seconds is not None
     first = engine.edit(IMAGE, PARAMS, max_pixels=1 << 24)
     assert engine.edit(IMAGE, PARAMS, max_pixels=1 << 24).sha256 == first.sha256
+
+
+def test_each_engine_edits_under_its_own_recipes_torch_switches(tiny_model_dir: Path) -> None:
+    """Two recipes in one process (the conformance CLI): the engine loaded last must not set the switches
+    the other one's edits run under."""
+    import torch
+
+    strict = _engine(tiny_model_dir)  # kontext-v1: deterministic algorithms, errors
+    like_reference = KontextEngine(EngineConfig(model_path=str(tiny_model_dir), recipe="reference-v1", device="cpu",
+                                                local_files_only=True))
+    like_reference.load()  # reference-v1: deterministic algorithms, warnings only
+    seen: list[bool] = []
+
+    def on_step(step: int, total: int) -> None:
+        seen.append(torch.is_deterministic_algorithms_warn_only_enabled())
+
+    strict.edit(IMAGE, PARAMS, max_pixels=1 << 24, on_step=on_step)
+    assert seen and not any(seen)
+    seen.clear()
+    small = EditParams(prompt="p", seed=1, guidance_scale=2.5, num_inference_steps=1, width=64, height=64)
+    like_reference.edit(png_bytes((16, 16), (1, 2, 3)), small, max_pixels=1 << 24, on_step=on_step)
+    assert seen and all(seen)

@@ -40,7 +40,7 @@ class Recipe(Protocol):
     """Whether the request's ``width``/``height`` shape the output (otherwise recorded and ignored)."""
 
     def configure_torch(self) -> None:
-        """Process-wide torch switches the recipe's numbers depend on (called once, at engine load)."""
+        """Process-wide torch switches the recipe's numbers depend on (set at engine load and before every edit)."""
 
     def stack_warnings(self, device: str) -> list[str]:
         """Versions in this process known to give other numbers than the ones the recipe is checked against."""
