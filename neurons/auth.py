@@ -25,6 +25,7 @@ from protocol.headers import (
 
 EPISTULA_MAX_AGE_MS = 8_000
 """The reference miner's allowed skew for Epistula timestamps."""
+_SIGNATURE_HEADER_PREFIXES = ("x-bittensor-", "epistula-")
 REPLAY_RETENTION_S = 60.0
 """How long a (hotkey, nonce) pair is remembered: longer than either scheme's freshness window."""
 
@@ -61,6 +62,9 @@ class SignatureGate:
     def authenticate(self, headers: Mapping[str, str], body: bytes, *, method: str, path: str) -> str:
         """The caller's hotkey, or ``Unauthorized``."""
         lowered = {k.lower() for k in headers}
+        for name, value in headers.items():  # undecodable bytes arrive as surrogates: refuse them here, once
+            if name.lower().startswith(_SIGNATURE_HEADER_PREFIXES) and not value.isascii():
+                raise Unauthorized(f"signature header {name} must be ASCII")
         if http_auth.HEADER_SIGNATURE.lower() in lowered:
             return self._btauth(headers, body, method, path)
         if EPISTULA_SIGNATURE.lower() in lowered:
@@ -90,7 +94,7 @@ class SignatureGate:
             nonce = uuid.UUID(request_uuid).int
         except ValueError:
             raise Unauthorized("Epistula: timestamp, uuid or signature is malformed") from None
-        if abs(time.time() * 1000 - timestamp_ms) > EPISTULA_MAX_AGE_MS:
+        if abs(time.time_ns() // 1_000_000 - timestamp_ms) > EPISTULA_MAX_AGE_MS:  # integers: any size compares
             raise Unauthorized(f"Epistula: timestamp is outside the {EPISTULA_MAX_AGE_MS // 1000}s window")
         message = epistula_message(body, request_uuid, timestamp, signed_for)
         try:

@@ -160,3 +160,23 @@ async def test_sidecar_edit_can_require_signatures(aiohttp_client, tmp_path) -> 
     stranger = await client.post("/edit", data=body,
                                  headers=epistula_headers(STRANGER, body=body, receiver=MINER.ss58_address))
     assert stranger.status == 403
+
+
+async def test_a_huge_epistula_timestamp_is_401_not_a_crash() -> None:
+    headers = epistula_headers(VALIDATOR, body=BODY, receiver=MINER.ss58_address)
+    headers["Epistula-Timestamp"] = "1" + "0" * 400  # an int too large for a float
+    with pytest.raises(Unauthorized, match="window"):
+        await _call(_verifier(), headers)
+
+
+@pytest.mark.parametrize("scheme", ["btauth", "epistula"])
+async def test_signature_headers_that_are_not_ascii_are_401(scheme: str) -> None:
+    """aiohttp hands on a header's undecodable bytes as surrogates; they must not reach the verifiers."""
+    if scheme == "btauth":
+        headers = btauth_headers(VALIDATOR, path=PATH, body=BODY, receiver=MINER.ss58_address)
+        headers["X-Bittensor-Hotkey"] = VALIDATOR.ss58_address + "\udcff"
+    else:
+        headers = epistula_headers(VALIDATOR, body=BODY, receiver=MINER.ss58_address)
+        headers["Epistula-Signed-By"] = VALIDATOR.ss58_address + "\udcff"
+    with pytest.raises(Unauthorized, match="ASCII"):
+        await _call(_verifier(), headers)
