@@ -41,6 +41,12 @@ class Forbidden(EditError):
     status, code = 403, "forbidden"
 
 
+class NotFound(EditError):
+    """Something other than a job is not here (a hotkey this door does not serve)."""
+
+    status, code = 404, "not_found"
+
+
 class JobNotFound(EditError):
     status, code = 404, "job_not_found"
 

@@ -96,7 +96,8 @@ class JsonErrorRunner(web.AppRunner):
     """``web.AppRunner`` whose connections answer HTTP parse errors as JSON.
 
     aiohttp offers no public hook for the connection-level error page, so the server its runner
-    makes is given a handler class that renders it (tests/unit/test_http_errors.py pins this).
+    makes is given a handler class that renders it (tests/unit/test_serve.py::test_http_parse_errors_are_json_too
+    pins this).
     """
 
     async def _make_server(self) -> web.Server:

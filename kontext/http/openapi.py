@@ -13,14 +13,13 @@ from protocol import EditAccepted, EditRequest, ErrorBody, StatusRecord
 _REF = "#/components/schemas/{model}"
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": _REF.format(model="ErrorBody")}}}}
-
-
 def _json(model: str, description: str) -> dict[str, Any]:
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": _REF.format(model=model)}}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json("ErrorBody", description)
 
 
 _PNG = {"description": "The edited image (headers X-Job-ID, X-Status, X-Seed, X-Image-SHA256, X-Recipe).",
@@ -38,7 +37,7 @@ def openapi_document() -> dict[str, Any]:
     errors_common = {"404": _error("Unknown job."), "410": _error("Job expired (retention).")}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "kontext-miner sidecar", "version": __version__,
+        "info": {"title": "kontext-miner", "version": __version__,
                  "description": "Deterministic FLUX.1-Kontext-dev image editing."},
         "paths": {
             "/": {"get": {"operationId": "root", "responses": {"200": {
@@ -63,6 +62,7 @@ def openapi_document() -> dict[str, Any]:
                     "200": _PNG,
                     "400": _error("Malformed JSON, bad image, or no usable image source."),
                     "401": _error("Signature required (public door)."),
+                    "403": _error("Caller not allowed (not registered, no validator permit, blacklisted)."),
                     "409": _error("job_id already exists."),
                     "413": _error("Body or image over the limits."),
                     "422": _error("A field is invalid, or the job ran and failed (job_failed, with job_id)."),
@@ -78,6 +78,7 @@ def openapi_document() -> dict[str, Any]:
                     "200": _json("EditAccepted", "Job accepted and queued."),
                     "400": _error("Malformed JSON, bad image, or no usable image source."),
                     "401": _error("Signature required (when enabled)."),
+                    "403": _error("Caller not allowed (not registered, no validator permit, blacklisted)."),
                     "409": _error("job_id already exists."),
                     "413": _error("Body or image over the limits."),
                     "422": _error("A field is missing, of the wrong type or out of range."),
@@ -98,8 +99,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _PNG, "409": _error("Not completed yet."), **errors_common},
             }},
             "/health": {"get": {"operationId": "health", "responses": {"200": {
-                "description": "Engine state, queue depth and job counts.",
-                "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+                "description": "Engine state, queue depth and job counts.", "content": _OBJECT}}}},
             "/metrics": {"get": {"operationId": "metrics", "responses": {"200": {
                 "description": "Prometheus text format.",
                 "content": {"text/plain": {"schema": {"type": "string"}}}}}}},

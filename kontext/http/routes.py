@@ -6,7 +6,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from kontext import __version__
-from kontext.errors import JobNotFound
+from kontext.errors import JobNotFound, NotFound
 from kontext.http.app import DOOR, GATE, RUNTIME
 from kontext.http.gate import Caller
 from kontext.http.openapi import openapi_document
@@ -63,7 +63,7 @@ async def root(request: web.Request) -> web.Response:
 async def check_hotkey(request: web.Request) -> web.Response:
     hotkey, own = request.match_info["hotkey"], request.app[DOOR].hotkey
     if own is None or hotkey != own:
-        raise JobNotFound(f"hotkey {hotkey} is not served here", fields=[{"field": "hotkey", "message": "not ours"}])
+        raise NotFound(f"hotkey {hotkey} is not served here", fields=[{"field": "hotkey", "message": "not ours"}])
     return web.json_response({"hotkey": own, "ok": True})
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from kontext.http.app import RUNTIME
 from kontext.http.errors import json_errors
-from kontext.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from kontext.http.routes import metrics
 from kontext.runtime import Runtime
 
-RUNTIME = web.AppKey("runtime", Runtime)
 routes = web.RouteTableDef()
 
 
@@ -18,13 +18,9 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(request.app[RUNTIME].health())
 
 
-@routes.get("/metrics")
-async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[RUNTIME].metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
-
-
 def create_worker_app(runtime: Runtime) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     app[RUNTIME] = runtime
     app.add_routes(routes)
+    app.router.add_get("/metrics", metrics)  # the doors' handler: one rendering of the registry
     return app

@@ -69,7 +69,7 @@ async def test_root_and_check(door, tmp_path: Path) -> None:
     assert body["engine"] in ("unloaded", "loading", "ready") and "POST /sync/edit" in body["endpoints"]
     assert (await client.get(f"/check/{MINER.ss58_address}")).status == 200
     other = await client.get(f"/check/{VALIDATOR.ss58_address}")
-    assert other.status == 404 and (await other.json())["error"] == "job_not_found"
+    assert other.status == 404 and (await other.json())["error"] == "not_found"
 
 
 async def test_a_door_without_a_hotkey_checks_none(aiohttp_client, tmp_path: Path) -> None:
@@ -287,3 +287,17 @@ async def test_admission_deadline_refuses_at_once_with_retry_after(door, tmp_pat
 def test_settings_refuse_claiming_a_job_type_this_miner_cannot_serve(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="base-h100_pcie"):
         make_settings(tmp_path, capacity_job_types="img-h100_pcie,base-h100_pcie")
+
+
+def test_the_openapi_document_lists_the_gates_refusals_on_every_gated_route() -> None:
+    import inspect
+
+    from kontext.http.openapi import openapi_document
+    from kontext.http.routes import routes
+
+    gated = {(route.method.lower(), route.path) for route in routes  # type: ignore[attr-defined]
+             if "await admit(request)" in inspect.getsource(route.handler)}  # type: ignore[attr-defined]
+    assert gated == {("get", "/capacity"), ("post", "/edit"), ("post", "/sync/edit")}
+    document = openapi_document()
+    for method, path in gated:
+        assert {"401", "403"} <= set(document["paths"][path][method]["responses"]), (method, path)

@@ -111,3 +111,17 @@ async def test_http_parse_errors_are_json_too(tmp_path: Path) -> None:
     assert b'"error":"bad_request"' in body.replace(b" ", b"") and b"malformed HTTP request" in body
     stop.set()
     await asyncio.wait_for(task, 10)
+
+
+async def test_the_worker_app_serves_health_and_the_same_metrics_as_a_door(aiohttp_client, tmp_path: Path) -> None:
+    from kontext.http.worker_app import create_worker_app
+
+    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
+    client = await aiohttp_client(create_worker_app(runtime))
+    health = await client.get("/health")
+    assert health.status == 200 and "workers" in await health.json()
+    metrics = await client.get("/metrics")
+    assert metrics.status == 200 and metrics.headers["Content-Type"].startswith("text/plain")
+    assert "kontext_" in await metrics.text()
+    missing = await client.get("/edit")
+    assert missing.status == 404 and (await missing.json())["error"] == "not_found"  # it takes no jobs over HTTP
