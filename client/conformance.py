@@ -36,11 +36,15 @@ def run(args: argparse.Namespace) -> int:
     from kontext.engine.engine import EngineConfig, EngineState, KontextEngine
     from kontext.engine.environment import pixel_and_png_stack
     from kontext.engine.recipes import EditParams
+    from kontext.errors import StartupError
     from kontext.settings import Settings
 
-    overrides = {"kontext_model_path": args.model, "kontext_recipe": args.recipe, "kontext_device": args.device,
-                 "kontext_dtype": args.dtype, "kontext_self_check": False}
-    settings = Settings(_env_file=args.env_file, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[call-arg]
+    try:
+        settings = Settings.load(args.env_file, kontext_model_path=args.model, kontext_recipe=args.recipe,
+                                 kontext_device=args.device, kontext_dtype=args.dtype, kontext_self_check=False)
+    except StartupError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         case_file = conformance.read_cases(args.cases)
     except (OSError, conformance.CaseError) as exc:

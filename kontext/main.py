@@ -25,17 +25,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     prepare(args.log_level)
 
+    from kontext.http.serve import run
+
+    run(_serve(args))
+
+
+async def _serve(args: argparse.Namespace) -> None:
     from kontext.http.app import create_app
-    from kontext.http.serve import Listener, run, serve
+    from kontext.http.serve import Listener, serve
     from kontext.runtime import Runtime
     from kontext.settings import Settings
 
-    overrides = {k: v for k, v in {"miner_server_host": args.host, "miner_server_port": args.port}.items() if v}
-    settings = Settings(_env_file=args.env_file, **overrides)  # type: ignore[call-arg]
+    settings = Settings.load(args.env_file, miner_server_host=args.host, miner_server_port=args.port)
     runtime = Runtime(settings)
     sidecar = Listener("sidecar", create_app(runtime), settings.miner_server_host, settings.miner_server_port)
-    run(serve(runtime, [sidecar]))
-
+    await serve(runtime, [sidecar])
 
 if __name__ == "__main__":
     main()

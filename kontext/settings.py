@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kontext.engine.devices import parse_devices
+from kontext.errors import StartupError
 from kontext.engine.recipes import DEFAULT_RECIPE, RECIPES
 from protocol.limits import JOB_TYPE_FLUX_DEV, JOB_TYPE_KONTEXT_EDIT
 
@@ -16,14 +17,26 @@ from protocol.limits import JOB_TYPE_FLUX_DEV, JOB_TYPE_KONTEXT_EDIT
 class Settings(BaseSettings):
     """Every operator-facing knob. Field names are the environment keys, upper-cased.
 
-    Built once by the entry point (``Settings()``, or ``Settings(_env_file=None, ...)`` in
-    tests) and passed down; no service setting is read from ``os.environ`` anywhere else. (The
+    Built once by the entry point (``Settings.load(env_file, **flags)``, or
+    ``Settings(_env_file=None, ...)`` in tests) and passed down; no service setting is read from ``os.environ`` anywhere else. (The
     process-level determinism variables, PYTHONHASHSEED and CUBLAS_WORKSPACE_CONFIG, are checked by
     ``kontext.engine.determinism`` before torch starts, as they must be.)
     """
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True,
                                       env_ignore_empty=True)
+
+    @classmethod
+    def load(cls, env_file: Optional[str | Path], **flags: Any) -> "Settings":
+        """The environment and ``env_file``, with the command line's flags on top: a flag that was given
+        wins, even when it is 0 or empty; one that was not (None) leaves the setting alone. A value out of
+        range is a ``StartupError`` naming the setting (the entry points exit 2 with that line)."""
+        try:
+            return cls(_env_file=env_file, **{k: v for k, v in flags.items() if v is not None})  # type: ignore[call-arg]
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, error['loc'])).upper() or 'settings'}: {error['msg']}"
+                                 for error in exc.errors())
+            raise StartupError(f"invalid settings: {problems}") from None
 
     # Feature switch and model.
     enable_kontext_edit: bool = True

@@ -27,21 +27,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     prepare(args.log_level)
 
-    from kontext.http.serve import Listener, run, serve
+    from kontext.http.serve import run
+
+    run(_serve(args))
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from kontext.http.serve import Listener, serve
     from kontext.http.worker_app import create_worker_app
     from kontext.runtime import Runtime
     from kontext.settings import Settings
 
-    overrides = {"job_backend": "redis", "redis_url": args.redis_url, "kontext_devices": args.devices,
-                 "worker_name": args.name, "worker_health_port": args.health_port}
-    settings = Settings(_env_file=args.env_file, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[call-arg]
+    settings = Settings.load(args.env_file, job_backend="redis", redis_url=args.redis_url,
+                             kontext_devices=args.devices, worker_name=args.name,
+                             worker_health_port=args.health_port)
     runtime = Runtime(settings, role="worker")
     listeners = []
     if settings.worker_health_port:
         listeners.append(Listener("worker health", create_worker_app(runtime), settings.worker_health_host,
                                   settings.worker_health_port))
-    run(serve(runtime, listeners))
-
+    await serve(runtime, listeners)
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,7 @@ if __package__ in (None, ""):  # `python neurons/commit.py` as well as `python -
 
 from neurons.chain import BittensorChain, Chain, ChainError, ensure_commitment, set_commitment_call  # noqa: E402
 from neurons.commitment import CommitmentError, endpoint_problem, validator_url  # noqa: E402
-from neurons.config import OFFLINE, add_chain_args, add_endpoint_args, commit_endpoint  # noqa: E402
+from neurons.config import OFFLINE, add_chain_args, add_endpoint_args, chain_network, commit_endpoint  # noqa: E402
 from neurons.keys import load_hotkey  # noqa: E402
 
 
@@ -45,20 +45,21 @@ async def read(chain: Chain, *, netuid: int, hotkey: str) -> None:
     print(f"netuid {netuid}: {len(texts)} commitment(s) the validator can read")
     for other, text in sorted(texts.items()):
         print(f"{other}  {text!r}  {_verdict(text)}")
-    own = await chain.commitment(netuid, hotkey)
+    own = texts.get(hotkey)
     print(f"this hotkey {hotkey}: " + ("no commitment" if own is None else f"{own!r}  {_verdict(own)}"))
 
 
 async def run(args: argparse.Namespace, *, chain: Optional[Chain] = None) -> None:
     """Check the flags, load the hotkey, then read or commit; errors end as one plain line."""
-    if args.network == OFFLINE and not args.chain_endpoint:
+    network = chain_network(args)
+    if network is None:
         raise SystemExit(f"--subtensor.network {OFFLINE} has no chain to read or write commitments on")
     try:
         endpoint = commit_endpoint(args) if args.command == "commit" else None
     except CommitmentError as exc:
         raise SystemExit(f"commit: {exc}") from None
     wallet, hotkey = load_hotkey(args)
-    chain = chain or BittensorChain(args.chain_endpoint or args.network, wallet)
+    chain = chain or BittensorChain(network, wallet)
     try:
         if endpoint is None:
             await read(chain, netuid=args.netuid, hotkey=hotkey.ss58_address)

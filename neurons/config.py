@@ -74,10 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    if args.axon_port == (args.sidecar_port or 8091):
-        build_parser().error("--axon.port must differ from the sidecar port")
-    return args
+    return build_parser().parse_args(argv)
+
+
+def chain_network(args: Any) -> Optional[str]:
+    """The network name or endpoint to connect to; None for ``--subtensor.network offline`` (no chain)."""
+    if args.network == OFFLINE and not args.chain_endpoint:
+        return None
+    return str(args.chain_endpoint or args.network)
 
 
 def commit_endpoint(args: Any) -> tuple[str, int]:

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 if __package__ in (None, ""):  # `python neurons/miner.py` as well as `python -m neurons.miner`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from neurons.config import OFFLINE, commit_endpoint, parse_args  # noqa: E402
+from neurons.config import OFFLINE, chain_network, commit_endpoint, parse_args  # noqa: E402
 from neurons.keys import load_hotkey  # noqa: E402
 
 log = logging.getLogger("kontext.miner")
@@ -33,15 +33,13 @@ def _settings(args: Any) -> Any:
     """Service settings from the environment and .env; the neuron's flags override them."""
     from kontext.settings import Settings
 
-    overrides = {
-        "miner_server_host": args.sidecar_host, "miner_server_port": args.sidecar_port,
-        "axon_certfile": args.axon_certfile, "axon_keyfile": args.axon_keyfile,
-    }
-    return Settings(_env_file=args.env_file, **{k: v for k, v in overrides.items() if v})  # type: ignore[call-arg]
+    return Settings.load(args.env_file, miner_server_host=args.sidecar_host, miner_server_port=args.sidecar_port,
+                         axon_certfile=args.axon_certfile, axon_keyfile=args.axon_keyfile)
 
 
 async def serve(args: Any, *, chain: Any = None) -> None:
     """Check the chain, then serve the door and the sidecar until SIGTERM/SIGINT (kontext.http.serve)."""
+    from kontext.errors import StartupError
     from kontext.http.app import Door, create_app
     from kontext.http.serve import Listener
     from kontext.http.serve import serve as serve_listeners
@@ -54,17 +52,20 @@ async def serve(args: Any, *, chain: Any = None) -> None:
     from neurons.synapses import routes as synapse_routes
 
     settings = _settings(args)
+    if args.axon_port == settings.miner_server_port:
+        raise StartupError(f"--axon.port {args.axon_port} must differ from the sidecar's port (--sidecar.port, "
+                           "MINER_SERVER_PORT)")
     door_tls = server_context(settings.axon_certfile, settings.axon_keyfile)
     wallet, hotkey = load_hotkey(args)
     blacklist = Blacklist(force_validator_permit=args.force_validator_permit,
                           allow_non_registered=args.allow_non_registered)
-    offline = args.network == OFFLINE and not args.chain_endpoint
-    network = OFFLINE if offline else args.chain_endpoint or args.network
+    endpoint = chain_network(args)
+    network = endpoint or OFFLINE
     tasks: list[asyncio.Task[Any]] = []
-    if offline:
+    if endpoint is None:
         registry = ValidatorRegistry(blacklist, load_offline_members(args.validators or ""), source=OFFLINE)
     else:
-        chain = chain or BittensorChain(network, wallet)
+        chain = chain or BittensorChain(endpoint, wallet)
         port = args.axon_external_port or args.axon_port
         try:
             members = await check_and_serve(chain, netuid=args.netuid, hotkey=hotkey.ss58_address,
@@ -119,7 +120,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     prepare("DEBUG" if args.debug else "INFO")
     from kontext.http.serve import run
-
 
     run(serve(args))
 

@@ -349,3 +349,19 @@ def test_commit_tool_reports_a_chain_refusal(wallet) -> None:
     with pytest.raises(SystemExit, match="commit: AccountNotAllowedCommit"):
         _commit_tool(["commit", *wallet[0], "--axon.external_ip", "1.2.3.4"], chain)
     assert chain.closed
+
+
+@pytest.mark.parametrize("env, flags, words", [
+    ("MINER_SERVER_PORT=8901\n", [], "--axon.port 8901 must differ"),  # the sidecar's port from .env counts too
+    ("", ["--sidecar.port", "0"], "MINER_SERVER_PORT"),  # a flag given as 0 is checked, not ignored
+])
+async def test_start_refuses_ports_that_cannot_work(tmp_path, wallet, env, flags, words) -> None:
+    from neurons.config import parse_args
+    from neurons.miner import serve
+
+    (tmp_path / "ports.env").write_text(env)
+    chain = _registered(wallet[1])
+    with pytest.raises(StartupError, match=words):
+        await serve(parse_args([*wallet[0], "--env-file", str(tmp_path / "ports.env"), "--subtensor.network", "test",
+                                *flags]), chain=chain)
+    assert chain.committed == []

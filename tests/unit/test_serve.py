@@ -125,3 +125,17 @@ async def test_the_worker_app_serves_health_and_the_same_metrics_as_a_door(aioht
     assert "kontext_" in await metrics.text()
     missing = await client.get("/edit")
     assert missing.status == 404 and (await missing.json())["error"] == "not_found"  # it takes no jobs over HTTP
+
+
+@pytest.mark.parametrize("module, flags, words", [
+    ("kontext.main", ["--port", "0"], "MINER_SERVER_PORT: Input should be greater than or equal to 1"),
+    ("kontext.worker_main", ["--health-port", "70000"], "WORKER_HEALTH_PORT: Input should be less than or equal"),
+])
+def test_an_invalid_setting_is_one_line_and_exit_2(module: str, flags: list[str], words: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", module, "--env-file", "/dev/null", *flags], capture_output=True,
+                          text=True, timeout=120, env={"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2, done.stderr
+    assert f"cannot start: invalid settings: {words}" in done.stderr and "Traceback" not in done.stderr
