@@ -8,12 +8,13 @@ claim time). Writes run in MULTI/EXEC; the callback claim is one compare-and-set
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any, Optional
 
 
 
 from kontext.errors import JobConflict
-from kontext.jobs.record import JobOutcome, JobRecord
+from kontext.jobs.record import JobOutcome, JobRecord, now
 from kontext.redis_client import guarded
 from kontext.jobs.store import COLUMNS, from_row, to_row, typed_column
 from protocol import CallbackRecord, CallbackStatus, ImageSource, JobStatus
@@ -105,11 +106,8 @@ class RedisJobStore:
     @guarded
     async def claim_callback(self, job_id: str) -> bool:
         """pending -> sending, atomically across every process: only one of them POSTs."""
-        import time
-
         claimed = await self._claim(keys=[_key(job_id), f"{PREFIX}callbacks:pending", f"{PREFIX}callbacks:sending"],
-                                    args=[CallbackStatus.PENDING.value, CallbackStatus.SENDING.value, time.time(),
-                                          job_id])
+                                    args=[CallbackStatus.PENDING.value, CallbackStatus.SENDING.value, now(), job_id])
         return bool(claimed)
 
     @guarded
@@ -128,15 +126,17 @@ class RedisJobStore:
     @guarded
     async def fail_interrupted_callbacks(self, error: str, attempted_at: float,
                                          claimed_before: Optional[float] = None) -> list[str]:
-        """Callbacks claimed before ``claimed_before`` and never recorded: their sender stopped mid-POST."""
+        """Callbacks claimed before ``claimed_before`` and never recorded: their sender stopped mid-POST. They
+        keep their claim time (the zset's score) as the attempt's time."""
         cutoff: Any = "+inf" if claimed_before is None else claimed_before
-        ids = [raw.decode() for raw in await self.redis.zrangebyscore(f"{PREFIX}callbacks:sending", 0, cutoff)]
-        for job_id in ids:
+        claims = await self.redis.zrangebyscore(f"{PREFIX}callbacks:sending", 0, cutoff, withscores=True)
+        for raw, claimed_at in claims:
+            job_id = raw.decode()
             status = await self.redis.hget(_key(job_id), "status")
             await self.set_callback(job_id, CallbackRecord(
-                status=CallbackStatus.FAILED, error=error,
+                status=CallbackStatus.FAILED, error=error, attempted_at=datetime.fromtimestamp(claimed_at, timezone.utc),
                 payload_status=JobStatus(status.decode()) if status else None))
-        return ids
+        return [raw.decode() for raw, _ in claims]
 
     @guarded
     async def unfinished(self) -> list[JobRecord]:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol, TypeVar
 
 from kontext.errors import JobConflict
 from kontext.jobs.migrations import migrate
-from kontext.jobs.record import JobOutcome, JobRecord
+from kontext.jobs.record import JobOutcome, JobRecord, now
 from protocol import CallbackRecord, CallbackStatus, EditRequest, ImageSource, JobStatus
 
 T = TypeVar("T")
@@ -165,10 +165,12 @@ class SqliteJobStore:
         )
 
     async def claim_callback(self, job_id: str) -> bool:
-        """pending -> sending, before the one POST; False if it is not pending (someone else has it)."""
+        """pending -> sending, before the one POST (its time recorded); False if it is not pending (someone
+        else has it)."""
         def claim(db: sqlite3.Connection) -> bool:
-            cursor = db.execute("UPDATE jobs SET callback_status = ? WHERE id = ? AND callback_status = ?",
-                                (CallbackStatus.SENDING.value, job_id, CallbackStatus.PENDING.value))
+            cursor = db.execute("UPDATE jobs SET callback_status = ?, callback_attempted_at = ? "
+                                "WHERE id = ? AND callback_status = ?",
+                                (CallbackStatus.SENDING.value, now(), job_id, CallbackStatus.PENDING.value))
             return cursor.rowcount == 1
 
         return await self._write(claim)

@@ -162,9 +162,12 @@ async def test_claim_is_once_and_an_interrupted_send_becomes_failed(store: Sqlit
     assert await store.claim_callback("a") is True
     assert await store.claim_callback("a") is False  # nobody sends it a second time
     assert await store.pending_callbacks() == []
+    claimed = await store.get("a")
+    assert claimed is not None and claimed.callback_attempted_at is not None
     assert await store.fail_interrupted_callbacks("stopped mid-POST", 9.0) == ["a"]
     job = await store.get("a")
     assert job is not None and job.callback_status is CallbackStatus.FAILED
+    assert job.callback_attempted_at == pytest.approx(claimed.callback_attempted_at)  # when the POST began
     assert job.callback_error == "stopped mid-POST" and job.callback_payload_status is JobStatus.COMPLETED
 
 
