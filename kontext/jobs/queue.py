@@ -24,6 +24,10 @@ class QueuedJob:
 class RunQueue(Protocol):
     """What the service and the workers use of the queue; ``JobQueue`` (one host) and ``RedisJobQueue``."""
 
+    shared: bool
+    """Whether workers of other processes take from it too: then no process may fail its jobs for its own
+    lack of an engine."""
+
     async def put(self, job_id: str, priority: float = 0.0) -> bool: ...
     async def get(self) -> QueuedJob: ...
     async def done(self, entry: QueuedJob) -> None: ...
@@ -39,6 +43,8 @@ class JobQueue:
     duplicate cannot run a job twice. ``done`` closes an entry a worker took (nothing to do in
     memory; a shared queue releases its lease there).
     """
+
+    shared = False
 
     def __init__(self) -> None:
         self._queue: asyncio.PriorityQueue[QueuedJob] = asyncio.PriorityQueue()

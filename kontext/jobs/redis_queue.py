@@ -44,6 +44,8 @@ def band(priority: float) -> int:
 class RedisJobQueue:
     """Implements ``RunQueue``. ``consumer`` names this process in the group (workers only; doors just put)."""
 
+    shared = True
+
     def __init__(self, redis: Any, *, consumer: str, lease_seconds: float) -> None:
         self.redis = redis
         self.consumer = consumer

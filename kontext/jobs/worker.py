@@ -164,11 +164,12 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, QUEUE_RETRY_MAX)
         if self.engine.state is EngineState.FAILED and not self._stopping and self.pool is not None \
-                and not any(worker.alive for worker in self.pool.workers):
-            await self._fail_everything()
+                and not any(worker.alive for worker in self.pool.workers) and not self.queue.shared:
+            await self._fail_everything()  # (a shared queue's jobs wait for the other hosts' workers)
 
     async def _fail_everything(self) -> None:
-        """No engine of this process loaded: rather than leave jobs waiting forever, fail each with the reason."""
+        """No engine of this process loaded and the queue is its own: rather than leave jobs waiting forever,
+        fail each with the reason."""
         while not self._stopping:
             entry = await self.queue.get()
             try:
@@ -181,12 +182,12 @@ class Worker:
     async def _take_one(self) -> None:
         entry = await self.queue.get()
         if not self.alive:  # stopped or failed while waiting: leave the job to the others (or the next start)
-            await self.queue.put(entry.job_id, entry.priority)
+            await self._requeue(entry)
             return
         if self.engine.state is EngineState.UNLOADED:
             await self.load_engine()
             if self.engine.state is EngineState.FAILED:
-                await self.queue.put(entry.job_id, entry.priority)
+                await self._requeue(entry)
                 return
         self.current_job = entry.job_id
         handed_on = False
@@ -205,11 +206,15 @@ class Worker:
             if not handed_on:
                 await self.queue.done(entry)
 
+    async def _requeue(self, entry: QueuedJob) -> None:
+        """Queue the entry's job again, at its own priority (stake order holds), and close the entry taken."""
+        await self.queue.put(entry.job_id, entry.priority)
+        await self.queue.done(entry)
+
     def _retry_later(self, entry: QueuedJob) -> None:
         async def requeue() -> None:
             await asyncio.sleep(RETRY_SECONDS)
-            await self.queue.put(entry.job_id, entry.priority)  # its own priority: stake order holds
-            await self.queue.done(entry)
+            await self._requeue(entry)
 
         task = asyncio.get_running_loop().create_task(requeue())
         self._retries.add(task)
@@ -287,8 +292,7 @@ class Worker:
                 await asyncio.sleep(RETRY_SECONDS / 10)
                 reference = await self.store.get(reference_id)
                 if reference is None or reference.status.finished:
-                    await self.queue.put(entry.job_id, entry.priority)
-                    await self.queue.done(entry)
+                    await self._requeue(entry)
                     return
 
         task = asyncio.get_running_loop().create_task(later())
