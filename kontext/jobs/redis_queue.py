@@ -88,7 +88,7 @@ class RedisJobQueue:
                                                             min_idle_time=int(self.lease_seconds * 1000),
                                                             start_id="0-0", count=1)
                 if claimed:
-                    entry = self._hold(stream, *claimed[0], redelivered=True)
+                    entry = await self._hold(stream, *claimed[0], redelivered=True)
                     log.warning("took over job %s from a worker whose lease ran out", entry.job_id)
                     return entry
             for stream in reversed(self.streams):  # 2. new work, highest band first
@@ -143,16 +143,17 @@ class RedisJobQueue:
         for stream, items in read:
             name = stream.decode() if isinstance(stream, bytes) else stream
             for entry_id, fields in items:
-                entry = self._hold(name, entry_id, fields, redelivered=False)
-                await self.redis.srem(self.queued_key, entry.job_id)
-                entries.append(entry)
+                entries.append(await self._hold(name, entry_id, fields, redelivered=False))
         return sorted(entries, key=lambda entry: -entry.priority)
 
-    def _hold(self, stream: str, entry_id: Any, fields: Any, *, redelivered: bool) -> QueuedJob:
+    async def _hold(self, stream: str, entry_id: Any, fields: Any, *, redelivered: bool) -> QueuedJob:
+        """Hold (and renew) a delivered entry; its job is no longer waiting, whichever way it came (a read cut
+        off before this line leaves the id waiting until the takeover gets here)."""
         entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         priority = float(fields[b"priority"])
         entry = QueuedJob((-priority, 0), fields[b"job"].decode(), priority, (stream, entry_id), redelivered)
         self._held[entry_id] = entry
+        await self.redis.srem(self.queued_key, entry.job_id)
         return entry
 
     async def _renew_forever(self) -> None:

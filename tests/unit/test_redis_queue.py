@@ -108,3 +108,20 @@ async def test_a_cancelled_loop_of_commands_and_pipelines_always_ends(client: An
         task.cancel()
         done, _ = await asyncio.wait([task], timeout=3)
         assert done, f"attempt {attempt}: the cancelled loop kept running"
+
+
+async def test_a_read_cut_off_before_its_entry_was_held_still_leaves_the_waiting_set(client: Any) -> None:
+    """A worker killed between XREADGROUP and holding the entry: the takeover clears the job's waiting mark,
+    so the queue's size is right and the job can be queued again later (a retry's put is not a no-op)."""
+    from kontext.jobs.redis_queue import GROUP
+
+    dying = await _queue(client, "dying", lease=0.3)
+    other = await _queue(client, "other", lease=0.3)
+    await dying.put("cut-off", 0)
+    await client.xreadgroup(GROUP, "dying", {dying.streams[0]: ">"}, count=1)  # delivered, then the process died
+    await asyncio.sleep(0.5)
+    taken = await asyncio.wait_for(other.get(), 5)
+    assert taken.job_id == "cut-off" and taken.redelivered
+    assert await other.size() == 0
+    await other.done(taken)
+    assert await other.put("cut-off", 0)  # queued again: not mistaken for one still waiting
