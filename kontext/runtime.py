@@ -251,14 +251,14 @@ class Runtime:
         await self.quiesce(grace_seconds)
         if self.prefetcher is not None:
             await self.prefetcher.close()
-        if self.heartbeat is not None:
-            await self.heartbeat.withdraw()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.heartbeat is not None:  # after its task ended, so no late beat writes the fields back
+            await self.heartbeat.withdraw()
         if self.notifier is not None:
             await self.notifier.drain(timeout=self.settings.callback_timeout_seconds)
         if self._session is not None:

@@ -20,6 +20,9 @@ KEY = "kontext:workers"
 INTERVAL_SECONDS = 2.0
 STALE_AFTER_SECONDS = 3 * INTERVAL_SECONDS
 """A worker not heard from for this long is gone (stopped, or cut off from Redis)."""
+FORGET_AFTER_SECONDS = 30 * INTERVAL_SECONDS
+"""...and after this long its field is deleted (a killed process never withdraws; names carry host:pid, so
+each restart would leave one behind)."""
 
 
 class Heartbeat:
@@ -66,9 +69,12 @@ class RemoteWorkers:
     async def refresh(self) -> None:
         raw = await self.redis.hgetall(KEY)
         now = time.time()
-        workers = [json.loads(value) for value in raw.values()]
-        self._workers = sorted((w for w in workers if now - w.get("at", 0) <= STALE_AFTER_SECONDS),
+        workers = {name: json.loads(value) for name, value in raw.items()}
+        self._workers = sorted((w for w in workers.values() if now - w.get("at", 0) <= STALE_AFTER_SECONDS),
                                key=lambda w: (w["process"], w["name"]))
+        forgotten = [name for name, w in workers.items() if now - w.get("at", 0) > FORGET_AFTER_SECONDS]
+        if forgotten:
+            await self.redis.hdel(KEY, *forgotten)
 
     async def run(self) -> None:
         while True:

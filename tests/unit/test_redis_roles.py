@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import time
 from pathlib import Path
 
+from kontext.jobs.heartbeat import FORGET_AFTER_SECONDS, KEY, STALE_AFTER_SECONDS, RemoteWorkers
 from kontext.jobs.redis_queue import GROUP, RedisJobQueue
+from kontext.redis_client import connect
 from kontext.runtime import Runtime
 from protocol import EditRequest, JobStatus
 from tests.fakes import FakeEngine, png_bytes
@@ -60,3 +64,39 @@ async def test_a_worker_host_whose_engines_failed_leaves_the_shared_queue_to_the
     finally:
         for runtime in (healthy, broken, door):
             await runtime.stop()
+
+
+async def test_doors_see_fresh_workers_only_and_forget_long_dead_ones(redis_server) -> None:
+    client = connect(redis_server.url)
+    try:
+        now = time.time()
+
+        def beat(name: str, age: float) -> str:
+            return json.dumps({"name": name, "process": name.split("/")[0], "state": "ready", "at": now - age})
+
+        await client.hset(KEY, mapping={"h:1/w0": beat("h:1/w0", 0), "h:2/w0": beat("h:2/w0", STALE_AFTER_SECONDS + 1),
+                                        "h:3/w0": beat("h:3/w0", FORGET_AFTER_SECONDS + 1)})
+        view = RemoteWorkers(client)
+        await view.refresh()
+        assert [worker["name"] for worker in view.describe()["workers"]] == ["h:1/w0"]
+        assert sorted(await client.hkeys(KEY)) == [b"h:1/w0", b"h:2/w0"]  # a killed one's field does not pile up
+    finally:
+        await client.aclose()
+
+
+async def test_a_stopped_worker_process_leaves_no_heartbeat_behind(tmp_path: Path, redis_server) -> None:
+    worker = Runtime(make_settings(tmp_path, job_backend="redis", redis_url=redis_server.url),
+                     engines=[FakeEngine(), FakeEngine()], role="worker")
+    await worker.start()
+    client = worker.redis
+
+    async def published() -> bool:
+        return len(await client.hkeys(KEY)) == 2
+
+    await _until(published)
+    await worker.stop()
+    check = connect(redis_server.url)
+    try:
+        assert await check.hkeys(KEY) == []
+    finally:
+        await check.aclose()
