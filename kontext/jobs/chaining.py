@@ -86,9 +86,8 @@ async def input_at_run(job: JobRecord, reference: Optional[JobRecord], files: Im
                 return RunInput(ImageSource.REFERENCE_EDIT, data=data)
         elif not reference.status.finished:
             return RunInput(ImageSource.REFERENCE_EDIT, wait_for=reference_id)
-    if await files.has_input(job.id):
-        return RunInput(ImageSource.BASE64_FALLBACK if job.request.image_b64 is not None or job.request.image_url is None
-                        else ImageSource.URL_FALLBACK)
+    if await files.has_input(job.id):  # only an image_b64 is stored at submit for a chained job (never a URL's)
+        return RunInput(ImageSource.BASE64_FALLBACK)
     fallback = fallback_source(job.request)
     if fallback is ImageSource.URL_FALLBACK:
         return RunInput(fallback)

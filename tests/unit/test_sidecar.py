@@ -183,6 +183,20 @@ async def test_chaining_fallback_and_pending_reference(start, settings) -> None:
     assert engine.calls[1][0] == first_png  # the chained job edited the first result
 
 
+async def test_a_fallback_with_both_image_b64_and_image_url_edits_and_names_the_b64(start, settings) -> None:
+    """image_b64 comes before image_url, at submit and at run time alike (only the b64 is stored ahead)."""
+    gate = threading.Event()
+    client, runtime = await start(settings, FakeEngine(gate=gate))
+    doomed = (await submit(client, image_b64=IMAGE_B64, prompt=FAIL_PROMPT))["job_id"]
+    both = (await submit(client, reference_job_id=doomed, image_b64=IMAGE_B64,
+                         image_url="http://127.0.0.1:9/never-fetched.png"))["job_id"]
+    assert (await (await client.get(f"/edit/status/{both}")).json())["request"]["image_source"] == "reference_edit"
+    gate.set()
+    status = await wait_finished(client, both)
+    assert status["status"] == "completed" and status["request"]["image_source"] == "base64_fallback"
+    assert runtime.engines[0].calls[-1][0] == base64.b64decode(IMAGE_B64)
+
+
 async def test_reference_that_fails_later_uses_fallback_or_fails_clearly(start, settings) -> None:
     client, _ = await start(settings)
     doomed = (await submit(client, image_b64=IMAGE_B64, prompt=FAIL_PROMPT))["job_id"]
