@@ -81,7 +81,8 @@ class Runtime:
             self.queue = JobQueue()
         self.metrics = Metrics()
         self._queue_depth = 0
-        self.metrics.watch_queue(lambda: self._queue_depth)
+        local = self.queue if isinstance(self.queue, JobQueue) else None
+        self.metrics.watch_queue(lambda: len(local) if local is not None else self._queue_depth)
         self._session: Optional[aiohttp.ClientSession] = None
         self._tasks: list[asyncio.Task[None]] = []
         self.workers: Optional[WorkerPool] = None
@@ -128,14 +129,15 @@ class Runtime:
         if self.workers is not None:
             self.workers.start(eager=settings.kontext_load == "eager")
         self._spawn(self._sweep_forever(), "retention-sweep")
-        self._spawn(self._watch_queue(), "queue-depth")
+        if self.queue.shared:
+            self._spawn(self._watch_queue(), "queue-depth")
 
     async def _open_backend(self) -> None:
         settings = self.settings
         if settings.job_backend == "redis":
             try:
                 await self.store.open()
-                await self.queue.open()  # type: ignore[attr-defined]
+                await self.queue.open()
             except StorageUnavailable as exc:
                 raise StartupError(f"{exc.message}. Check REDIS_URL ({settings.redis_url}) and that Redis runs") from None
             return
@@ -200,7 +202,7 @@ class Runtime:
         while True:
             try:
                 await self.store.open()
-                await self.queue.open()  # type: ignore[attr-defined]
+                await self.queue.open()
                 break
             except StorageUnavailable as exc:
                 if self.backend_error != exc.message:
@@ -212,7 +214,7 @@ class Runtime:
         if self.backend_error is not None:
             log.info("Redis reachable: starting the workers")
         self.backend_error = None
-        self.queue.start_renewing()  # type: ignore[attr-defined]
+        self.queue.start_renewing()
         if self.notifier is not None:
             await self.notifier.resend_pending()
         if self.workers is not None:
@@ -263,9 +265,7 @@ class Runtime:
             await self.notifier.drain(timeout=self.settings.callback_timeout_seconds)
         if self._session is not None:
             await self._session.close()
-        close_queue = getattr(self.queue, "close", None)
-        if close_queue is not None:
-            await close_queue()
+        await self.queue.close()
         await self.store.close()
         if self.redis is not None:
             with contextlib.suppress(Exception):
@@ -299,11 +299,12 @@ class Runtime:
                     await self.notifier.resend_pending()
 
     async def _watch_queue(self) -> None:
-        """Keep the queue-depth gauge current (a shared queue's size is a network call)."""
+        """A shared queue's size is a network call: the queue-depth gauge reads this copy, kept current here
+        (an in-memory queue's gauge reads its length directly)."""
         while True:
             with contextlib.suppress(Exception):
                 self._queue_depth = await self.queue.size()
-            await asyncio.sleep(1.0 if self.redis is not None else 0.2)
+            await asyncio.sleep(1.0)
 
 
 def _probe_writable(directory: Union[str, "os.PathLike[str]"]) -> None:

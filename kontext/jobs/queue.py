@@ -28,6 +28,9 @@ class RunQueue(Protocol):
     """Whether workers of other processes take from it too: then no process may fail its jobs for its own
     lack of an engine."""
 
+    async def open(self) -> None: ...
+    def start_renewing(self) -> None: ...
+    async def close(self) -> None: ...
     async def put(self, job_id: str, priority: float = 0.0) -> bool: ...
     async def get(self) -> QueuedJob: ...
     async def done(self, entry: QueuedJob) -> None: ...
@@ -50,6 +53,15 @@ class JobQueue:
         self._queue: asyncio.PriorityQueue[QueuedJob] = asyncio.PriorityQueue()
         self._members: dict[str, QueuedJob] = {}
         self._seq = itertools.count()
+
+    async def open(self) -> None:
+        """Nothing to open: the queue lives in this process (a shared queue connects here)."""
+
+    def start_renewing(self) -> None:
+        """Nothing to renew: no other process can take an entry over (a shared queue's leases)."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
 
     def __len__(self) -> int:
         return len(self._members)

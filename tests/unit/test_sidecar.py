@@ -162,6 +162,7 @@ async def test_running_job_shows_progress_and_result_is_not_ready(start, setting
     assert status["progress"] == {"step": 1, "total": 4} and status["started_at"]
     queued = await (await client.get(f"/edit/status/{second}")).json()
     assert queued["status"] == "queued" and queued["queue_position"] == 1
+    assert "kontext_queue_depth 1.0" in await (await client.get("/metrics")).text()  # at once, not polled
     not_ready = await client.get(f"/edit/result/{first}")
     assert not_ready.status == 409 and "processing" in (await not_ready.json())["message"]
     gate.set()
