@@ -12,7 +12,7 @@ import time
 from typing import Any, Optional
 
 from kontext.engine.engine import EngineState
-from kontext.jobs.worker import WorkerPool
+from kontext.jobs.worker import WorkerPool, combined_state
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,10 @@ class RemoteWorkers:
 
     @property
     def state(self) -> EngineState:
-        states = {worker["state"] for worker in self._workers}
-        for state in (EngineState.READY, EngineState.LOADING, EngineState.UNLOADED):
-            if state.value in states:
-                return state
-        return EngineState.FAILED if states else EngineState.LOADING
+        """As ``WorkerPool.state`` over every fresh worker; loading while none has been heard from yet."""
+        if not self._workers:
+            return EngineState.LOADING
+        return combined_state({EngineState(worker["state"]) for worker in self._workers})
 
     @property
     def error(self) -> Optional[str]:

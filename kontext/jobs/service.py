@@ -25,6 +25,7 @@ from kontext.errors import (
     SyncTimeout,
 )
 from kontext.delivery.guard import without_credentials
+from kontext.engine.engine import EngineState
 from kontext.engine.recipes import ignored_fields
 from kontext.jobs import chaining
 from kontext.jobs.admission import AdmissionControl
@@ -74,7 +75,7 @@ class WorkersView(Protocol):
     how many serve and run, and a running job's progress."""
 
     @property
-    def state(self) -> Any: ...
+    def state(self) -> EngineState: ...
     @property
     def error(self) -> Optional[str]: ...
     def running(self) -> int: ...
@@ -178,7 +179,7 @@ class EditService:
         """``disabled``, ``unloaded`` (lazy, loads on the first job), ``loading``, ``ready`` or ``failed``."""
         if not self.settings.enable_kontext_edit:
             return "disabled"
-        return "ready" if self.workers is None else str(getattr(self.workers.state, "value", self.workers.state))
+        return "ready" if self.workers is None else self.workers.state.value
 
     async def waiting(self) -> int:
         """Jobs accepted and not yet taken by a worker: queued, or their input still downloading."""
@@ -347,7 +348,7 @@ class EditService:
             "status": "ok" if edit_state in ("ready", "loading", "disabled") else "degraded",
             "services": {"kontext_edit": edit_state},
             "accepting": self.accepting and edit_state in ("ready", "loading"),
-            "queue": {"depth": depth, "downloading": await self.waiting() - depth,
+            "queue": {"depth": depth, "downloading": len(self.prefetcher) if self.prefetcher is not None else 0,
                       "max": self.settings.max_queue},
             "jobs": counts,
         }

@@ -14,7 +14,7 @@ import logging
 import statistics
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Collection, Optional, Protocol
 
 from kontext.engine.engine import EngineState
 from kontext.errors import StorageUnavailable
@@ -39,6 +39,14 @@ QUEUE_RETRY_MAX = 10.0
 """Longest wait between attempts to reach a queue that is away."""
 THREAD_EXIT_SECONDS = 30.0
 """After an interrupt, how long the engine thread may take to reach its next step and stop."""
+
+
+def combined_state(states: Collection[EngineState]) -> EngineState:
+    """Several engines as one: ready if any is ready; loading while one loads; failed only when every one failed."""
+    for state in (EngineState.READY, EngineState.LOADING, EngineState.UNLOADED):
+        if state in states:
+            return state
+    return EngineState.FAILED
 
 
 class Engine(Protocol):
@@ -333,12 +341,7 @@ class WorkerPool:
 
     @property
     def state(self) -> EngineState:
-        """Ready if any engine is ready; loading while one loads; failed only when every one failed."""
-        states = {worker.engine.state for worker in self.workers}
-        for state in (EngineState.READY, EngineState.LOADING, EngineState.UNLOADED):
-            if state in states:
-                return state
-        return EngineState.FAILED
+        return combined_state({worker.engine.state for worker in self.workers})
 
     @property
     def error(self) -> Optional[str]:
