@@ -27,9 +27,9 @@ class JobFinisher:
         self.metrics = metrics
         self.on_finished = on_finished
 
-    async def complete(self, job: JobRecord, output: Any, *, worker: str) -> JobRecord:
-        """``output`` is the engine's ``EditOutput``, its PNG already stored."""
-        self.metrics.edit_seconds.labels(worker).observe(output.seconds)
+    async def complete(self, job: JobRecord, output: Any) -> JobRecord:
+        """``output`` is the engine's ``EditOutput``, its PNG already stored; ``job.worker`` ran it."""
+        self.metrics.edit_seconds.labels(job.worker or "").observe(output.seconds)
         return await self._end(job, JobOutcome(
             status=JobStatus.COMPLETED, finished_at=now(), result_sha256=output.sha256,
             result_pixels_sha256=output.pixels_sha256, result_width=output.width, result_height=output.height,

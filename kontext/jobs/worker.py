@@ -20,7 +20,7 @@ from kontext.engine.engine import EngineState
 from kontext.errors import StorageUnavailable
 from kontext.engine.recipes import EditParams
 from kontext.jobs import chaining
-from kontext.jobs.finish import JobFinisher, short
+from kontext.jobs.finish import JobFinisher
 from kontext.jobs.inputs import InputPrefetcher
 from kontext.jobs.queue import QueuedJob, RunQueue
 from kontext.jobs.record import JobRecord, now
@@ -264,7 +264,7 @@ class Worker:
             log.exception("job %s failed", job.id)
             await self.finisher.fail(job, f"internal error: {type(exc).__name__}: {exc}")
         else:
-            finished = await self.finisher.complete(job, output, worker=self.name)
+            finished = await self.finisher.complete(job, output)
             if finished.run_seconds is not None:
                 self.recent_seconds.append(finished.run_seconds)
         return False
@@ -321,7 +321,7 @@ class Worker:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, run)
         except ValueError as exc:  # the recipe refused the image
-            raise JobFailure(short(f"input image: {exc}")) from None
+            raise JobFailure(f"input image: {exc}") from None  # (the finisher shortens what it records)
 
 
 class WorkerPool:
