@@ -38,7 +38,9 @@ async def test_higher_stake_first_fifo_within_a_band_and_one_entry_per_job(clien
     assert await queue.size() == 4
     assert [await queue.position(j) for j in ("rich", "mid", "low-1", "low-2")] == [1, 2, 3, 4]
     assert await queue.ahead_of(20) == 2 and await queue.ahead_of(0) == 4 and await queue.ahead_of(10**6) == 0
-    taken = [await queue.get() for _ in range(4)]
+    taken = [await queue.get()]
+    assert await queue.ahead_of(0) == 3 and await queue.ahead_of(5000) == 0  # a taken (held) entry waits no more
+    taken += [await queue.get() for _ in range(3)]
     assert [entry.job_id for entry in taken] == ["rich", "mid", "low-1", "low-2"]
     assert await queue.size() == 0 and await queue.position("mid") is None
     for entry in taken:
