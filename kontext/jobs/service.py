@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-import sqlite3
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -155,10 +155,12 @@ class EditService:
                 if input_bytes is not None:
                     await self.files.write_input(job_id, input_bytes)
                 await self.store.insert(job)
-            except (OSError, sqlite3.OperationalError) as exc:
-                await self.files.remove_input(job_id)
+            except (OSError, StorageUnavailable) as exc:  # either store's failure, or the upload's own write
+                with contextlib.suppress(OSError, StorageUnavailable):
+                    await self.files.remove_input(job_id)
                 log.error("cannot store job %s: %s", job_id, exc)
-                raise StorageUnavailable(f"the miner cannot store new jobs right now ({exc}); retry later",
+                message = exc.message if isinstance(exc, StorageUnavailable) else str(exc)
+                raise StorageUnavailable(f"the miner cannot store new jobs right now ({message}); retry later",
                                          headers={"Retry-After": "30"}) from None
             await self._enqueue(job)
         if self.metrics is not None:

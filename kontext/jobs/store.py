@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Protocol, TypeVar
 
-from kontext.errors import JobConflict
+from kontext.errors import JobConflict, StorageUnavailable
 from kontext.jobs.migrations import migrate
 from kontext.jobs.record import JobOutcome, JobRecord, now
 from protocol import CallbackRecord, CallbackStatus, EditRequest, ImageSource, JobStatus
@@ -130,7 +130,11 @@ class SqliteJobStore:
             db.execute("COMMIT")
             return result
 
-        return await self._call(transaction)
+        try:
+            return await self._call(transaction)
+        except sqlite3.OperationalError as exc:  # a full disk, a read-only file: as Redis away is, a 503
+            raise StorageUnavailable(f"the job database cannot be written ({exc})",
+                                     headers={"Retry-After": "30"}) from exc
 
     # -- writes ---------------------------------------------------------------------------
 

@@ -133,3 +133,20 @@ async def test_a_store_failure_while_running_keeps_the_worker_alive(tmp_path: Pa
         assert (await runtime.service.status(second)).status is JobStatus.COMPLETED
     finally:
         await runtime.stop()
+
+
+async def test_a_store_that_refuses_the_insert_leaves_no_upload_behind(tmp_path: Path, monkeypatch) -> None:
+    """Whichever store refuses (SQLite full, Redis away: both say StorageUnavailable), the upload written
+    just before is removed and the caller gets the 503."""
+    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
+    await runtime.start()
+    try:
+        async def refuse(job):  # type: ignore[no-untyped-def]
+            raise StorageUnavailable("the job store (Redis) is unreachable: ConnectionError", headers={"Retry-After": "5"})
+
+        monkeypatch.setattr(runtime.store, "insert", refuse)
+        with pytest.raises(StorageUnavailable, match="cannot store new jobs right now .the job store .Redis."):
+            await runtime.service.submit(REQUEST)
+        assert list(runtime.files.inputs_dir.iterdir()) == []
+    finally:
+        await runtime.stop()
