@@ -83,7 +83,7 @@ def build_modules(scale: Scale, dtype: "torch.dtype", device: str, seed: int = 0
             dropout_rate=0.0, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
             is_encoder_decoder=False,
         )),
-        # bos/eos/pad ids are those of tiny_kontext's CLIP tokenizer: the pooled output is read at its eos
+        # bos/eos/pad ids are those of the tiny tokenizers' CLIP tokenizer (tools/tiny_tokenizers.py): the pooled output is read at its eos
         "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(
             vocab_size=scale.clip_vocab, hidden_size=scale.clip_width, intermediate_size=scale.clip_ff,
             num_attention_heads=scale.clip_heads, num_hidden_layers=scale.clip_layers, max_position_embeddings=77,
@@ -107,13 +107,13 @@ def build_modules(scale: Scale, dtype: "torch.dtype", device: str, seed: int = 0
 
 
 def build_synthetic_kontext(scale: Scale, dtype: "torch.dtype", device: str, seed: int = 0) -> Any:
-    """A FluxKontextPipeline of ``scale`` on ``device``, with tiny_kontext's in-process tokenizers.
+    """A FluxKontextPipeline of ``scale`` on ``device``, with the tiny tokenizers (tools/tiny_tokenizers.py), built in process.
 
     The tokenizers' vocabularies are tiny; random weights don't care, as long as every id has a row.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
 
-    from tools.tiny_kontext import build_tokenizers
+    from tools.tiny_tokenizers import build_tokenizers
 
     tokenizer, tokenizer_2 = build_tokenizers()
     if len(tokenizer) > scale.clip_vocab or len(tokenizer_2) > scale.t5_vocab:

@@ -59,7 +59,8 @@ class CallbackNotifier:
         task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
 
     async def resend_pending(self) -> int:
-        """At start: a callback a stopped process left mid-POST is failed, never sent twice; pending ones are sent."""
+        """At start, and every RESEND_SECONDS (kontext/runtime.py) in a kontext-worker: a callback a stopped
+        process left mid-POST is failed, never sent twice; pending ones are sent."""
         now = time.time()
         claimed_before = None if self.interrupted_after is None else now - self.interrupted_after
         interrupted = await self.store.fail_interrupted_callbacks(INTERRUPTED, now, claimed_before)

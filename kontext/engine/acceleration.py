@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ContextManager, Optional
 
 from kontext.engine import diffusers_features
+from kontext.engine.devices import is_cuda
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def model_bytes(pipe: Any) -> int:
 def choose_memory_mode(options: EngineOptions, device: str, weights: int, free_vram: Optional[int]) -> str:
     """Resolve ``auto``: everything on the GPU if it fits the budget with 30 % headroom for activations,
     else model offload (whole models move in and out), else group offload (block by block)."""
-    if not device.startswith("cuda"):
+    if not is_cuda(device):
         return "gpu" if options.memory_mode == "auto" else options.memory_mode
     if options.memory_mode != "auto":
         return options.memory_mode

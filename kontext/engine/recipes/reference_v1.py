@@ -29,6 +29,7 @@ from typing import Any
 from PIL import Image
 
 from kontext.engine import determinism
+from kontext.engine.devices import is_cuda
 from kontext.engine.recipes.base import EditParams, open_image
 
 MAX_INPUT_SIDE = 1024
@@ -56,7 +57,7 @@ class ReferenceV1:
                 f"transformers {transformers.__version__}: the auditor runs {AUDITOR_TRANSFORMERS}, whose slow CLIP "
                 "tokenizer cleans prompts with ftfy (curly quotes, ligatures, mojibake) where transformers 5 does "
                 "not, so such prompts get other token ids; install with -c constraints/reference.txt")
-        if device.startswith("cuda") and not torch.__version__.startswith(AUDITOR_TORCH):
+        if is_cuda(device) and not torch.__version__.startswith(AUDITOR_TORCH):
             warnings.append(f"torch {torch.__version__}: the auditor runs torch {AUDITOR_TORCH}0+cu124; other "
                             "kernels can give other pixels; install with -c constraints/reference.txt")
         return warnings
