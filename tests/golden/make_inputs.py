@@ -1,7 +1,8 @@
 """Write the golden cases' input images (run once; the files are committed, this says how they were made).
 
     python tests/golden/make_inputs.py   # then: kontext-client conformance tests/golden/cases.in.jsonl \\
-                                         #   --model <tiny model> --device cpu --record tests/golden/tiny-cpu.jsonl
+                                         #   --model <tiny model> --device cpu --record tests/golden/tiny-cpu-<vendor>-<kernels>.jsonl
+                                         #   (one file per CPU kind: README, Proof)
 """
 
 from __future__ import annotations
