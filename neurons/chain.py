@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Protocol
+from typing import Any, AsyncIterator, Literal, Optional, Protocol
 
 from neurons.commitment import commitment_info, commitment_text, validator_text
 from neurons.registry import Member, members_from_metagraph
@@ -39,42 +41,65 @@ def set_commitment_call(netuid: int, text: str) -> Any:
 
 
 class BittensorChain:
-    """bittensor 11's ``Client`` (connects lazily; reads are async)."""
+    """bittensor 11's ``Client``, connected on first use; its errors become ``ChainError`` naming the network."""
 
     def __init__(self, network: str, wallet: Any) -> None:
         import bittensor as bt
 
         self._bt = bt
+        self.network = network
         self.wallet = wallet
         self.client = bt.Client(network)
+        self._connected = False
+        self._connecting = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def _open(self) -> AsyncIterator[Any]:
+        """The connected client. bittensor 11 opens the connection only on ``connect()``: a read before it
+        raises ``ConnectionNotReady``. ``connect()`` also reads the subnets' token symbols, so it runs once."""
+        try:
+            async with self._connecting:
+                if not self._connected:
+                    await self.client.connect()
+                    self._connected = True
+            yield self.client
+        except self._bt.BittensorError as exc:
+            raise ChainError(f"chain {self.network}: {exc}") from exc
 
     async def metagraph(self, netuid: int) -> Any:
-        return await self.client.subnets.metagraph(netuid, commitments=False)
+        async with self._open() as client:
+            return await client.subnets.metagraph(netuid, commitments=False)
 
     async def serve_axon(self, netuid: int, ip: str, port: int) -> None:
-        result = await self.client.execute(self._bt.ServeAxon(netuid=netuid, ip=ip, port=port), self.wallet)
+        async with self._open() as client:
+            result = await client.execute(self._bt.ServeAxon(netuid=netuid, ip=ip, port=port), self.wallet)
         log.info("ServeAxon %s:%s on netuid %s: %s", ip, port, netuid, result)
 
     # client.query's Descriptor hint says (str, str); the generated storage Item it documents is a
     # 3-field NamedTuple that unpacks to those two, hence the ignores.
     async def commitment(self, netuid: int, hotkey: str) -> Optional[str]:
         item = self._bt.storage.Commitments.CommitmentOf
-        return validator_text(await self.client.query(item, [netuid, hotkey]))  # type: ignore[arg-type]
+        async with self._open() as client:
+            return validator_text(await client.query(item, [netuid, hotkey]))  # type: ignore[arg-type]
 
     async def commitments(self, netuid: int) -> dict[str, str]:
         item = self._bt.storage.Commitments.CommitmentOf
-        pairs = await self.client.query_map(item, [netuid])  # type: ignore[arg-type]
+        async with self._open() as client:
+            pairs = await client.query_map(item, [netuid])  # type: ignore[arg-type]
         texts = {str(hotkey): validator_text(value) for hotkey, value in pairs}
         return {hotkey: text for hotkey, text in texts.items() if text is not None}
 
     async def set_commitment(self, netuid: int, text: str) -> None:
-        result = await self.client.submit_call(set_commitment_call(netuid, text), self.wallet, signer="hotkey")
+        async with self._open() as client:
+            result = await client.submit_call(set_commitment_call(netuid, text), self.wallet, signer="hotkey")
         if not result.success:
             raise ChainError(f"set_commitment {text!r} on netuid {netuid} failed: {result.message}")
         log.info("set_commitment %r on netuid %s: %s", text, netuid, result)
 
     async def close(self) -> None:
-        await self.client.close()
+        if self._connected:
+            await self.client.close()
+            self._connected = False
 
 
 async def check_and_serve(chain: Chain, *, netuid: int, hotkey: str, ip: Optional[str], port: int,

@@ -15,6 +15,7 @@ from neurons.chain import BittensorChain, Chain, ChainError, ensure_commitment, 
 from neurons.commitment import CommitmentError, endpoint_problem, validator_url  # noqa: E402
 from neurons.config import OFFLINE, add_chain_args, add_endpoint_args, chain_network, commit_endpoint  # noqa: E402
 from neurons.keys import load_hotkey  # noqa: E402
+from kontext.errors import StartupError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +78,10 @@ async def run(args: argparse.Namespace, *, chain: Optional[Chain] = None) -> Non
 
 
 def main(argv: Optional[Sequence[str]] = None, *, chain: Optional[Chain] = None) -> None:
-    asyncio.run(run(build_parser().parse_args(argv), chain=chain))
+    try:
+        asyncio.run(run(build_parser().parse_args(argv), chain=chain))
+    except StartupError as exc:  # the hotkey cannot be read
+        raise SystemExit(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ def load_hotkey(args: Any) -> tuple[Any, Any]:
     """(wallet, hotkey keypair); a missing or locked key file is an operator error, said in one line."""
     import bittensor as bt
 
+    from kontext.errors import StartupError
+
     wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, path=os.path.expanduser(args.wallet_path))
     try:
         return wallet, wallet.hotkey
     except Exception as exc:  # noqa: BLE001 - reported, not raised as a traceback
-        raise SystemExit(f"cannot load hotkey {args.wallet_name}/{args.wallet_hotkey} from {args.wallet_path}: "
+        raise StartupError(f"cannot load hotkey {args.wallet_name}/{args.wallet_hotkey} from {args.wallet_path}: "
                          f"{exc}") from None

@@ -75,7 +75,7 @@ async def serve(args: Any, *, chain: Any = None) -> None:
                 log.info("%s", await ensure_commitment(chain, netuid=args.netuid, hotkey=hotkey.ss58_address,
                                                        address=commit_address, port=commit_port))
         except (ChainError, CommitmentError) as exc:
-            raise SystemExit(str(exc)) from None
+            raise StartupError(str(exc)) from None
         registry = ValidatorRegistry(blacklist, members, source=network)
 
         async def fetch() -> dict:

@@ -162,18 +162,32 @@ class FakeClient:
         self.success = success
         self.values: dict[tuple[int, str], Any] = {(11, "other"): UNREADABLE}
         self.submitted: list[tuple[Any, Any, str]] = []
+        self.connects = 0
+
+    async def connect(self) -> Any:
+        self.connects += 1
+        return self
+
+    def _ready(self) -> None:
+        import bittensor as bt
+
+        if not self.connects:  # as the real client: no connection until connect()
+            raise bt.ConnectionNotReady("Client connection is not open")
 
     async def query(self, item: Any, params: list) -> Any:
+        self._ready()
         assert tuple(item) == ("Commitments", "CommitmentOf")
         return self.values.get((params[0], params[1]))
 
     async def query_map(self, item: Any, params: list) -> list[tuple[str, Any]]:
+        self._ready()
         assert tuple(item) == ("Commitments", "CommitmentOf")
         return [(hotkey, value) for (netuid, hotkey), value in self.values.items() if netuid == params[0]]
 
     async def submit_call(self, call: Any, wallet: Any, *, signer: str = "coldkey") -> Any:
         import bittensor as bt
 
+        self._ready()
         self.submitted.append((call, wallet, signer))
         if self.success:
             self.values[(call.params["netuid"], wallet.hotkey.ss58_address)] = stored_value(call)
@@ -202,6 +216,24 @@ async def test_bittensor_chain_submits_the_raw_call_signed_by_the_hotkey() -> No
     assert signer == "hotkey" and wallet is chain.wallet
     assert await chain.commitment(11, "miner") == "1.2.3.4:8901"
     assert await chain.commitments(11) == {"miner": "1.2.3.4:8901"}  # "other" holds no Raw field
+    assert client.connects == 1  # connected on first use, once
+
+
+async def test_bittensor_chain_connects_before_it_reads_and_names_an_unreachable_chain() -> None:
+    """bittensor 11's Client opens its connection only on connect(): a read before it raised
+    ConnectionNotReady on every real network, so the miner could never start (nor kontext-commit run)."""
+    import socket
+    from types import SimpleNamespace
+
+    from neurons.chain import BittensorChain
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    chain = BittensorChain(f"ws://127.0.0.1:{port}", SimpleNamespace(hotkey=SimpleNamespace(ss58_address="m")))
+    with pytest.raises(ChainError, match=rf"chain ws://127.0.0.1:{port}: could not connect"):
+        await chain.metagraph(11)
+    await chain.close()
 
 
 async def test_bittensor_chain_failed_extrinsic_is_a_chain_error() -> None:
@@ -260,7 +292,7 @@ async def test_start_refuses_what_cannot_be_committed(miner_argv, wallet, flags,
     from neurons.miner import serve
 
     chain = _registered(wallet[1])
-    with pytest.raises(SystemExit, match=words):
+    with pytest.raises(StartupError, match=words):  # `cannot start: ...`, exit 2, as every start-up refusal
         await serve(parse_args([*miner_argv, *flags]), chain=chain)
     assert chain.committed == []
 
@@ -365,3 +397,22 @@ async def test_start_refuses_ports_that_cannot_work(tmp_path, wallet, env, flags
         await serve(parse_args([*wallet[0], "--env-file", str(tmp_path / "ports.env"), "--subtensor.network", "test",
                                 *flags]), chain=chain)
     assert chain.committed == []
+
+
+def test_the_miner_on_an_unreachable_chain_stops_with_one_line_and_exit_2(miner_argv: list[str]) -> None:
+    """Every start-up refusal (settings, TLS, wallet, chain) is one `cannot start:` line and exit 2, for pm2 logs."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.e2e.servers import REPO_ROOT
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [*miner_argv[:-2], "--subtensor.chain_endpoint", f"ws://127.0.0.1:{port}"]
+    result = subprocess.run([sys.executable, "neurons/miner.py", *argv], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120, env={**__import__("os").environ, "PYTHONHASHSEED": "0"})
+    assert result.returncode == 2, result.stderr
+    assert f"cannot start: chain ws://127.0.0.1:{port}: could not connect" in result.stderr
+    assert "Traceback" not in result.stderr
