@@ -87,7 +87,8 @@ def validator_text(value: Any) -> Optional[str]:
 
     Like the validator: only ``fields[0][0]``, its first ``Raw*`` key, bytes as latin-1. The field
     list comes as a tuple of tuples from the validator's SCALE decoder and as a flat list from
-    bittensor 11's; the payload as bytes, a tuple of ints or 0x-hex. Both hold the same chain bytes.
+    bittensor 11's; the payload as bytes, 0x-hex, a tuple of ints, or (the validator's decoder) a
+    1-tuple wrapping the tuple of ints. All hold the same chain bytes.
     """
     info = value.get("info") if isinstance(value, dict) else None
     fields = info.get("fields") if isinstance(info, dict) else None
@@ -107,6 +108,8 @@ def validator_text(value: Any) -> Optional[str]:
 def _payload_bytes(payload: Any) -> bytes:
     if isinstance(payload, str):
         return bytes.fromhex(payload[2:]) if payload.startswith("0x") else payload.encode("latin-1")
+    if isinstance(payload, (list, tuple)) and len(payload) == 1 and isinstance(payload[0], (list, tuple)):
+        payload = payload[0]  # ((49, 46, ...),): the [u8; n] inside its one-field variant
     return bytes(payload)
 
 

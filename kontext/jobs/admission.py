@@ -13,7 +13,7 @@ from protocol import JobStatus
 
 
 class AdmissionControl:
-    """Estimates a new job's finish as (jobs ahead + 1) x the median of the last edit times.
+    """Estimates a new job's finish as (jobs ahead + 1) x the median of the last edit times / workers ready.
 
     The validator fails a job whose callback arrives more than 15 s after dispatch; answering
     503 at once lets it send the job to another miner instead. Off without a deadline, and

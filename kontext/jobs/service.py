@@ -147,7 +147,8 @@ class EditService:
             source, priority = await chaining.source_at_submit(request, reference, self.files, priority)
             running = self.workers.running() if self.workers is not None else 0
             serving = self.workers.serving() if self.workers is not None else 1
-            self.admission.check(await self.queue.ahead_of(priority) + running, workers=serving)
+            downloading = len(self.prefetcher) if self.prefetcher is not None else 0  # they run next, whatever priority
+            self.admission.check(await self.queue.ahead_of(priority) + running + downloading, workers=serving)
             callback = CallbackStatus.PENDING if request.callback_url else CallbackStatus.SKIPPED
             job = JobRecord(id=job_id, request=request, priority=priority, image_source=source,
                             callback_status=callback, recipe=self.settings.kontext_recipe)

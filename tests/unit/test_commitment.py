@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import bittensor as bt
 import pytest
 
@@ -38,11 +40,54 @@ def test_bittensor_encoder_takes_it_and_the_validator_reads_it_back(address: str
     assert size <= MAX_RAW_BYTES
 
 
+def the_validators_reading(value: dict) -> Optional[str]:
+    """What the subnet's validator reads from one decoded ``CommitmentOf`` value, as its code does it
+    (subnet.md §1; orchestrator/clients/subnet_state_client.py): ``info.fields`` must be a sequence whose
+    first item is a tuple holding a dict; that dict's first ``Raw*`` key holds a non-empty sequence whose
+    first item is the sequence of byte values; each byte becomes one character. Anything else: nothing."""
+    fields = value.get("info", {}).get("fields", ())
+    if not (fields and isinstance(fields[0], tuple) and isinstance(fields[0][0], dict)):
+        return None
+    raw = fields[0][0]
+    key = next((k for k in raw if str(k).startswith("Raw")), None)
+    if key is None or not raw[key] or not isinstance(raw[key], (list, tuple)):
+        return None
+    numbers = raw[key][0]
+    return "".join(chr(int(x)) for x in numbers) if isinstance(numbers, (list, tuple)) else None
+
+
+def as_the_validators_decoder_gives_it(chain_bytes: bytes) -> dict:
+    """The ``CommitmentOf`` value of a ``set_commitment`` call's info bytes, in the shape the validator's
+    SCALE decoder hands its code: one tuple per field, each Data variant a one-key dict whose value is a
+    1-tuple wrapping the ``[u8; n]`` as a tuple of ints."""
+    count, rest = chain_bytes[0] >> 2, chain_bytes[1:]  # compact field count (< 64)
+    fields = []
+    for _ in range(count):
+        size = rest[0] - 1  # Data::Raw<n> is variant n + 1
+        fields.append(({f"Raw{size}": (tuple(rest[1:1 + size]),)},))
+        rest = rest[1 + size:]
+    return {"deposit": 0, "block": 1, "info": {"fields": tuple(fields)}}
+
+
+@pytest.mark.parametrize("address, port", [("1.2.3.4", 8901), ("miner.example.com", 8443)])
+def test_what_is_written_reads_back_the_validators_way(address: str, port: int) -> None:
+    """Both ways: the call we submit, SCALE-encoded by bittensor 11, decoded into the validator's shape and
+    read by the validator's logic, is exactly address:port; our own reader agrees on that shape too."""
+    text = commitment_text(address, port)
+    call = bt.calls.Commitments.set_commitment(netuid=11, info=commitment_info(text))
+    value = as_the_validators_decoder_gives_it(compose(call)[4:])  # after pallet, call, netuid
+    assert the_validators_reading(value) == text
+    assert validator_text(value) == text
+    address_read, port_read = the_validators_reading(value).split(":", 1)  # type: ignore[union-attr]
+    assert (address_read, port_read) == (address, str(port))
+
+
 TEXT = b"1.2.3.4:8901"
 
 
 @pytest.mark.parametrize("fields", [
-    (({"Raw12": TEXT},),),  # the validator's decoder: tuple of tuples, bytes
+    (({"Raw12": (tuple(TEXT),)},),),  # the validator's decoder: tuple of tuples, ints in a 1-tuple
+    (({"Raw12": TEXT},),),  # tuple of tuples, bytes
     (({"Raw12": "0x" + TEXT.hex()},),),  # ... 0x-hex payload
     (({"Raw12": tuple(TEXT)},),),  # ... tuple of ints
     [{"Raw12": "0x" + TEXT.hex()}],  # bittensor 11's decoder: flat list, 0x-hex

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from PIL import Image
 
@@ -201,6 +202,26 @@ def _image_server() -> ThreadedApp:
         return app
 
     return ThreadedApp(make).start()
+
+
+async def test_the_admission_estimate_counts_jobs_whose_input_is_still_downloading(tmp_path: Path) -> None:
+    """The validator always sends image_url: a job still downloading runs before a new one, so it is ahead."""
+    from kontext.errors import DeadlineUnreachable
+    from kontext.jobs.record import JobRecord
+
+    server = _image_server()
+    runtime = Runtime(make_settings(tmp_path, image_url_timeout_seconds=2.0, admission_deadline_seconds=3.0),
+                      engine=FakeEngine())
+    await runtime.start()
+    try:
+        runtime.service.admission.record(JobRecord(id="past", request=_request(1), status=JobStatus.COMPLETED,
+                                                   started_at=100.0, finished_at=102.0))  # edits take ~2 s
+        await runtime.service.submit(_request(10, image_url=f"{server.url}/hang.png"))  # alone: ~2 s, admitted
+        with pytest.raises(DeadlineUnreachable, match="1 job"):
+            await runtime.service.submit(_request(11))  # one downloading ahead: ~4 s, past the 3 s deadline
+    finally:
+        await runtime.stop()
+        server.stop()
 
 
 async def test_a_stuck_image_url_holds_up_no_other_job(tmp_path: Path) -> None:
