@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any, Callable, Coroutine
 
 
 def prepare(log_level: str = "INFO") -> None:
@@ -17,3 +18,12 @@ def prepare(log_level: str = "INFO") -> None:
     except determinism.DeterminismError as exc:
         raise SystemExit(f"cannot start: {exc}") from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_server(log_level: str, serve: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Every server's ``main``: ``prepare`` first (it may re-execute the process), then ``serve()`` until it
+    stops: exit 0 after a graceful stop, 2 with one plain line when it cannot start."""
+    prepare(log_level)
+    from kontext.http.serve import run
+
+    run(serve())

@@ -22,14 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from kontext.process import prepare
+    from kontext.process import run_server
 
     args = build_parser().parse_args(argv)
-    prepare(args.log_level)
-
-    from kontext.http.serve import run
-
-    run(_serve(args))
+    run_server(args.log_level, lambda: _serve(args))
 
 
 async def _serve(args: argparse.Namespace) -> None:

@@ -75,17 +75,15 @@ class BittensorChain:
             result = await client.execute(self._bt.ServeAxon(netuid=netuid, ip=ip, port=port), self.wallet)
         log.info("ServeAxon %s:%s on netuid %s: %s", ip, port, netuid, result)
 
-    # client.query's Descriptor hint says (str, str); the generated storage Item it documents is a
-    # 3-field NamedTuple that unpacks to those two, hence the ignores.
     async def commitment(self, netuid: int, hotkey: str) -> Optional[str]:
         item = self._bt.storage.Commitments.CommitmentOf
         async with self._open() as client:
-            return validator_text(await client.query(item, [netuid, hotkey]))  # type: ignore[arg-type]
+            return validator_text(await client.query(item, [netuid, hotkey]))
 
     async def commitments(self, netuid: int) -> dict[str, str]:
         item = self._bt.storage.Commitments.CommitmentOf
         async with self._open() as client:
-            pairs = await client.query_map(item, [netuid])  # type: ignore[arg-type]
+            pairs = await client.query_map(item, [netuid])
         texts = {str(hotkey): validator_text(value) for hotkey, value in pairs}
         return {hotkey: text for hotkey, text in texts.items() if text is not None}
 

@@ -116,12 +116,9 @@ async def serve(args: Any, *, chain: Any = None) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
-    from kontext.process import prepare
+    from kontext.process import run_server
 
-    prepare("DEBUG" if args.debug else "INFO")
-    from kontext.http.serve import run
-
-    run(serve(args))
+    run_server("DEBUG" if args.debug else "INFO", lambda: serve(args))
 
 
 if __name__ == "__main__":
