@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 Role = Literal["all", "door", "worker"]
 RESEND_SECONDS = 30.0
+ORPHAN_CHECK_SECONDS = 30.0
+"""How often a door of a shared queue looks for stored jobs that were never queued."""
 PREFETCH_CONCURRENCY = 4
 """image_url downloads at once (each bounded by IMAGE_URL_TIMEOUT_SECONDS and MAX_IMAGE_BYTES)."""
 
@@ -131,6 +133,8 @@ class Runtime:
         self._spawn(self._sweep_forever(), "retention-sweep")
         if self.queue.shared:
             self._spawn(self._watch_queue(), "queue-depth")
+        if self.role == "door":
+            self._spawn(self._requeue_orphans_forever(), "orphan-requeue")
 
     async def _open_backend(self) -> None:
         settings = self.settings
@@ -204,11 +208,12 @@ class Runtime:
                 await self.store.open()
                 await self.queue.open()
                 break
-            except StorageUnavailable as exc:
-                if self.backend_error != exc.message:
-                    log.error("%s (REDIS_URL %s); retrying every %.0fs at most", exc.message, self.settings.redis_url,
+            except (StorageUnavailable, StartupError) as exc:  # away, or too old: retry, and say why
+                message = exc.message if isinstance(exc, StorageUnavailable) else str(exc)
+                if self.backend_error != message:
+                    log.error("%s (REDIS_URL %s); retrying every %.0fs at most", message, self.settings.redis_url,
                               QUEUE_RETRY_MAX)
-                self.backend_error = exc.message
+                self.backend_error = message
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, QUEUE_RETRY_MAX)
         if self.backend_error is not None:
@@ -288,6 +293,20 @@ class Runtime:
             except Exception:  # noqa: BLE001 - a failed sweep must not stop the next one
                 log.exception("retention sweep failed")
             await asyncio.sleep(self.settings.retention_sweep_seconds)
+
+    async def _requeue_orphans_forever(self) -> None:
+        """Doors of a shared queue, one at a time: jobs stored but never queued are queued again."""
+        from kontext.jobs.redis_queue import RedisJobQueue
+
+        queue = self.queue
+        assert isinstance(queue, RedisJobQueue)
+        while True:
+            try:
+                if await queue.lead("orphan-requeue", ORPHAN_CHECK_SECONDS * 0.9):
+                    await self.service.requeue_orphans(await queue.job_ids())
+            except Exception:  # noqa: BLE001 - Redis away: the next round tries again
+                log.exception("the orphan check failed")
+            await asyncio.sleep(ORPHAN_CHECK_SECONDS)
 
     async def _resend_forever(self) -> None:
         """A worker that stopped while its callback waited (CALLBACK_NOT_BEFORE_SECONDS) leaves it pending:

@@ -40,7 +40,12 @@ class JobFinisher:
                                                recipe=job.recipe))
 
     async def _end(self, job: JobRecord, outcome: JobOutcome) -> JobRecord:
-        await self.store.mark_finished(job.id, outcome)
+        if not await self.store.mark_finished(job.id, outcome):
+            # Another worker finished it first (a shared queue took the job over from this one, whose lease
+            # had lapsed): a job ends once, with one callback; this run's outcome is dropped.
+            log.warning("job %s had already finished elsewhere; this run's %s is dropped", job.id,
+                        outcome.status.value)
+            return await self.store.get(job.id) or job
         job = job.evolve(**vars(outcome))
         await self.files.remove_input(job.id)
         self.metrics.jobs_finished.labels(job.status.value).inc()

@@ -10,6 +10,7 @@ from typing import Awaitable, Callable, Optional
 from kontext.delivery.fetch import ImageFetchError
 from kontext.errors import EditError
 from kontext.jobs.finish import JobFinisher
+from kontext.jobs.persist import keep_trying
 from kontext.jobs.queue import QueuedJob, RunQueue
 from kontext.jobs.store import JobStore
 from kontext.media.files import ImageStore
@@ -57,10 +58,11 @@ class InputPrefetcher:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _prefetch(self, job_id: str, url: str, priority: float, entry: Optional[QueuedJob]) -> None:
-        # Cancelled (a shutdown) or the store away: the entry stays held, and its lease brings the job back.
+        # Cancelled (a shutdown): the entry stays held, and the next start or its lease brings the job back.
+        # The store or queue away: each write is tried again until it works (kontext/jobs/persist.py).
         await self._fetch_then_queue(job_id, url, priority)
         if entry is not None:
-            await self.queue.done(entry)
+            await keep_trying(lambda: self.queue.done(entry), f"closing the entry of {job_id}")
 
     async def _fetch_then_queue(self, job_id: str, url: str, priority: float) -> None:
         error: Optional[str] = None
@@ -77,13 +79,21 @@ class InputPrefetcher:
             log.exception("download for %s failed", job_id)
             error = f"image_url: download failed: {type(exc).__name__}"
         if error is None:
-            try:
-                await self.files.write_input(job_id, data)
-            except OSError as exc:  # disk full, read-only
-                error = f"could not store the downloaded image: {exc.strerror or exc}"
+            error = await keep_trying(lambda: self._store_input(job_id, data), f"storing the input of {job_id}")
         if error is None:
-            await self.queue.put(job_id, priority)
+            await keep_trying(lambda: self.queue.put(job_id, priority), f"queueing {job_id}")
             return
+        await keep_trying(lambda: self._fail(job_id, error or ""), f"failing {job_id}")
+
+    async def _store_input(self, job_id: str, data: bytes) -> Optional[str]:
+        """None once stored; the reason when the disk refuses the file (full, read-only): the job fails."""
+        try:
+            await self.files.write_input(job_id, data)
+        except OSError as exc:
+            return f"could not store the downloaded image: {exc.strerror or exc}"
+        return None
+
+    async def _fail(self, job_id: str, error: str) -> None:
         job = await self.store.get(job_id)
         if job is not None and not job.status.finished:
             await self.finisher.fail(job, error)

@@ -3,7 +3,10 @@
 Workers take entries with XREADGROUP and hold them until the job is done (XACK); while they hold
 one, they renew its lease (XCLAIM ... JUSTID resets its idle time). An entry idle longer than the
 lease belongs to a worker that stopped: the next worker to ask takes it over with XAUTOCLAIM, and
-the job runs again, at most MAX_ATTEMPTS times in all (``JobRecord.cut_off_too_often``).
+the job runs again, at most MAX_ATTEMPTS times in all (``JobRecord.cut_off_too_often``). Renewing
+and closing check, in the same script, that this consumer still owns the entry: a worker whose
+lease lapsed (a long outage) never takes it back, nor closes the entry of the worker that took over.
+Needs Redis 6.2 or newer (XAUTOCLAIM).
 
 Priority: one stream per stake band (``BAND_FLOORS``); workers read the highest band first, FIFO
 within a band. A job id is queued at most once (a set checked and filled with the XADD, atomically).
@@ -18,6 +21,7 @@ from typing import Any, Optional
 
 from redis import exceptions as redis_errors
 
+from kontext.errors import StartupError
 from kontext.jobs.queue import QueuedJob
 from kontext.redis_client import guarded
 
@@ -35,6 +39,21 @@ if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('XADD', KEYS[2], '*', 'job', ARGV[1], 'priority', ARGV[2])
 return 1
 """
+_OWNED = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
+"""
+_RENEW = _OWNED + """
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
+_CLOSE = _OWNED + """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
+"""
+MIN_REDIS = (6, 2)
+"""XAUTOCLAIM came with Redis 6.2."""
 
 
 def band(priority: float) -> int:
@@ -53,12 +72,25 @@ class RedisJobQueue:
         self.streams = [f"{PREFIX}queue:{index}" for index in range(len(BAND_FLOORS))]
         self.queued_key = f"{PREFIX}queued"
         self._put = redis.register_script(_PUT)
+        self._renew = redis.register_script(_RENEW)
+        self._close = redis.register_script(_CLOSE)
         self._held: dict[str, QueuedJob] = {}
         self._extra: list[QueuedJob] = []
+        self._claim_from = {stream: "0-0" for stream in self.streams}
+        """Where each stream's next XAUTOCLAIM scan starts: Redis scans a bounded slice of the pending list per
+        call, so an orphan behind many held entries is reached by following the cursor."""
         self._renewer: Optional[asyncio.Task[None]] = None
 
     @guarded
     async def open(self) -> None:
+        info = await self.redis.info("server")
+        version = tuple(int(part) for part in str(info.get("redis_version", "0.0")).split(".")[:2])
+        if version < MIN_REDIS:
+            raise StartupError(f"Redis {info.get('redis_version')} is too old: the queue needs Redis "
+                               f"{'.'.join(map(str, MIN_REDIS))} or newer (XAUTOCLAIM)")
+        await self._create_groups()
+
+    async def _create_groups(self) -> None:
         for stream in self.streams:
             with contextlib.suppress(redis_errors.ResponseError):  # BUSYGROUP: it exists already
                 await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
@@ -83,33 +115,64 @@ class RedisJobQueue:
         while True:
             if self._extra:
                 return self._extra.pop(0)
-            for stream in reversed(self.streams):  # 1. take over what stopped workers held
-                _, claimed, _ = await self.redis.xautoclaim(stream, GROUP, self.consumer,
-                                                            min_idle_time=int(self.lease_seconds * 1000),
-                                                            start_id="0-0", count=1)
-                if claimed:
-                    entry = await self._hold(stream, *claimed[0], redelivered=True)
-                    log.warning("took over job %s from a worker whose lease ran out", entry.job_id)
-                    return entry
-            for stream in reversed(self.streams):  # 2. new work, highest band first
-                read = await self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=1)
-                if read:
-                    return (await self._take(read))[0]
+            try:
+                entry = await self._next(block=False) or await self._next(block=True)
+            except redis_errors.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # The streams or the group are gone (Redis restarted without its AOF, or was flushed): make
+                # them again and go on; the jobs' records, if they survived, are queued again by the doors.
+                log.error("the queue's consumer group is missing (%s); creating it again", exc)
+                await self._create_groups()
+                continue
+            if entry is not None:
+                return entry
+
+    async def _next(self, *, block: bool) -> Optional[QueuedJob]:
+        if block:  # 3. whatever comes first while waiting
             read = await self.redis.xreadgroup(GROUP, self.consumer, {s: ">" for s in reversed(self.streams)},
                                                count=1, block=BLOCK_MS)
-            if read:  # 3. whatever came first while waiting
-                entries = await self._take(read)
-                self._extra.extend(entries[1:])
-                return entries[0]
+            if not read:
+                return None
+            entries = await self._take(read)
+            self._extra.extend(entries[1:])
+            return entries[0]
+        for stream in reversed(self.streams):  # 1. take over what stopped workers held
+            reply = await self.redis.xautoclaim(stream, GROUP, self.consumer,
+                                                min_idle_time=int(self.lease_seconds * 1000),
+                                                start_id=self._claim_from[stream], count=1)
+            cursor, claimed = reply[0], reply[1]  # Redis 7 adds a third item (deleted ids)
+            self._claim_from[stream] = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+            if claimed:
+                entry = await self._hold(stream, *claimed[0], redelivered=True)
+                log.warning("took over job %s from a worker whose lease ran out", entry.job_id)
+                return entry
+        for stream in reversed(self.streams):  # 2. new work, highest band first
+            read = await self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=1)
+            if read:
+                return (await self._take(read))[0]
+        return None
 
     @guarded
     async def done(self, entry: QueuedJob) -> None:
+        """Close the entry, unless another worker has taken it over meanwhile (then it is that one's)."""
         stream, entry_id = entry.receipt
         self._held.pop(entry_id, None)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(stream, GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
-            await pipe.execute()
+        if not await self._close(keys=[stream], args=[GROUP, self.consumer, entry_id]):
+            log.warning("job %s: its entry was taken over by another worker; left to that one", entry.job_id)
+
+    @guarded
+    async def lead(self, task: str, seconds: float) -> bool:
+        """True for one process at a time per ``task`` and ``seconds`` (a door's periodic check)."""
+        return bool(await self.redis.set(f"{PREFIX}lead:{task}", self.consumer, nx=True, px=int(seconds * 1000)))
+
+    @guarded
+    async def job_ids(self) -> set[str]:
+        """Every job with an open entry, waiting or held by a worker (``done`` deletes what it closes)."""
+        ids: set[str] = set()
+        for stream in self.streams:
+            ids.update(fields[b"job"].decode() for _, fields in await self.redis.xrange(stream))
+        return ids
 
     @guarded
     async def size(self) -> int:
@@ -168,7 +231,10 @@ class RedisJobQueue:
             await asyncio.sleep(self.lease_seconds / 3)
             for entry_id, entry in list(self._held.items()):
                 try:
-                    await self.redis.xclaim(entry.receipt[0], GROUP, self.consumer, 0, [entry_id], justid=True)
+                    owned = await self._renew(keys=[entry.receipt[0]], args=[GROUP, self.consumer, entry_id])
                 except Exception as exc:  # noqa: BLE001 - Redis away: the lease may lapse, the job runs again
                     log.warning("could not renew the lease of %s: %s", entry.job_id, exc)
                     break
+                if not owned:  # taken over while this process could not renew: it belongs to the other now
+                    self._held.pop(entry_id, None)
+                    log.warning("lost the lease of job %s to another worker", entry.job_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-
+from redis.exceptions import WatchError
 
 from kontext.errors import JobConflict
 from kontext.jobs.record import JobOutcome, JobRecord, now
@@ -79,29 +79,36 @@ class RedisJobStore:
         return _decode(raw) if raw else None
 
     @guarded
-    async def mark_started(self, job_id: str, *, started_at: float, attempts: int, worker: str) -> None:
-        await self._update(job_id, {"status": JobStatus.PROCESSING.value, "started_at": started_at,
-                                    "attempts": attempts, "worker": worker}, moves_to=JobStatus.PROCESSING)
+    async def delete(self, job_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_key(job_id))
+            pipe.zrem(f"{PREFIX}unfinished", job_id)
+            pipe.srem(f"{PREFIX}status:{JobStatus.QUEUED.value}", job_id)
+            await pipe.execute()
+
+    @guarded
+    async def mark_started(self, job_id: str, *, started_at: float, attempts: int, worker: str) -> bool:
+        return await self._update(job_id, {"status": JobStatus.PROCESSING.value, "started_at": started_at,
+                                           "attempts": attempts, "worker": worker}, moves_to=JobStatus.PROCESSING)
 
     @guarded
     async def set_image_source(self, job_id: str, source: ImageSource) -> None:
         await self._update(job_id, {"image_source": source.value})
 
     @guarded
-    async def mark_finished(self, job_id: str, outcome: JobOutcome) -> None:
+    async def mark_finished(self, job_id: str, outcome: JobOutcome) -> bool:
         values = {"status": outcome.status.value, "finished_at": outcome.finished_at, "error": outcome.error,
                   "result_sha256": outcome.result_sha256, "result_pixels_sha256": outcome.result_pixels_sha256,
                   "result_width": outcome.result_width, "result_height": outcome.result_height,
                   "recipe": outcome.recipe}
-        pending = await self.redis.hget(_key(job_id), "callback_status") == CallbackStatus.PENDING.value.encode()
 
-        def indexes(pipe: Any) -> None:
+        def indexes(pipe: Any, callback_status: Optional[bytes]) -> None:
             pipe.zrem(f"{PREFIX}unfinished", job_id)
             pipe.zadd(f"{PREFIX}finished", {job_id: outcome.finished_at})
-            if pending:
+            if callback_status == CallbackStatus.PENDING.value.encode():
                 pipe.sadd(f"{PREFIX}callbacks:pending", job_id)
 
-        await self._update(job_id, values, moves_to=outcome.status, also=indexes)
+        return await self._update(job_id, values, moves_to=outcome.status, also=indexes)
 
     @guarded
     async def claim_callback(self, job_id: str) -> bool:
@@ -117,7 +124,7 @@ class RedisJobStore:
                   "callback_error": record.error,
                   "callback_payload_status": record.payload_status.value if record.payload_status else None}
 
-        def indexes(pipe: Any) -> None:
+        def indexes(pipe: Any, callback_status: Optional[bytes]) -> None:
             pipe.zrem(f"{PREFIX}callbacks:sending", job_id)
             pipe.srem(f"{PREFIX}callbacks:pending", job_id)
 
@@ -180,21 +187,33 @@ class RedisJobStore:
         return {status: count for status, count in counts.items() if count}
 
     async def _update(self, job_id: str, values: dict[str, Any], *, moves_to: Optional[JobStatus] = None,
-                      also: Any = None) -> None:
+                      also: Any = None) -> bool:
+        """Write ``values`` (and ``also(pipe, callback_status)``'s index changes) in one transaction. A write
+        that moves the status is checked and made under WATCH: a finished job is never moved again (a late
+        worker whose lease another took over cannot flip a completed job); False when nothing was written."""
         key = _key(job_id)
         fields, cleared = _encode(values)
-        old_status = await self.redis.hget(key, "status") if moves_to is not None else None
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)
-            if cleared:
-                pipe.hdel(key, *cleared)
-            if moves_to is not None:
-                if old_status:
-                    pipe.srem(f"{PREFIX}status:{old_status.decode()}", job_id)
-                pipe.sadd(f"{PREFIX}status:{moves_to.value}", job_id)
-            if also is not None:
-                also(pipe)
-            await pipe.execute()
+            while True:
+                try:
+                    await pipe.watch(key)
+                    old_status, callback_status = await pipe.hmget(key, ["status", "callback_status"])
+                    if moves_to is not None and (old_status is None or JobStatus(old_status.decode()).finished):
+                        await pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.hset(key, mapping=fields)
+                    if cleared:
+                        pipe.hdel(key, *cleared)
+                    if moves_to is not None:
+                        pipe.srem(f"{PREFIX}status:{old_status.decode()}", job_id)
+                        pipe.sadd(f"{PREFIX}status:{moves_to.value}", job_id)
+                    if also is not None:
+                        also(pipe, callback_status)
+                    await pipe.execute()
+                    return True
+                except WatchError:  # another process wrote this job meanwhile: read it again
+                    continue
 
 
 def _decode(raw: dict[bytes, bytes]) -> JobRecord:

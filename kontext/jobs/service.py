@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
+ORPHAN_AFTER_SECONDS = 60.0
+"""A stored job with no queue entry this long after it arrived was never queued (``requeue_orphans``)."""
 TOMBSTONE_DAYS = 7
 """How long a swept job still answers 410 (then 404)."""
 WAIT_POLL_SECONDS = 0.5
@@ -163,7 +165,15 @@ class EditService:
                 message = exc.message if isinstance(exc, StorageUnavailable) else str(exc)
                 raise StorageUnavailable(f"the miner cannot store new jobs right now ({message}); retry later",
                                          headers={"Retry-After": "30"}) from None
-            await self._enqueue(job)
+            try:
+                await self._enqueue(job)
+            except StorageUnavailable as exc:  # stored but not queued: undo, so the caller's retry is not a 409
+                with contextlib.suppress(OSError, StorageUnavailable):  # (if this fails too, requeue_orphans)
+                    await self.store.delete(job_id)
+                    await self.files.remove_input(job_id)
+                log.error("cannot queue job %s: %s", job_id, exc.message)
+                raise StorageUnavailable(f"the miner cannot queue new jobs right now ({exc.message}); retry later",
+                                         headers={"Retry-After": "30"}) from None
         if self.metrics is not None:
             self.metrics.jobs_submitted.inc()
         log.info("accepted %s (source=%s, priority=%s)", job_id, source.value, priority)
@@ -321,6 +331,20 @@ class EditService:
         if jobs:
             log.warning("recovered %d unfinished job(s) from the store", len(jobs))
         return len(jobs)
+
+    async def requeue_orphans(self, open_entries: set[str]) -> list[str]:
+        """A shared queue's doors: queue again every unfinished job with no open entry (``open_entries``),
+        older than ORPHAN_AFTER_SECONDS: its door stopped between storing and queueing it, or Redis lost
+        the queue. (One host rebuilds its queue from the store at start instead: ``recover``.)"""
+        cutoff = now() - ORPHAN_AFTER_SECONDS
+        orphans = [job for job in await self.store.unfinished()
+                   if job.id not in open_entries and job.queued_at < cutoff]
+        for job in orphans:
+            await self.queue.put(job.id, job.priority)
+        if orphans:
+            log.warning("queued again %d job(s) that had no queue entry: %s", len(orphans),
+                        ", ".join(job.id for job in orphans))
+        return [job.id for job in orphans]
 
     async def sweep(self) -> list[str]:
         """Remove records and files older than the retention period (tombstones answer 410), and files no

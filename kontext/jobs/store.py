@@ -48,9 +48,16 @@ class JobStore(Protocol):
     async def close(self) -> None: ...
     async def insert(self, job: JobRecord) -> None: ...
     async def get(self, job_id: str) -> Optional[JobRecord]: ...
-    async def mark_started(self, job_id: str, *, started_at: float, attempts: int, worker: str) -> None: ...
+    async def delete(self, job_id: str) -> None:
+        """Remove a job that was never queued (its submit failed after the insert)."""
+        ...
+    async def mark_started(self, job_id: str, *, started_at: float, attempts: int, worker: str) -> bool:
+        """False, and nothing written, when the job has finished already (another worker ran it)."""
+        ...
     async def set_image_source(self, job_id: str, source: ImageSource) -> None: ...
-    async def mark_finished(self, job_id: str, outcome: JobOutcome) -> None: ...
+    async def mark_finished(self, job_id: str, outcome: JobOutcome) -> bool:
+        """False, and nothing written, when the job has finished already: a job ends once."""
+        ...
     async def claim_callback(self, job_id: str) -> bool: ...
     async def set_callback(self, job_id: str, record: CallbackRecord) -> None: ...
     async def fail_interrupted_callbacks(self, error: str, attempted_at: float,
@@ -154,17 +161,21 @@ class SqliteJobStore:
             raise JobConflict(f"job_id {job.id!r} already exists",
                               fields=[{"field": "job_id", "message": "already exists"}]) from None
 
-    async def mark_started(self, job_id: str, *, started_at: float, attempts: int, worker: str) -> None:
-        await self._update(job_id, status=JobStatus.PROCESSING.value, started_at=started_at, attempts=attempts,
-                           worker=worker)
+    async def delete(self, job_id: str) -> None:
+        await self._write(lambda db: db.execute("DELETE FROM jobs WHERE id = ? AND status = ?",
+                                                (job_id, JobStatus.QUEUED.value)))
+
+    async def mark_started(self, job_id: str, *, started_at: float, attempts: int, worker: str) -> bool:
+        return await self._update(job_id, unfinished_only=True, status=JobStatus.PROCESSING.value,
+                                  started_at=started_at, attempts=attempts, worker=worker)
 
     async def set_image_source(self, job_id: str, source: ImageSource) -> None:
         await self._update(job_id, image_source=source.value)
 
-    async def mark_finished(self, job_id: str, outcome: JobOutcome) -> None:
-        await self._update(
-            job_id, status=outcome.status.value, finished_at=outcome.finished_at, error=outcome.error,
-            result_sha256=outcome.result_sha256, result_pixels_sha256=outcome.result_pixels_sha256,
+    async def mark_finished(self, job_id: str, outcome: JobOutcome) -> bool:
+        return await self._update(
+            job_id, unfinished_only=True, status=outcome.status.value, finished_at=outcome.finished_at,
+            error=outcome.error, result_sha256=outcome.result_sha256, result_pixels_sha256=outcome.result_pixels_sha256,
             result_width=outcome.result_width, result_height=outcome.result_height, recipe=outcome.recipe,
         )
 
@@ -221,10 +232,16 @@ class SqliteJobStore:
         return await self._write(lambda db: db.execute(
             "DELETE FROM jobs WHERE swept_at IS NOT NULL AND swept_at < ?", (cutoff,)).rowcount)
 
-    async def _update(self, job_id: str, **columns: Any) -> None:
+    async def _update(self, job_id: str, *, unfinished_only: bool = False, **columns: Any) -> bool:
+        """Write ``columns`` of one job; with ``unfinished_only``, only while it is queued or processing.
+        True when the row was written."""
         assignments = ", ".join(f"{name} = ?" for name in columns)
-        await self._write(lambda db: db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?",
-                                                [*columns.values(), job_id]))
+        where, params = "id = ?", [job_id]
+        if unfinished_only:
+            where += " AND status IN (?, ?)"
+            params += [JobStatus.QUEUED.value, JobStatus.PROCESSING.value]
+        return await self._write(lambda db: db.execute(f"UPDATE jobs SET {assignments} WHERE {where}",
+                                                       [*columns.values(), *params]).rowcount == 1)
 
     # -- reads ----------------------------------------------------------------------------
 

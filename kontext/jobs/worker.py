@@ -22,6 +22,7 @@ from kontext.engine.recipes import EditParams
 from kontext.jobs import chaining
 from kontext.jobs.finish import JobFinisher
 from kontext.jobs.inputs import InputPrefetcher
+from kontext.jobs.persist import keep_trying
 from kontext.jobs.queue import QueuedJob, RunQueue
 from kontext.jobs.record import JobRecord, now
 from kontext.jobs.store import JobStore
@@ -165,10 +166,12 @@ class Worker:
                 if self.queue_error is not None:
                     log.info("worker %s: the queue is reachable again", self.name)
                     self.queue_error = None
-            except StorageUnavailable as exc:  # the shared queue (Redis) is away: keep trying, say so
+            except Exception as exc:  # noqa: BLE001 - the queue (Redis) is away or refuses: keep trying, say so
+                message = exc.message if isinstance(exc, StorageUnavailable) else f"{type(exc).__name__}: {exc}"
                 if self.queue_error is None:
-                    log.error("worker %s: %s; retrying every %.0fs at most", self.name, exc.message, QUEUE_RETRY_MAX)
-                self.queue_error = exc.message
+                    log.error("worker %s: %s; retrying every %.0fs at most", self.name, message, QUEUE_RETRY_MAX,
+                              exc_info=not isinstance(exc, StorageUnavailable))
+                self.queue_error = message
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, QUEUE_RETRY_MAX)
         if self.engine.state is EngineState.FAILED and not self._stopping and self.pool is not None \
@@ -202,7 +205,10 @@ class Worker:
         try:
             handed_on = await self._run_one(entry)
         except asyncio.CancelledError:
-            raise  # the job is left "processing" in the store: the next start (or a lease) runs it again
+            # Cut off by a shutdown: the job stays "processing" in the store and its entry stays open, so
+            # the next start (one host) or another worker once the lease lapses (a shared queue) runs it again.
+            handed_on = True
+            raise
         except Exception:  # noqa: BLE001 - the store itself failed (disk full?): keep the job, keep going
             log.exception("worker %s could not process %s; it is tried again in %ss", self.name, entry.job_id,
                           RETRY_SECONDS)
@@ -219,10 +225,15 @@ class Worker:
         await self.queue.put(entry.job_id, entry.priority)
         await self.queue.done(entry)
 
+    async def _requeue_eventually(self, entry: QueuedJob) -> None:
+        """``_requeue`` from a helper task: each step tried until it works, so no outage strands the job."""
+        await keep_trying(lambda: self.queue.put(entry.job_id, entry.priority), f"queueing {entry.job_id} again")
+        await keep_trying(lambda: self.queue.done(entry), f"closing the entry of {entry.job_id}")
+
     def _retry_later(self, entry: QueuedJob) -> None:
         async def requeue() -> None:
             await asyncio.sleep(RETRY_SECONDS)
-            await self._requeue(entry)
+            await self._requeue_eventually(entry)
 
         task = asyncio.get_running_loop().create_task(requeue())
         self._retries.add(task)
@@ -248,8 +259,9 @@ class Worker:
         if image is None:
             return True
         job = job.evolve(status=JobStatus.PROCESSING, started_at=now(), attempts=job.attempts + 1, worker=self.name)
-        await self.store.mark_started(job.id, started_at=job.started_at or 0.0, attempts=job.attempts,
-                                      worker=self.name)
+        if not await self.store.mark_started(job.id, started_at=job.started_at or 0.0, attempts=job.attempts,
+                                             worker=self.name):
+            return False  # it finished meanwhile (another worker ran it)
         try:
             output = await self._run_engine(job, image)
             try:
@@ -298,9 +310,9 @@ class Worker:
         async def later() -> None:
             while True:
                 await asyncio.sleep(RETRY_SECONDS / 10)
-                reference = await self.store.get(reference_id)
+                reference = await keep_trying(lambda: self.store.get(reference_id), f"reading {reference_id}")
                 if reference is None or reference.status.finished:
-                    await self._requeue(entry)
+                    await self._requeue_eventually(entry)
                     return
 
         task = asyncio.get_running_loop().create_task(later())

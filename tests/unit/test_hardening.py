@@ -112,7 +112,7 @@ async def test_a_store_retry_keeps_priority_and_is_not_a_crash(tmp_path: Path, m
             if refusals["left"]:
                 refusals["left"] -= 1
                 raise sqlite3.OperationalError("database or disk is full")
-            await real(job_id, outcome)
+            return await real(job_id, outcome)
 
         monkeypatch.setattr(runtime.store, "mark_finished", full_once)
         requeued = []

@@ -188,11 +188,15 @@ async def test_a_fallback_with_both_image_b64_and_image_url_edits_and_names_the_
     """image_b64 comes before image_url, at submit and at run time alike (only the b64 is stored ahead)."""
     gate = threading.Event()
     client, runtime = await start(settings, FakeEngine(gate=gate))
+    await submit(client, image_b64=IMAGE_B64, seed=5)  # held at its first step: the next jobs wait behind it
     doomed = (await submit(client, image_b64=IMAGE_B64, prompt=FAIL_PROMPT))["job_id"]
-    both = (await submit(client, reference_job_id=doomed, image_b64=IMAGE_B64,
-                         image_url="http://127.0.0.1:9/never-fetched.png"))["job_id"]
-    assert (await (await client.get(f"/edit/status/{both}")).json())["request"]["image_source"] == "reference_edit"
-    gate.set()
+    try:
+        both = (await submit(client, reference_job_id=doomed, image_b64=IMAGE_B64,
+                             image_url="http://127.0.0.1:9/never-fetched.png"))["job_id"]
+        status = await (await client.get(f"/edit/status/{both}")).json()
+        assert status["request"]["image_source"] == "reference_edit"  # the reference is still queued
+    finally:
+        gate.set()
     status = await wait_finished(client, both)
     assert status["status"] == "completed" and status["request"]["image_source"] == "base64_fallback"
     assert runtime.engines[0].calls[-1][0] == base64.b64decode(IMAGE_B64)

@@ -115,7 +115,7 @@ async def test_a_store_failure_while_running_keeps_the_worker_alive(tmp_path: Pa
             if failures["left"]:
                 failures["left"] -= 1
                 raise sqlite3.OperationalError("database or disk is full")
-            await real_mark_started(job_id, **kwargs)
+            return await real_mark_started(job_id, **kwargs)
 
         monkeypatch.setattr(runtime.store, "mark_started", flaky_mark_started)
         job_id = (await runtime.service.submit(REQUEST)).job_id

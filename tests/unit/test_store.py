@@ -47,6 +47,29 @@ async def sqlite_store(tmp_path: Path):
     await store.close()
 
 
+async def test_a_finished_job_is_never_started_or_finished_again(store: SqliteJobStore) -> None:
+    """A worker whose lease another took over may still reach mark_started or mark_finished late: a job ends
+    once, and a completed job is never flipped back to processing or to failed."""
+    await store.insert(JobRecord(id="j", request=_request()))
+    assert await store.mark_started("j", started_at=1.0, attempts=1, worker="w-a")
+    done = JobOutcome(status=JobStatus.COMPLETED, finished_at=2.0, result_sha256="ab")
+    assert await store.mark_finished("j", done)
+    assert not await store.mark_started("j", started_at=3.0, attempts=2, worker="w-b")
+    assert not await store.mark_finished("j", JobOutcome(status=JobStatus.FAILED, finished_at=4.0, error="late"))
+    job = await store.get("j")
+    assert job is not None and job.status is JobStatus.COMPLETED and job.worker == "w-a" and job.attempts == 1
+    assert job.error is None and job.finished_at == 2.0
+    assert await store.count_by_status() == {"completed": 1}
+
+
+async def test_delete_removes_a_job_that_was_never_queued(store: SqliteJobStore) -> None:
+    await store.insert(JobRecord(id="orphan", request=_request()))
+    await store.delete("orphan")
+    assert await store.get("orphan") is None and await store.unfinished() == []
+    assert await store.count_by_status() == {}
+    await store.insert(JobRecord(id="orphan", request=_request()))  # the caller's retry with its job_id works
+
+
 async def test_round_trip_keeps_everything_but_image_bytes(store: SqliteJobStore) -> None:
     job = JobRecord(id="edit-1", request=_request(callback_url="http://h/cb", callback_secret="s3"),
                     image_source=ImageSource.BASE64, priority=2.5)
