@@ -100,7 +100,7 @@ def test_twenty_jobs_complete_exactly_once_with_single_host_bytes(cluster: Clust
 
 def test_a_worker_killed_mid_job_loses_nothing_and_doubles_nothing(cluster: Cluster) -> None:
     callback = f"http://127.0.0.1:{cluster.receiver.port}/kill"
-    long_jobs = [cluster.client.edit(**_request(i, width=1024, height=1024, num_inference_steps=6, seed=700 + i,
+    long_jobs = [cluster.client.edit(**_request(i, width=768, height=768, num_inference_steps=4, seed=700 + i,
                                                 callback_url=callback))["job_id"] for i in range(3)]
     victim = None
     deadline = time.monotonic() + 120
