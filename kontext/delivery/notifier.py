@@ -104,12 +104,14 @@ class CallbackNotifier:
         elif request.expiry is not None and request.expiry <= datetime.now(timezone.utc):
             record = CallbackRecord(status=CallbackStatus.EXPIRED, payload_status=job.status,
                                     error=f"expiry {request.expiry.isoformat()} had passed")
-        elif not await self.store.claim_callback(job.id):  # pending -> sending: at most one POST per job
-            log.info("callback for %s is no longer pending; not sending it", job.id)
-            return None
         else:
+            # From the claim on, a shutdown lets this finish (``drain``): a claim committed in the store's thread
+            # while its task was cancelled would leave 'sending' with no POST behind it.
             self._posting.add(job.id)
             try:
+                if not await self.store.claim_callback(job.id):  # pending -> sending: at most one POST per job
+                    log.info("callback for %s is no longer pending; not sending it", job.id)
+                    return None
                 record = await self._post(job, request.callback_url, request.callback_secret)
             finally:
                 self._posting.discard(job.id)

@@ -50,6 +50,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE jobs ADD COLUMN worker TEXT",
     ),
+    # 4 - runs ended by a write the store refused (retried), told apart from runs cut off by a stopped process.
+    (
+        "ALTER TABLE jobs ADD COLUMN store_retries INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
 LATEST = len(MIGRATIONS)

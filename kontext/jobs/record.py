@@ -16,8 +16,9 @@ def now() -> float:
 
 @dataclass(frozen=True)
 class JobRecord:
-    """One job as persisted. ``request`` holds the validated request; an uploaded image is not in
-    the record but in the image store (files, or Redis), until the job ends.
+    """One job as persisted. ``request`` holds the validated request; the store leaves its
+    ``image_b64`` out (the record built at submit still carries it): an uploaded image lives in the
+    image store (files, or Redis) until the job ends.
 
     The callback secret is kept (the callback may have to be sent after a restart) but never
     leaves the process except as the webhook's own header.
@@ -38,6 +39,9 @@ class JobRecord:
     result_height: Optional[int] = None
     recipe: Optional[str] = None
     attempts: int = 0
+    """How often a worker started it."""
+    store_retries: int = 0
+    """Of those runs, how many ended because the store refused a write (the job was retried): not crashes."""
     worker: Optional[str] = None
     """The worker that ran (or runs) it."""
     callback_status: CallbackStatus = CallbackStatus.PENDING
@@ -62,9 +66,11 @@ class JobRecord:
         return max(0.0, end - self.started_at)
 
     def cut_off_too_often(self, max_attempts: int) -> Optional[str]:
-        """Why a job found ``processing`` by a new owner (a restart, a lease taken over) must not run again."""
-        if self.status is JobStatus.PROCESSING and self.attempts >= max_attempts:
-            return (f"job was interrupted {self.attempts} time(s) while running (the miner or worker process "
+        """Why a job found ``processing`` by a new owner (a restart, a lease taken over) must not run again:
+        its runs cut off by a stopped process (its starts, less those the store's refusals ended)."""
+        interrupted = self.attempts - self.store_retries
+        if self.status is JobStatus.PROCESSING and interrupted >= max_attempts:
+            return (f"job was interrupted {interrupted} time(s) while running (the miner or worker process "
                     "stopped); not run again")
         return None
 

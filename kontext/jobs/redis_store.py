@@ -96,6 +96,10 @@ class RedisJobStore:
         await self._update(job_id, {"image_source": source.value})
 
     @guarded
+    async def count_store_retry(self, job_id: str) -> None:
+        await self.redis.hincrby(_key(job_id), "store_retries", 1)
+
+    @guarded
     async def mark_finished(self, job_id: str, outcome: JobOutcome) -> bool:
         values = {"status": outcome.status.value, "finished_at": outcome.finished_at, "error": outcome.error,
                   "result_sha256": outcome.result_sha256, "result_pixels_sha256": outcome.result_pixels_sha256,

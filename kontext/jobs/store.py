@@ -22,14 +22,15 @@ T = TypeVar("T")
 
 COLUMNS = (
     "id", "status", "priority", "request", "image_source", "queued_at", "started_at", "finished_at", "error",
-    "result_sha256", "result_pixels_sha256", "result_width", "result_height", "recipe", "attempts", "worker",
+    "result_sha256", "result_pixels_sha256", "result_width", "result_height", "recipe", "attempts", "store_retries",
+    "worker",
     "callback_status", "callback_status_code", "callback_attempted_at", "callback_error", "callback_payload_status",
     "swept_at",
 )
 
 
 _FLOATS = frozenset({"priority", "queued_at", "started_at", "finished_at", "callback_attempted_at", "swept_at"})
-_INTS = frozenset({"seq", "attempts", "result_width", "result_height", "callback_status_code"})
+_INTS = frozenset({"seq", "attempts", "store_retries", "result_width", "result_height", "callback_status_code"})
 
 
 def typed_column(name: str, text: str) -> Any:
@@ -55,6 +56,9 @@ class JobStore(Protocol):
         """False, and nothing written, when the job has finished already (another worker ran it)."""
         ...
     async def set_image_source(self, job_id: str, source: ImageSource) -> None: ...
+    async def count_store_retry(self, job_id: str) -> None:
+        """One more run of the job ended by a write the store refused (see ``JobRecord.store_retries``)."""
+        ...
     async def mark_finished(self, job_id: str, outcome: JobOutcome) -> bool:
         """False, and nothing written, when the job has finished already: a job ends once."""
         ...
@@ -172,6 +176,10 @@ class SqliteJobStore:
     async def set_image_source(self, job_id: str, source: ImageSource) -> None:
         await self._update(job_id, image_source=source.value)
 
+    async def count_store_retry(self, job_id: str) -> None:
+        await self._write(lambda db: db.execute("UPDATE jobs SET store_retries = store_retries + 1 WHERE id = ?",
+                                                (job_id,)))
+
     async def mark_finished(self, job_id: str, outcome: JobOutcome) -> bool:
         return await self._update(
             job_id, unfinished_only=True, status=outcome.status.value, finished_at=outcome.finished_at,
@@ -288,6 +296,7 @@ def to_row(job: JobRecord) -> dict[str, Any]:
         "result_height": job.result_height,
         "recipe": job.recipe,
         "attempts": job.attempts,
+        "store_retries": job.store_retries,
         "worker": job.worker,
         "callback_status": job.callback_status.value,
         "callback_status_code": job.callback_status_code,
@@ -321,6 +330,7 @@ def from_row(row: Mapping[str, Any]) -> JobRecord:
         result_height=row["result_height"],
         recipe=row["recipe"],
         attempts=row["attempts"],
+        store_retries=row["store_retries"] or 0,
         worker=row["worker"],
         callback_status=CallbackStatus(row["callback_status"]),
         callback_status_code=row["callback_status_code"],

@@ -38,8 +38,10 @@ RETRY_SECONDS = 5.0
 """Delay before a job the store could not update is tried again."""
 QUEUE_RETRY_MAX = 10.0
 """Longest wait between attempts to reach a queue that is away."""
-THREAD_EXIT_SECONDS = 30.0
-"""After an interrupt, how long the engine thread may take to reach its next step and stop."""
+THREAD_EXIT_SECONDS = 10.0
+"""After an interrupt, how long the engine thread may take to reach its next step and stop (a denoising step
+takes well under a second on a GPU). With SHUTDOWN_GRACE_SECONDS (60), the handlers' 5 s and the callbacks'
+10 s, a stop stays inside pm2's kill_timeout (90 s)."""
 
 
 def combined_state(states: Collection[EngineState]) -> EngineState:
@@ -94,7 +96,10 @@ class Worker:
         self.pool: Optional["WorkerPool"] = None
         self._stopping = False
         self._interrupt = False
+        self._marked_started = False
+        """Whether the current job's start was recorded (so a store retry of it is counted as one)."""
         self._retries: set[asyncio.Task[None]] = set()
+        self._drained: Optional[asyncio.Future[None]] = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -134,10 +139,15 @@ class Worker:
 
     async def drain(self, grace_seconds: float) -> None:
         """Stop taking work; give the running job ``grace_seconds``; then interrupt it and wait for the engine
-        thread. Nothing is written to the store after this returns."""
+        thread (at most THREAD_EXIT_SECONDS). Nothing is written to the store after this returns. A second
+        call (``Runtime.stop`` after ``quiesce``) waits for the first one's end and does nothing more."""
+        if self._drained is None:
+            self._drained = asyncio.ensure_future(self._drain(grace_seconds))
+        await asyncio.shield(self._drained)
+
+    async def _drain(self, grace_seconds: float) -> None:
         self._stopping = True
-        for task in self._retries:
-            task.cancel()
+        await self._cancel_helpers()
         if self._task is None:
             return
         if self.busy and grace_seconds > 0:
@@ -151,9 +161,20 @@ class Worker:
             self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
+        await self._cancel_helpers()  # and those the job started during the grace period
         done = asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(done, THREAD_EXIT_SECONDS)
+
+    async def _cancel_helpers(self) -> None:
+        """Cancel the retries and the waits for a reference, and wait until they have ended: their entries stay
+        held (the next start, or a shared queue's lease, brings those jobs back)."""
+        while self._retries:
+            tasks = list(self._retries)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._retries.difference_update(tasks)
 
     async def _run(self, eager: bool) -> None:
         if eager:
@@ -201,6 +222,7 @@ class Worker:
                 await self._requeue(entry)
                 return
         self.current_job = entry.job_id
+        self._marked_started = False
         handed_on = False
         try:
             handed_on = await self._run_one(entry)
@@ -213,7 +235,7 @@ class Worker:
             log.exception("worker %s could not process %s; it is tried again in %ss", self.name, entry.job_id,
                           RETRY_SECONDS)
             self.metrics.store_retries.inc()
-            self._retry_later(entry)
+            self._retry_later(entry, counted_as_started=self._marked_started)
             handed_on = True
         finally:
             self.current_job, self._progress = None, None
@@ -230,9 +252,14 @@ class Worker:
         await keep_trying(lambda: self.queue.put(entry.job_id, entry.priority), f"queueing {entry.job_id} again")
         await keep_trying(lambda: self.queue.done(entry), f"closing the entry of {entry.job_id}")
 
-    def _retry_later(self, entry: QueuedJob) -> None:
+    def _retry_later(self, entry: QueuedJob, *, counted_as_started: bool) -> None:
+        """Queue the job again after RETRY_SECONDS; a run the store had counted as started is recorded as a store
+        retry, so MAX_ATTEMPTS still counts only runs cut off by a stopped process."""
         async def requeue() -> None:
             await asyncio.sleep(RETRY_SECONDS)
+            if counted_as_started:
+                await keep_trying(lambda: self.store.count_store_retry(entry.job_id),
+                                  f"recording the store retry of {entry.job_id}")
             await self._requeue_eventually(entry)
 
         task = asyncio.get_running_loop().create_task(requeue())
@@ -262,6 +289,7 @@ class Worker:
         if not await self.store.mark_started(job.id, started_at=job.started_at or 0.0, attempts=job.attempts,
                                              worker=self.name):
             return False  # it finished meanwhile (another worker ran it)
+        self._marked_started = True
         try:
             output = await self._run_engine(job, image)
             try:

@@ -132,6 +132,81 @@ async def test_a_store_retry_keeps_priority_and_is_not_a_crash(tmp_path: Path, m
         await runtime.stop()
 
 
+async def test_a_store_retry_then_one_stop_is_one_interruption_not_two(tmp_path: Path, monkeypatch) -> None:
+    """MAX_ATTEMPTS=2: a run ended by a refused write (retried), then a run cut off by a stop. The job was
+    failed as 'interrupted 2 time(s)': the store retry counted as a stopped process."""
+    import kontext.jobs.worker
+
+    monkeypatch.setattr(kontext.jobs.worker, "RETRY_SECONDS", 0.05)
+    gate = threading.Event()
+    settings = make_settings(tmp_path, max_attempts=2)
+    engine = FakeEngine()
+    runtime = Runtime(settings, engine=engine)
+    await runtime.start()
+    job_id = ""
+    try:
+        real = runtime.store.mark_finished
+        refusals = {"left": 1}
+
+        async def full_once(job_id, outcome):  # type: ignore[no-untyped-def]
+            if refusals["left"]:
+                refusals["left"] -= 1
+                engine.gate = gate  # the retried run is held at its first step, to be cut off by the stop
+                raise sqlite3.OperationalError("database or disk is full")
+            return await real(job_id, outcome)
+
+        monkeypatch.setattr(runtime.store, "mark_finished", full_once)
+        job_id = (await runtime.service.submit(_request(5))).job_id
+
+        async def retried_and_running() -> bool:
+            job = await runtime.store.get(job_id)
+            return job is not None and job.attempts == 2 and job.status is JobStatus.PROCESSING
+
+        await _until(retried_and_running)
+    finally:
+        await runtime.stop(grace_seconds=0.1)  # cut off: the job's one interruption
+        gate.set()
+    again = Runtime(settings, engine=FakeEngine())
+    await again.start()
+    try:
+        await _until(lambda: _is(again, job_id, JobStatus.COMPLETED))
+        status = await again.service.status(job_id)
+        assert status.attempts == 3 and status.error is None
+    finally:
+        await again.stop()
+
+
+async def test_nothing_touches_the_store_after_a_stop_not_even_a_wait_begun_in_the_grace_period(
+        tmp_path: Path, monkeypatch, caplog) -> None:
+    """The drain cancelled the helper tasks once, at its start: a worker reading a chained job's reference when
+    the stop came began its wait for that reference during the grace period; the wait lived on and polled the
+    closed store."""
+    gate = threading.Event()
+    runtime = Runtime(make_settings(tmp_path), engines=[FakeEngine(gate=gate), FakeEngine()])
+    await runtime.start()
+    reference = (await runtime.service.submit(_request(6))).job_id
+    await _until(lambda: _is(runtime, reference, JobStatus.PROCESSING))
+    real_get = runtime.store.get
+    reading = asyncio.Event()
+
+    async def slow_reference_read(job_id: str):  # type: ignore[no-untyped-def]
+        if job_id == reference and not reading.is_set():
+            reading.set()
+            await asyncio.sleep(0.3)  # the stop begins meanwhile
+        return await real_get(job_id)
+
+    monkeypatch.setattr(runtime.store, "get", slow_reference_read)
+    await runtime.service.submit(_request(7, reference_job_id=reference))
+    await asyncio.wait_for(reading.wait(), 10)
+    asyncio.get_running_loop().call_later(0.8, gate.set)  # the reference ends inside the grace period
+    await runtime.stop(grace_seconds=5)
+    await asyncio.sleep(1.2)  # two polls of a wait that outlived the stop
+    assert not [record for record in caplog.records if "StoreClosed" in record.getMessage()
+                or "not open" in record.getMessage()]
+    left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()]
+    assert left == []
+
+
 async def test_a_receivers_error_body_is_read_a_few_hundred_bytes_at_most() -> None:
     """A receiver answering 500 with an endless body: the outcome is recorded at once, not after reading it all."""
     async def endless(request: web.Request) -> web.StreamResponse:

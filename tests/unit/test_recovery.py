@@ -154,6 +154,34 @@ async def test_a_callback_cut_off_mid_post_is_failed_not_sent_twice(tmp_path: Pa
         await again.stop()
 
 
+async def test_a_shutdown_during_the_claim_lets_that_callback_be_sent(tmp_path: Path, monkeypatch) -> None:
+    """The shutdown cancelled a callback task while its claim ran in the store's thread: the claim committed
+    'sending', no POST followed, and the next start recorded a POST that never happened as cut off."""
+    settings = make_settings(tmp_path, callback_timeout_seconds=5)
+    deliverer = RecordingDeliverer()
+    runtime = Runtime(settings, engine=FakeEngine(), sender=deliverer)
+    await runtime.start()
+    try:
+        real_claim = runtime.store.claim_callback
+        claiming = asyncio.Event()
+
+        async def slow_claim(job_id: str) -> bool:  # as the store's thread: once begun, it commits
+            async def commit() -> bool:
+                claiming.set()
+                await asyncio.sleep(0.3)
+                return await real_claim(job_id)
+
+            return await asyncio.shield(asyncio.ensure_future(commit()))
+
+        monkeypatch.setattr(runtime.store, "claim_callback", slow_claim)
+        job_id = (await runtime.service.submit(_request(1, callback_url="http://hook.test/x"))).job_id
+        await asyncio.wait_for(claiming.wait(), 10)
+    finally:
+        await runtime.stop()
+    assert [sent[2].job_id for sent in deliverer.sent] == [job_id]  # the one POST happened
+    assert (await _status_callback(settings, job_id)) == "delivered"
+
+
 async def _status_callback(settings, job_id: str) -> str:
     from kontext.jobs.store import SqliteJobStore
 
