@@ -95,7 +95,7 @@ class EditRequest(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=limits.PROMPT_MAX_CHARS, description="Edit instruction.")
     seed: int = Field(ge=limits.SEED_MIN, le=limits.SEED_MAX, strict=True, description="Noise seed.")
-    image_b64: Optional[str] = Field(default=None, min_length=1, description="Base64 PNG, JPEG or WebP.")
+    image_b64: Optional[str] = Field(default=None, min_length=1, description="Base64 PNG, JPEG (multi-picture JPEG too) or WebP; line breaks allowed.")
     image_url: HttpUrlText = None
     reference_job_id: Optional[str] = Field(default=None, min_length=1, max_length=128)
     guidance_scale: float = Field(

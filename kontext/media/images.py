@@ -13,7 +13,10 @@ from PIL import Image, UnidentifiedImageError
 from kontext.errors import InvalidRequest, PayloadTooLarge
 
 _DATA_URI = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
-ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
+ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP"})
+"""MPO: the multi-picture JPEG phones write; its first picture is an ordinary JPEG, what PIL (and so the
+reference miner) edits."""
+_WHITESPACE = re.compile(r"\s+")
 
 
 def decode_base64_image(text: str, *, field: str, max_bytes: int, max_pixels: int) -> bytes:
@@ -21,7 +24,7 @@ def decode_base64_image(text: str, *, field: str, max_bytes: int, max_pixels: in
 
     Only the header is parsed here (cheap); the engine's recipe does the full decode.
     """
-    payload = _DATA_URI.sub("", text.strip(), count=1)
+    payload = _WHITESPACE.sub("", _DATA_URI.sub("", text.strip(), count=1))  # base64 wrapped in lines, too
     if len(payload) > (max_bytes * 4) // 3 + 4:
         raise PayloadTooLarge(f"{field}: image is larger than {max_bytes} bytes", fields=[_f(field, "too large")])
     try:
@@ -54,7 +57,7 @@ def check_image_bytes(data: bytes, *, field: str, max_bytes: int, max_pixels: in
         raise InvalidRequest(f"{field}: bytes are not a PNG, JPEG or WebP image",
                              fields=[_f(field, "not an image")]) from None
     if fmt not in ACCEPTED_FORMATS:
-        raise InvalidRequest(f"{field}: image format {fmt} is not accepted (PNG, JPEG or WebP)",
+        raise InvalidRequest(f"{field}: image format {fmt} is not accepted (PNG, JPEG, MPO or WebP)",
                              fields=[_f(field, "unsupported format")])
     if width < 1 or height < 1 or width * height > max_pixels:
         raise _too_many_pixels(field, max_pixels, f": it is {width}x{height}")

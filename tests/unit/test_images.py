@@ -21,6 +21,25 @@ def test_png_jpeg_and_data_uri_are_accepted() -> None:
     assert decode_base64_image(uri, **LIMITS) == jpeg
 
 
+def test_what_the_reference_miner_opens_from_a_phone_is_accepted_too() -> None:
+    """Phones write multi-picture JPEGs (MPO: the first picture is an ordinary JPEG) and tools wrap base64 at
+    76 columns; the reference miner opens both (PIL, a lenient b64decode), so they were 400s only here."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    first, second = Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (40, 30), (10, 200, 10))
+    first.save(buffer, format="MPO", save_all=True, append_images=[second])
+    mpo = buffer.getvalue()
+    with Image.open(io.BytesIO(mpo)) as opened:
+        assert opened.format == "MPO"
+    assert decode_base64_image(base64.b64encode(mpo).decode(), **LIMITS) == mpo
+    png = png_bytes()
+    wrapped = base64.encodebytes(png).decode()  # a newline every 76 characters
+    assert "\n" in wrapped.strip() and decode_base64_image(wrapped, **LIMITS) == png
+
+
 @pytest.mark.parametrize(
     "text, error, message",
     [
