@@ -36,4 +36,5 @@ async def result_synapse(request: web.Request) -> web.Response:
     synapse = await parse_model(body, ResultSynapse, what="ResultSynapse")
     result = await service_of(request).result(synapse.job_id)
     synapse.image_b64, synapse.sha256 = base64.b64encode(result.png).decode(), result.sha256
+    synapse.recipe = result.recipe
     return web.json_response(synapse.model_dump(mode="json"))

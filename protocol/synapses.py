@@ -35,6 +35,8 @@ class ResultSynapse(BaseModel):
     """The result PNG, base64."""
     sha256: Optional[str] = None
     """SHA256 of the PNG bytes (what the audit compares)."""
+    recipe: Optional[str] = None
+    """The recipe that made the PNG (``X-Recipe`` on the HTTP routes)."""
 
 
 SYNAPSES: dict[str, type[BaseModel]] = {

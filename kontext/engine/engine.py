@@ -126,7 +126,7 @@ class KontextEngine:
             log.error("engine not ready (%s): %s", self.config.model_path, self.error)
             return
         self.load_seconds = time.perf_counter() - started
-        self.warnings = self.recipe.stack_warnings(self.device)
+        self.warnings = self.recipe.stack_warnings(self.device, self.profile)
         for warning in self.warnings:
             log.warning("%s: %s", self.recipe.id, warning)
         self.state = EngineState.READY

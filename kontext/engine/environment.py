@@ -1,6 +1,7 @@
 """The versions that decide an edit's bytes, read from the running process.
 
-Pixels depend on torch, CUDA/cuBLAS/cuDNN, diffusers, transformers and the GPU model; on the CPU,
+Pixels depend on torch, CUDA/cuBLAS/cuDNN, diffusers, transformers (with tokenizers and ftfy: the
+token ids), numpy and the GPU model; on the CPU,
 on the processor too: torch, MKL and oneDNN pick their float kernels by its vendor and vector
 extensions (AVX2, AVX-512), and those kernels sum in other orders. The PNG bytes of identical
 pixels depend on the zlib Pillow compresses with (Pillow wheels since 11.1 use zlib-ng, whose
@@ -11,6 +12,17 @@ from __future__ import annotations
 
 import platform
 from typing import Optional
+
+
+def _version(distribution: str) -> str:
+    """An installed distribution's version, or ``None`` (ftfy is optional: without it the slow CLIP tokenizer
+    of transformers 4 cleans prompts differently)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "None"
 
 
 def cpu_kernels() -> dict[str, str]:
@@ -52,6 +64,9 @@ def pixel_and_png_stack(device_name: Optional[str] = None) -> dict[str, str]:
         "cudnn": str(cudnn),
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
+        "tokenizers": _version("tokenizers"),
+        "ftfy": _version("ftfy"),
+        "numpy": _version("numpy"),
         "pillow": PIL.__version__,
         "zlib": str(features.version("zlib")),
         "zlib_ng": str(features.version_feature("zlib_ng") if "zlib_ng" in features.features else None),

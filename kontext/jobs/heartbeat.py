@@ -112,5 +112,7 @@ class RemoteWorkers:
         return statistics.median(medians) if medians else None
 
     def describe(self) -> dict[str, Any]:
-        return {"state": self.state.value, "error": self.error, "workers": self._workers,
+        recipes = sorted({str(w["recipe"]) for w in self._workers if w.get("recipe")})
+        return {"state": self.state.value, "error": self.error, "recipe": ", ".join(recipes) or None,
+                "workers": self._workers,
                 "note": "workers in kontext-worker processes (JOB_BACKEND=redis), from their heartbeats"}

@@ -122,7 +122,8 @@ class Worker:
     def describe(self) -> dict[str, Any]:
         """What /health says of this worker: device, state, current job, self-check."""
         engine = self.engine.describe()
-        return {"name": self.name, "device": engine.get("device"), "state": self.engine.state.value,
+        return {"name": self.name, "device": engine.get("device"), "recipe": engine.get("recipe"),
+                "state": self.engine.state.value,
                 "current_job": self.current_job, "self_check": engine.get("self_check"), "error": self.engine.error,
                 "queue_error": self.queue_error,
                 "median_edit_seconds": statistics.median(self.recent_seconds) if self.recent_seconds else None}

@@ -80,6 +80,7 @@ def test_signed_edit_matches_the_sidecar_byte_for_byte(neuron, scheme: str) -> N
     result = _signed(process, miner_hotkey, "ResultSynapse", {"job_id": job_id}, scheme=scheme).json()
     png = base64.b64decode(result["image_b64"])
     assert hashlib.sha256(png).hexdigest() == result["sha256"]
+    assert result["recipe"] == "kontext-v1"  # the recipe is reported wherever a result is
 
     _, sidecar_png = MinerClient(process.url).edit_and_wait(**EDIT)
     assert sidecar_png == png

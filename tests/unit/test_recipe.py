@@ -162,3 +162,20 @@ def test_registry() -> None:
     assert set(RECIPES) == {"reference-v1", "kontext-v1"}
     with pytest.raises(ValueError, match="known: reference-v1, kontext-v1"):
         get_recipe("fancy-v9")
+
+
+@pytest.mark.parametrize("profile, warned", [
+    ("bfloat16/attn=native", False),
+    ("float16/attn=native", True),
+    ("bfloat16/attn=flash", True),
+    ("bfloat16/attn=native/compile=regional", True),
+    ("bfloat16/attn=native/fbc=0.08", True),
+])
+def test_reference_warns_when_the_engine_options_differ_from_the_auditors_on_a_gpu(profile: str, warned: bool) -> None:
+    """A miner on reference-v1 with a speed option on would fail every audited job, silently."""
+    said = [warning for warning in reference.stack_warnings("cuda:0", profile) if warning.startswith("engine profile")]
+    assert bool(said) is warned
+    if warned:
+        assert profile in said[0] and "bfloat16/attn=native" in said[0]
+    assert not [w for w in reference.stack_warnings("cpu", profile) if w.startswith("engine profile")]  # no audit on CPU
+    assert get_recipe("kontext-v1").stack_warnings("cuda:0", profile) == []

@@ -61,6 +61,8 @@ async def test_a_worker_host_whose_engines_failed_leaves_the_shared_queue_to_the
 
         await _until(completed)
         assert (await door.service.status(job_id)).worker.startswith(healthy.settings.worker_name or "")
+        engine = (await door.service.health())["engine"]  # the door's /health names the workers' recipe
+        assert engine["recipe"] == "fake-v1" and {w["recipe"] for w in engine["workers"]} == {"fake-v1"}
     finally:
         for runtime in (healthy, broken, door):
             await runtime.stop()

@@ -42,8 +42,9 @@ class Recipe(Protocol):
     def configure_torch(self) -> None:
         """Process-wide torch switches the recipe's numbers depend on (set at engine load and before every edit)."""
 
-    def stack_warnings(self, device: str) -> list[str]:
-        """Versions in this process known to give other numbers than the ones the recipe is checked against."""
+    def stack_warnings(self, device: str, profile: str) -> list[str]:
+        """Versions in this process, or engine options (``profile``), known to give other numbers than the ones
+        the recipe is checked against."""
 
     def preprocess(self, image_bytes: bytes, *, max_pixels: int) -> Image.Image:
         """Bytes -> the image the pipeline sees; ``ValueError`` naming what is wrong."""

@@ -64,7 +64,7 @@ class KontextV1:
     def configure_torch(self) -> None:
         determinism.configure_torch_strict()
 
-    def stack_warnings(self, device: str) -> list[str]:
+    def stack_warnings(self, device: str, profile: str) -> list[str]:
         return []  # audited against itself: only the self-check's recorded hash matters
 
     def preprocess(self, image_bytes: bytes, *, max_pixels: int) -> Image.Image:

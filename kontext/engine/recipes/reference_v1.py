@@ -37,6 +37,8 @@ NUMPY_SEED_RANGE = 2**32
 AUDITOR_TORCH = "2.6."
 AUDITOR_TRANSFORMERS = "4.52.4"
 """The audit miner's versions (constraints/reference.txt pins its whole stack for GPU hosts)."""
+AUDITOR_PROFILE = "bfloat16/attn=native"
+"""The audit miner's engine profile on its GPU: bf16 weights, native attention, no compile, fp8 or cache."""
 
 
 class ReferenceV1:
@@ -46,12 +48,16 @@ class ReferenceV1:
     def configure_torch(self) -> None:
         determinism.configure_torch_like_reference()
 
-    def stack_warnings(self, device: str) -> list[str]:
-        """Where this process's versions are known to make other numbers than the auditor's."""
+    def stack_warnings(self, device: str, profile: str) -> list[str]:
+        """Where this process's versions or engine options are known to make other numbers than the auditor's."""
         import torch
         import transformers
 
         warnings = []
+        if is_cuda(device) and profile != AUDITOR_PROFILE:
+            warnings.append(f"engine profile {profile}: the auditor runs {AUDITOR_PROFILE} (bf16, native attention, "
+                            "no compile, fp8 or first-block cache); these options change the pixels, so every "
+                            "audited job would fail: unset KONTEXT_DTYPE and the acceleration options")
         if not transformers.__version__.startswith("4."):
             warnings.append(
                 f"transformers {transformers.__version__}: the auditor runs {AUDITOR_TRANSFORMERS}, whose slow CLIP "

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from protocol.headers import CALLBACK_SECRET_HEADER, CALLBACK_SIGNATURE_HEADER, CALLBACK_TIMESTAMP_HEADER
+from protocol.headers import CALLBACK_SECRET_HEADER, CALLBACK_SIGNATURE_HEADER, CALLBACK_TIMESTAMP_HEADER, RECIPE_HEADER
 from tests.e2e.kontext_determinism.conftest import MinerClient
 from tests.e2e.servers import CallbackReceiver
 
@@ -36,6 +36,7 @@ def test_delivered_with_secret_signature_and_image(
     assert got.fields["completed_at"].endswith("Z")
     assert got.fields["image_url"] == status["image_url"]
     assert got.image == miner.result(job_id)
+    assert headers[RECIPE_HEADER.lower()] == status["recipe"]  # the recipe that made the PNG, as in the status
     assert status["callback"]["status"] == "delivered" and status["callback"]["status_code"] == 200
     assert status["callback"]["payload_status"] == "completed" and status["callback"]["attempted_at"]
     assert "your-secret-key" not in str(status)
