@@ -38,6 +38,8 @@ class Case:
     expected_pixels_sha256: Optional[str] = None
     recipe: Optional[str] = None
     image_file: Optional[Path] = None
+    raw_request: dict[str, Any] = field(default_factory=dict, compare=False)
+    """The request exactly as the case file holds it (fields the miner ignores included), for ``record``."""
 
 
 @dataclass
@@ -89,6 +91,7 @@ def read_cases(path: Path) -> CaseFile:
             line=number, name=str(data.get("name") or f"line {number}"), request=request,
             expected_sha256=data.get("expected_sha256"), expected_pixels_sha256=data.get("expected_pixels_sha256"),
             recipe=data.get("recipe"), image_file=(path.parent / image_file) if image_file else None,
+            raw_request=dict(data["request"]),
         ))
     return result
 
@@ -135,13 +138,15 @@ def report(outcomes: list[Outcome], environment: dict[str, str], recorded: dict[
 
 
 def record(path: Path, outcomes: list[Outcome], environment: dict[str, str]) -> None:
-    """Write the case file again with the hashes made here (a new golden file); ``image_file`` paths are
-    written relative to ``path``, as ``read_cases`` reads them, wherever the new file goes."""
+    """Write the case file again with the hashes made here (a new golden file); each request as it was read
+    (the validator's extra fields kept); ``image_file`` paths are written relative to ``path``, as
+    ``read_cases`` reads them, wherever the new file goes."""
     lines = [json.dumps({"environment": environment}, sort_keys=True)]
     for outcome in outcomes:
         case = outcome.case
         entry: dict[str, Any] = {"name": case.name, "recipe": outcome.recipe,
-                                 "request": case.request.model_dump(mode="json", exclude_none=True),
+                                 "request": case.raw_request or case.request.model_dump(mode="json",
+                                                                                        exclude_none=True),
                                  "expected_sha256": outcome.sha256, "expected_pixels_sha256": outcome.pixels_sha256}
         if case.image_file is not None:
             entry["image_file"] = os.path.relpath(case.image_file, path.parent)
