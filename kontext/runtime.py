@@ -314,15 +314,20 @@ class Runtime:
         while True:
             await asyncio.sleep(RESEND_SECONDS)
             if self.notifier is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await self.notifier.resend_pending()
+                except Exception:  # noqa: BLE001 - Redis away: the next round tries again
+                    log.warning("resending pending callbacks failed; trying again in %.0fs", RESEND_SECONDS,
+                                exc_info=True)
 
     async def _watch_queue(self) -> None:
         """A shared queue's size is a network call: the queue-depth gauge reads this copy, kept current here
         (an in-memory queue's gauge reads its length directly)."""
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 self._queue_depth = await self.queue.size()
+            except Exception as exc:  # noqa: BLE001 - the gauge keeps its last value; the workers say why
+                log.debug("queue depth unknown: %s", exc)
             await asyncio.sleep(1.0)
 
 

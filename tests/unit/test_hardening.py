@@ -386,3 +386,41 @@ async def test_the_retention_sweep_removes_orphaned_files(tmp_path: Path) -> Non
         assert runtime.files.result_path(job_id).exists()
     finally:
         await runtime.stop()
+
+
+async def test_the_retention_loop_itself_sweeps_orphaned_files_while_the_miner_runs(tmp_path: Path) -> None:
+    """The sweep above, run by the runtime's own loop every RETENTION_SWEEP_SECONDS (not only when called)."""
+    orphan = None
+    runtime = Runtime(make_settings(tmp_path, retention_hours=1, retention_sweep_seconds=0.1), engine=FakeEngine())
+    await runtime.start()
+    try:
+        orphan = runtime.files.result_path("edit-left-by-a-crash")
+        orphan.write_bytes(b"png")
+        old = time.time() - 2 * 3600
+        os.utime(orphan, (old, old))
+
+        async def swept() -> bool:
+            return not orphan.exists()
+
+        await _until(swept, timeout=10)
+    finally:
+        await runtime.stop()
+
+
+async def test_a_callback_that_cannot_be_handled_is_logged_not_lost(tmp_path: Path, caplog) -> None:
+    """notify runs in a background task nobody awaits: its failure must reach the log."""
+    from kontext.delivery.notifier import CallbackNotifier
+    from kontext.jobs.record import JobRecord
+    from kontext.media.files import ImageFiles
+
+    class BrokenStore:
+        async def claim_callback(self, job_id: str) -> bool:
+            raise RuntimeError("the store broke")
+
+    notifier = CallbackNotifier(BrokenStore(), ImageFiles(tmp_path / "in", tmp_path / "out"),  # type: ignore[arg-type]
+                                RecordingDeliverer(), image_url=lambda job_id: f"http://m/{job_id}.png")
+    job = JobRecord(id="j-1", request=_request(1, callback_url="http://hook.test/x"), status=JobStatus.COMPLETED,
+                    finished_at=time.time())
+    assert await notifier.notify(job) is None
+    [record] = [r for r in caplog.records if "callback for j-1 could not be handled" in r.getMessage()]
+    assert record.exc_info is not None and "the store broke" in str(record.exc_info[1])
