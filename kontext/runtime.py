@@ -220,6 +220,7 @@ class Runtime:
             log.info("Redis reachable: starting the workers")
         self.backend_error = None
         self.queue.start_renewing()
+        self._spawn(self._watch_queue(), "queue-depth")  # this worker's /metrics shows the shared queue too
         if self.notifier is not None:
             await self.notifier.resend_pending()
         if self.workers is not None:

@@ -1,5 +1,6 @@
 """Workers on other hosts, seen from a door: each worker process publishes its workers every few seconds,
-and the doors read them for /health, /capacity and the admission estimate."""
+and the doors read them for /health, /capacity and the admission estimate. Beats are stamped and aged by
+Redis's clock (``TIME``), so hosts whose clocks disagree still see each other."""
 
 from __future__ import annotations
 
@@ -35,15 +36,14 @@ class Heartbeat:
         self.last_error: Optional[str] = None
         self.failing_since: Optional[float] = None
 
-    def fields(self) -> dict[str, str]:
-        now = time.time()
-        return {worker.name: json.dumps({**worker.describe(), "process": self.process, "at": now})
+    def fields(self, at: float) -> dict[str, str]:
+        return {worker.name: json.dumps({**worker.describe(), "process": self.process, "at": at})
                 for worker in self.pool.workers}  # worker names carry their process: unique across hosts
 
     async def run(self) -> None:
         while True:
             try:
-                await self.redis.hset(KEY, mapping=self.fields())
+                await self.redis.hset(KEY, mapping=self.fields(await redis_clock(self.redis)))
                 if self.last_error is not None:
                     log.info("Redis reachable again after %.0fs", time.time() - (self.failing_since or time.time()))
                 self.last_error, self.failing_since = None, None
@@ -56,7 +56,7 @@ class Heartbeat:
 
     async def withdraw(self) -> None:
         with contextlib.suppress(Exception):
-            await self.redis.hdel(KEY, *self.fields())
+            await self.redis.hdel(KEY, *(worker.name for worker in self.pool.workers))
 
 
 class RemoteWorkers:
@@ -65,22 +65,24 @@ class RemoteWorkers:
     def __init__(self, redis: Any) -> None:
         self.redis = redis
         self._workers: list[dict[str, Any]] = []
+        self._refreshed = time.monotonic()
 
     async def refresh(self) -> None:
         raw = await self.redis.hgetall(KEY)
-        now = time.time()
+        now = await redis_clock(self.redis)
         workers = {name: json.loads(value) for name, value in raw.items()}
         self._workers = sorted((w for w in workers.values() if now - w.get("at", 0) <= STALE_AFTER_SECONDS),
                                key=lambda w: (w["process"], w["name"]))
         forgotten = [name for name, w in workers.items() if now - w.get("at", 0) > FORGET_AFTER_SECONDS]
         if forgotten:
             await self.redis.hdel(KEY, *forgotten)
+        self._refreshed = time.monotonic()
 
     async def run(self) -> None:
         while True:
             with contextlib.suppress(Exception):  # Redis away: the last view ages out, capacity goes false
                 await self.refresh()
-            if self._workers and time.time() - max(w["at"] for w in self._workers) > STALE_AFTER_SECONDS:
+            if self._workers and time.monotonic() - self._refreshed > STALE_AFTER_SECONDS:
                 self._workers = []
             await asyncio.sleep(INTERVAL_SECONDS / 2)
 
@@ -116,3 +118,9 @@ class RemoteWorkers:
         return {"state": self.state.value, "error": self.error, "recipe": ", ".join(recipes) or None,
                 "workers": self._workers,
                 "note": "workers in kontext-worker processes (JOB_BACKEND=redis), from their heartbeats"}
+
+
+async def redis_clock(redis: Any) -> float:
+    """Redis's own time, in epoch seconds: one clock for every host."""
+    seconds, microseconds = await redis.time()
+    return seconds + microseconds / 1e6

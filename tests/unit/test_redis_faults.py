@@ -286,3 +286,24 @@ async def test_a_requeue_that_meets_an_outage_is_tried_until_it_works(tmp_path: 
         gate.set()
         for runtime in (worker, door):
             await runtime.stop()
+
+
+async def test_a_worker_process_metrics_show_the_shared_queue_depth(tmp_path: Path, redis_server) -> None:
+    """kontext-worker's /metrics said kontext_queue_depth 0 whatever was waiting: its gauge was never fed."""
+    gate = threading.Event()
+    door = Runtime(_settings(tmp_path, redis_server, "door"), role="door")
+    worker = Runtime(_settings(tmp_path, redis_server, "worker"), engines=[FakeEngine(gate=gate)], role="worker")
+    await door.start()
+    await worker.start()
+    try:
+        for seed in range(3):  # one runs (held), two wait
+            await door.service.submit(_request(seed))
+
+        async def two_waiting() -> bool:
+            return "kontext_queue_depth 2.0" in worker.metrics.render().decode()
+
+        await _until(two_waiting)
+    finally:
+        gate.set()
+        for runtime in (worker, door):
+            await runtime.stop()

@@ -86,6 +86,27 @@ async def test_doors_see_fresh_workers_only_and_forget_long_dead_ones(redis_serv
         await client.aclose()
 
 
+async def test_a_door_whose_clock_is_off_still_sees_the_workers(tmp_path: Path, redis_server, monkeypatch) -> None:
+    """Beats were stamped with the worker host's clock and aged by the door's: a door a minute ahead saw no
+    worker at all, and claimed no capacity."""
+    import kontext.jobs.heartbeat
+
+    worker = Runtime(make_settings(tmp_path, job_backend="redis", redis_url=redis_server.url),
+                     engines=[FakeEngine()], role="worker")
+    await worker.start()
+    client = connect(redis_server.url)
+    try:
+        await _until(lambda: client.hlen(KEY))
+        skewed = time.time() + 60.0
+        monkeypatch.setattr(kontext.jobs.heartbeat.time, "time", lambda: skewed)  # the door's clock, a minute ahead
+        view = RemoteWorkers(client)
+        await view.refresh()
+        assert [worker["state"] for worker in view.describe()["workers"]] == ["ready"]
+    finally:
+        await client.aclose()
+        await worker.stop()
+
+
 async def test_a_stopped_worker_process_leaves_no_heartbeat_behind(tmp_path: Path, redis_server) -> None:
     worker = Runtime(make_settings(tmp_path, job_backend="redis", redis_url=redis_server.url),
                      engines=[FakeEngine(), FakeEngine()], role="worker")
