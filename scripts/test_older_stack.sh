@@ -14,7 +14,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[older-stack] installing $(grep -v '^#' "$PINS" | tr '\n' ' ')into $OVERLAY"
   rm -rf "$OVERLAY"
   # --no-deps: everything else comes from the main venv; the pins are exactly what must differ.
-  python -m pip install --quiet --no-deps --target "$OVERLAY" -r "$PINS"
+  pip_install --no-deps --target "$OVERLAY" -r "$PINS"
   echo "$want" > "$stamp"
 fi
 
