@@ -182,7 +182,7 @@ async def test_nothing_touches_the_store_after_a_stop_not_even_a_wait_begun_in_t
     the stop came began its wait for that reference during the grace period; the wait lived on and polled the
     closed store."""
     gate = threading.Event()
-    runtime = Runtime(make_settings(tmp_path), engines=[FakeEngine(gate=gate), FakeEngine()])
+    runtime = Runtime(make_settings(tmp_path), engines=[FakeEngine(gate=gate), FakeEngine(gate=gate)])
     await runtime.start()
     reference = (await runtime.service.submit(_request(6))).job_id
     await _until(lambda: _is(runtime, reference, JobStatus.PROCESSING))

@@ -252,8 +252,8 @@ async def test_a_requeue_that_meets_an_outage_is_tried_until_it_works(tmp_path: 
     monkeypatch.setattr(kontext.jobs.persist, "FIRST_WAIT_SECONDS", 0.05)
     gate = threading.Event()
     door = Runtime(_settings(tmp_path, redis_server, "door"), role="door")
-    worker = Runtime(_settings(tmp_path, redis_server, "worker"), engines=[FakeEngine(gate=gate), FakeEngine()],
-                     role="worker")
+    worker = Runtime(_settings(tmp_path, redis_server, "worker"),  # whichever worker takes the reference holds it
+                     engines=[FakeEngine(gate=gate), FakeEngine(gate=gate)], role="worker")
     await door.start()
     await worker.start()
     try:
