@@ -10,6 +10,26 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+LONGEST_FIRST = (
+    "tests/e2e/test_scale.py", "tests/e2e/test_reference_recipe.py", "tests/unit/test_acceleration.py",
+    "tests/unit/test_bench_scripts.py", "tests/e2e/kontext_determinism/test_edit_workflow.py",
+    "tests/e2e/test_validator.py", "tests/e2e/test_neuron.py", "tests/unit/test_engine.py",
+    "tests/e2e/kontext_determinism/test_determinism.py", "tests/e2e/test_load_and_faults.py",
+)
+"""The files that take longest, measured (``--durations``). Only the run order changes: ``scripts/test.sh`` hands
+pytest-xdist's two workers a file at a time in collection order, so the long ones go first and the short ones
+fill the end, instead of one long file running alone at the end."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    root = Path(__file__).resolve().parents[1]
+
+    def key(item: pytest.Item) -> int:
+        return rank.get(Path(str(item.fspath)).resolve().relative_to(root).as_posix(), len(rank))
+
+    items.sort(key=key)  # stable: the order within a file, and of the other files, stays
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
