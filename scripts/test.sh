@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the whole test suite (unit + end-to-end on the tiny real model), then, with no arguments, its
+# Run the whole test suite (unit + end-to-end on the tiny real model) and, with no arguments, beside it its
 # second leg on the oldest supported stack (scripts/test_older_stack.sh). Extra args go to pytest alone.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +20,12 @@ export PYTHONHASHSEED=0 CUBLAS_WORKSPACE_CONFIG=:4096:8
 if [ "$#" -ne 0 ]; then
   exec python -m pytest -q "$@"
 fi
+# The second leg (the oldest supported stack, its own interpreter and overlay) runs beside the main one: the
+# main leg's two workers leave a core idle while they wait on servers. Its output is printed when it ends.
+older_log="$(mktemp)"
+bash scripts/test_older_stack.sh > "$older_log" 2>&1 &
+older=$!
+trap 'kill "$older" 2>/dev/null || true; rm -f "$older_log"' EXIT
 echo "[test] mypy (kontext, protocol, neurons, client, tools)"
 python -m mypy
 # Two pytest workers, a test file each at a time (pytest-xdist): most end-to-end tests wait on servers.
@@ -27,4 +33,7 @@ python -m mypy
 python -m pytest -q -n 2 --dist loadfile --ignore tests/unit/test_fuzz_http.py
 python -m pytest -q tests/unit/test_fuzz_http.py
 echo "[test] second leg: the oldest supported stack"
-exec bash scripts/test_older_stack.sh
+status=0
+wait "$older" || status=$?
+cat "$older_log"
+exit "$status"
