@@ -58,11 +58,11 @@ def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
     )
     for module in (text_encoder, text_encoder_2, transformer, vae):
-        module.eval()  # type: ignore[union-attr]
+        module.eval()
 
     staging = out_dir.with_name(out_dir.name + ".building")
     shutil.rmtree(staging, ignore_errors=True)
-    pipe.save_pretrained(staging)  # type: ignore[attr-defined]
+    pipe.save_pretrained(staging)
     (staging / COMPLETE_MARKER).write_text(json.dumps({"seed": seed, "transformers": transformers_major()}))
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
