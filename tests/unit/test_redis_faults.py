@@ -49,6 +49,21 @@ async def client(redis_server) -> Any:  # type: ignore[no-untyped-def]
     await redis.aclose()
 
 
+def _refuse_puts(monkeypatch: Any, queue: Any, times: int) -> dict[str, int]:
+    """The queue's next ``times`` puts fail as a Redis outage would; the count left is returned, live."""
+    real_put = queue.put
+    failures = {"left": times}
+
+    async def put(job_id: str, priority: float = 0.0) -> bool:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise StorageUnavailable("the job store (Redis) is unreachable: test")
+        return await real_put(job_id, priority)
+
+    monkeypatch.setattr(queue, "put", put)
+    return failures
+
+
 async def _owner(client: Any, stream: str, entry_id: str) -> str:
     [pending] = await client.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
     return pending["consumer"].decode()
@@ -143,16 +158,7 @@ async def test_a_stored_job_that_could_not_be_queued_is_undone_and_the_retry_is_
     door = Runtime(_settings(tmp_path, redis_server, "door"), role="door")
     await door.start()
     try:
-        real_put = door.queue.put
-        failures = {"left": 1}
-
-        async def put_once_refused(job_id: str, priority: float = 0.0) -> bool:
-            if failures["left"]:
-                failures["left"] -= 1
-                raise StorageUnavailable("the job store (Redis) is unreachable: test")
-            return await real_put(job_id, priority)
-
-        monkeypatch.setattr(door.queue, "put", put_once_refused)
+        _refuse_puts(monkeypatch, door.queue, 1)
         with pytest.raises(StorageUnavailable, match="cannot queue"):
             await door.service.submit(_request(1, job_id="validator-job-1"))
         assert await door.store.get("validator-job-1") is None
@@ -265,16 +271,7 @@ async def test_a_requeue_that_meets_an_outage_is_tried_until_it_works(tmp_path: 
             return await worker.queue.size() == 0 and worker.workers is not None and worker.workers.running() == 1
 
         await _until(waiting_for_reference)
-        real_put = worker.queue.put
-        failures = {"left": 3}
-
-        async def put_during_an_outage(job_id: str, priority: float = 0.0) -> bool:
-            if failures["left"]:
-                failures["left"] -= 1
-                raise StorageUnavailable("the job store (Redis) is unreachable: test")
-            return await real_put(job_id, priority)
-
-        monkeypatch.setattr(worker.queue, "put", put_during_an_outage)
+        failures = _refuse_puts(monkeypatch, worker.queue, 3)  # an outage on the put that queues it again
         gate.set()
 
         async def chained_done() -> bool:
