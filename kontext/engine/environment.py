@@ -1,11 +1,11 @@
 """The versions that decide an edit's bytes, read from the running process.
 
 Pixels depend on torch, CUDA/cuBLAS/cuDNN, diffusers, transformers (with tokenizers and ftfy: the
-token ids), numpy and the GPU model; on the CPU,
-on the processor too: torch, MKL and oneDNN pick their float kernels by its vendor and vector
-extensions (AVX2, AVX-512), and those kernels sum in other orders. The PNG bytes of identical
-pixels depend on the zlib Pillow compresses with (Pillow wheels since 11.1 use zlib-ng, whose
-output differs from classic zlib and may change between its releases).
+token ids), numpy and the GPU model; on the CPU, on the processor too: torch, MKL and oneDNN pick
+their float kernels by its vendor and vector extensions (AVX2, AVX-512), and those kernels sum in
+other orders. The PNG bytes of identical pixels depend on the zlib Pillow compresses with (on
+Linux the host's libz; Pillow's macOS and Windows wheels bundle zlib-ng, whose output differs from
+classic zlib and may change between its releases).
 """
 
 from __future__ import annotations
