@@ -96,6 +96,22 @@ async def _is(runtime: Runtime, job_id: str, status: JobStatus) -> bool:
     return await _status(runtime, job_id) is status
 
 
+def _refuse_one_result_write(monkeypatch, runtime: Runtime, then=None) -> None:  # type: ignore[no-untyped-def]
+    """The store's next ``mark_finished`` fails as a full disk would (``then()`` runs at that moment)."""
+    real = runtime.store.mark_finished
+    refusals = {"left": 1}
+
+    async def full_once(job_id, outcome):  # type: ignore[no-untyped-def]
+        if refusals["left"]:
+            refusals["left"] -= 1
+            if then is not None:
+                then()
+            raise sqlite3.OperationalError("database or disk is full")
+        return await real(job_id, outcome)
+
+    monkeypatch.setattr(runtime.store, "mark_finished", full_once)
+
+
 async def test_a_store_retry_keeps_priority_and_is_not_a_crash(tmp_path: Path, monkeypatch) -> None:
     """MAX_ATTEMPTS counts runs cut off by a stopped process; a write the store refused is retried
     with the job's own priority and never fails the job as 'the miner process stopped'."""
@@ -105,16 +121,7 @@ async def test_a_store_retry_keeps_priority_and_is_not_a_crash(tmp_path: Path, m
     runtime = Runtime(make_settings(tmp_path, max_attempts=1), engine=FakeEngine())
     await runtime.start()
     try:
-        real = runtime.store.mark_finished
-        refusals = {"left": 1}
-
-        async def full_once(job_id, outcome):  # type: ignore[no-untyped-def]
-            if refusals["left"]:
-                refusals["left"] -= 1
-                raise sqlite3.OperationalError("database or disk is full")
-            return await real(job_id, outcome)
-
-        monkeypatch.setattr(runtime.store, "mark_finished", full_once)
+        _refuse_one_result_write(monkeypatch, runtime)
         requeued = []
         real_put = runtime.queue.put
 
@@ -145,17 +152,8 @@ async def test_a_store_retry_then_one_stop_is_one_interruption_not_two(tmp_path:
     await runtime.start()
     job_id = ""
     try:
-        real = runtime.store.mark_finished
-        refusals = {"left": 1}
-
-        async def full_once(job_id, outcome):  # type: ignore[no-untyped-def]
-            if refusals["left"]:
-                refusals["left"] -= 1
-                engine.gate = gate  # the retried run is held at its first step, to be cut off by the stop
-                raise sqlite3.OperationalError("database or disk is full")
-            return await real(job_id, outcome)
-
-        monkeypatch.setattr(runtime.store, "mark_finished", full_once)
+        # the retried run is held at its first step, to be cut off by the stop
+        _refuse_one_result_write(monkeypatch, runtime, then=lambda: setattr(engine, "gate", gate))
         job_id = (await runtime.service.submit(_request(5))).job_id
 
         async def retried_and_running() -> bool:

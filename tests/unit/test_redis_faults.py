@@ -20,6 +20,7 @@ from kontext.redis_client import connect
 from kontext.runtime import Runtime
 from protocol import EditRequest, JobStatus
 from tests.fakes import FakeEngine, png_bytes
+from tests.unit.test_redis_roles import _until
 from tests.unit.test_sidecar import make_settings
 
 IMAGE_B64 = base64.b64encode(png_bytes((32, 32), (10, 20, 30))).decode()
@@ -27,14 +28,6 @@ IMAGE_B64 = base64.b64encode(png_bytes((32, 32), (10, 20, 30))).decode()
 
 def _request(seed: int, **extra: object) -> EditRequest:
     return EditRequest.model_validate({"prompt": "p", "seed": seed, "image_b64": IMAGE_B64, **extra})
-
-
-async def _until(check, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.05)):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def _settings(tmp_path: Path, redis_server: Any, name: str, **extra: object):  # type: ignore[no-untyped-def]
