@@ -273,7 +273,8 @@ class EditService:
 
     def status_record(self, job: JobRecord, queue_position: Optional[int] = None) -> StatusRecord:
         request = job.request
-        current = self.workers.progress(job.id) if self.workers else None
+        # A worker clears its progress just after the store records the end, so a finished job never shows one.
+        current = self.workers.progress(job.id) if self.workers and not job.status.finished else None
         clock = now()
         completed = job.status is JobStatus.COMPLETED
         return StatusRecord(

@@ -143,6 +143,19 @@ async def test_unknown_paths_answer_json(start, settings, path: str, status: int
     assert response.status == status and "message" in await response.json()
 
 
+async def test_finished_job_shows_no_progress_even_before_its_worker_clears_it(start, settings) -> None:
+    """The worker forgets a job's progress just after the store records its end; a status read in that gap
+    (seen in CI) must not show a finished job as still stepping."""
+    client, runtime = await start(settings)
+    job_id = (await submit(client, image_b64=IMAGE_B64))["job_id"]
+    assert (await wait_finished(client, job_id))["status"] == "completed"
+    worker = runtime.workers.workers[0]
+    worker._progress = (job_id, 2, 2)  # the gap, held open
+    assert worker.progress(job_id) == (2, 2)
+    status = await (await client.get(f"/edit/status/{job_id}")).json()
+    assert status["status"] == "completed" and status["progress"] is None
+
+
 async def test_wrong_method_is_json_405(start, settings) -> None:
     client, _ = await start(settings)
     response = await client.get("/edit")
