@@ -21,12 +21,16 @@ else
   CONSTRAINTS="${KONTEXT_CONSTRAINTS:-$ROOT/constraints/tested.txt}"
 fi
 stamp="$VENV/.kontext-installed"
-want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/setup.py" "$CONSTRAINTS" | sha256sum | cut -c1-16)"
+want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/setup.py" "$CONSTRAINTS" \
+  "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)"  # (this file too: a change to how it installs re-installs)
 # The installer: uv where it can be had (it resolves and installs the ~150 packages in seconds, where pip
 # takes minutes on a small machine), else pip. Both keep an installed torch that meets the pins.
 pip_install() {
   if python -m uv --version >/dev/null 2>&1; then
-    python -m uv pip install --quiet --python "$VENV/bin/python" "$@"
+    # --compile-bytecode: pip writes each module's .pyc at install, uv does not by default; where
+    # PYTHONDONTWRITEBYTECODE is set (CI images) nothing writes them later, and every process the suite
+    # starts would parse diffusers and transformers from source again (~5 s each on a small machine).
+    python -m uv pip install --quiet --compile-bytecode --python "$VENV/bin/python" "$@"
   else
     python -m pip install --quiet "$@"
   fi
