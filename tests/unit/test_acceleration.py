@@ -118,11 +118,19 @@ def test_an_engine_keeps_its_attention_backend_whatever_another_engine_set(tiny_
 
 @pytest.mark.slow
 def test_regional_compile_warms_up_at_load_and_stays_repeatable(tiny_model_dir: Path) -> None:
-    """compile_repeated_blocks(fullgraph=True), compiled by the warm-up edit during load (inductor on CPU)."""
+    """compile_repeated_blocks(fullgraph=True), compiled by the warm-up edit during load (inductor on CPU): an
+    edit of the warm-up's shapes compiles nothing more. (Another input shape would compile again, ~30 s here.)"""
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
     engine = _engine(tiny_model_dir, compile=True)
     assert "compile=regional" in engine.profile and engine.load_seconds is not None
-    first = engine.edit(IMAGE, PARAMS, max_pixels=1 << 24)
-    assert engine.edit(IMAGE, PARAMS, max_pixels=1 << 24).sha256 == first.sha256
+    compiled_at_load = counters["stats"]["unique_graphs"]
+    assert compiled_at_load > before
+    image = png_bytes((64, 64), (30, 160, 90))  # the self-check image's size and PARAMS' output: its shapes
+    first = engine.edit(image, PARAMS, max_pixels=1 << 24)
+    assert engine.edit(image, PARAMS, max_pixels=1 << 24).sha256 == first.sha256
+    assert counters["stats"]["unique_graphs"] == compiled_at_load
 
 
 def test_each_engine_edits_under_its_own_recipes_torch_switches(tiny_model_dir: Path) -> None:
