@@ -208,12 +208,12 @@ def choose_model(args: argparse.Namespace, device: str) -> tuple[str, Optional[L
     import torch
 
     if args.synthetic_full:
-        from tools.synthetic_kontext import FULL, QUICK, build_synthetic_kontext, weight_bytes
+        from tools.synthetic_kontext import FULL, FULL_PARAMETERS, QUICK, build_synthetic_kontext
 
         scale = QUICK if args.quick else FULL
-        if scale is FULL:
+        if scale is FULL:  # (refused before diffusers is imported: the count is kept as a number)
             free = torch.cuda.mem_get_info()[0] if device == "cuda" and torch.cuda.is_available() else None
-            problem = synthetic_fit_problem(free, weight_bytes(FULL, torch.bfloat16))
+            problem = synthetic_fit_problem(free, FULL_PARAMETERS * torch.bfloat16.itemsize)
             if problem:
                 raise SystemExit(problem)
         return f"synthetic:{scale.name}", lambda dtype, dev: build_synthetic_kontext(scale, dtype, dev)

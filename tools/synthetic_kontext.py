@@ -134,6 +134,11 @@ def parameter_counts(scale: Scale) -> dict[str, int]:
     return {name: sum(p.numel() for p in module.parameters()) for name, module in modules.items()}
 
 
+FULL_PARAMETERS = 16_870_599_139
+"""``sum(parameter_counts(FULL).values())``, kept as a number so that a refusal can be said before diffusers is
+imported (~10 s on a small CPU); test_synthetic_kontext checks it against the count."""
+
+
 def weight_bytes(scale: Scale, dtype: "torch.dtype") -> int:
     """What the weights of ``scale`` take in ``dtype``."""
     return sum(parameter_counts(scale).values()) * dtype.itemsize

@@ -12,7 +12,7 @@ from PIL import Image
 from kontext.engine.engine import EngineConfig, EngineState, KontextEngine
 from kontext.engine.recipes import EditParams
 from tests.fakes import png_bytes
-from tools.synthetic_kontext import FULL, QUICK, build_modules, build_synthetic_kontext, parameter_counts, weight_bytes
+from tools.synthetic_kontext import FULL, FULL_PARAMETERS, QUICK, build_modules, build_synthetic_kontext, parameter_counts, weight_bytes
 
 PUBLISHED = {"transformer": 11.9e9, "text_encoder_2": 4.76e9, "text_encoder": 123e6, "vae": 84e6}
 """FLUX.1-Kontext-dev's components as published: transformer, T5-XXL encoder, CLIP-L text model, FLUX VAE."""
@@ -29,6 +29,7 @@ def test_full_size_matches_the_published_parameter_counts_without_memory() -> No
     assert {p.dtype for m in modules.values() for p in m.parameters()} == {torch.bfloat16}
     assert torch.get_default_dtype() == torch.float32  # the build's default dtype does not leak
     assert weight_bytes(FULL, torch.bfloat16) == 2 * sum(counts.values())
+    assert sum(counts.values()) == FULL_PARAMETERS  # what bench_gpu's early refusal counts with
     assert 31 * 1024**3 < weight_bytes(FULL, torch.bfloat16) < 32 * 1024**3
 
 
