@@ -1,4 +1,4 @@
-"""How a job ends, recorded once: the store, the input file, metrics and the log, then whoever listens."""
+"""How a job ends, recorded once: the store, metrics and the log, whoever listens, then the input file."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ class JobFinisher:
                         outcome.status.value)
             return await self.store.get(job.id) or job
         job = job.evolve(**vars(outcome))
-        await self.files.remove_input(job.id)
+        # Counted and announced at once, with nothing awaited since the store recorded the end: whoever reads
+        # the job finished also reads the metrics counting it, and its callback is already on its way.
         self.metrics.jobs_finished.labels(job.status.value).inc()
         if job.worker is not None:
             self.metrics.jobs_run.labels(job.worker, job.status.value).inc()
@@ -55,6 +56,7 @@ class JobFinisher:
         log.info("job %s %s in %.0f ms%s", job.id, job.status.value, (job.run_seconds or 0.0) * 1000,
                  f": {job.error}" if job.error else "")
         self.on_finished(job)
+        await self.files.remove_input(job.id)  # (kept until the end was recorded: a restart needs it)
         return job
 
 

@@ -363,6 +363,8 @@ class Worker:
             return await asyncio.get_running_loop().run_in_executor(self._executor, run)
         except ValueError as exc:  # the recipe refused the image
             raise JobFailure(f"input image: {exc}") from None  # (the finisher shortens what it records)
+        finally:
+            self._progress = None  # the denoising is over, before the end is recorded
 
 
 class WorkerPool:

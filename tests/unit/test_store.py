@@ -246,3 +246,27 @@ async def test_a_closed_store_refuses_at_once(tmp_path: Path) -> None:
     await store.close()
     with pytest.raises(StoreClosed):
         await store.get("a")
+
+
+async def test_a_job_is_counted_and_announced_as_soon_as_its_end_is_recorded(sqlite_store: SqliteJobStore,
+                                                                             tmp_path: Path) -> None:
+    """Whoever reads the job finished also finds it in the metrics, with its callback scheduled: nothing the
+    finisher awaits after the store's write (removing the input file) may come first."""
+    from kontext.jobs.finish import JobFinisher
+    from kontext.media.files import ImageFiles
+    from kontext.metrics import Metrics
+
+    class SlowToForget(ImageFiles):
+        async def remove_input(self, job_id: str) -> None:
+            counted = metrics.registry.get_sample_value("kontext_jobs_finished_total", {"status": "failed"})
+            seen_while_removing.append((counted, list(announced)))
+            await super().remove_input(job_id)
+
+    seen_while_removing: list[tuple[object, list[str]]] = []
+    announced: list[str] = []
+    metrics = Metrics()
+    finisher = JobFinisher(sqlite_store, SlowToForget(tmp_path / "in", tmp_path / "out"), metrics,
+                           lambda job: announced.append(job.id))
+    await sqlite_store.insert(JobRecord(id="j", request=_request()))
+    await finisher.fail(JobRecord(id="j", request=_request()), "refused")
+    assert seen_while_removing == [(1.0, ["j"])]
