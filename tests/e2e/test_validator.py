@@ -106,6 +106,17 @@ def test_health_checks_answer_as_the_validator_expects(subnet: Subnet) -> None:
     assert subnet.validator.get("/capacity").status_code == 401  # unsigned
 
 
+def _once_the_callback_is_recorded(subnet: Subnet, job_id: str, timeout: float = 30) -> dict:
+    """The job's status once the miner has recorded its callback's outcome: the receiver knows it first (it
+    answers the POST), the miner only after reading that answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = subnet.validator.get(f"/edit/status/{job_id}").json()
+        if status["callback"]["status"] not in ("pending", "sending") or time.monotonic() > deadline:
+            return status
+        time.sleep(0.05)
+
+
 def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet: Subnet) -> None:
     payload, _ = _dispatch(subnet, seed=4242)
     accepted = subnet.validator.signed_post("/edit", payload)
@@ -116,7 +127,7 @@ def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet
     assert outcome.status == "completed"
     result = subnet.validator.get(f"/edit/result/{payload['job_id']}")
     assert result.status_code == 200 and hashlib.sha256(result.content).hexdigest() == outcome.image_sha256
-    status = subnet.validator.get(f"/edit/status/{payload['job_id']}").json()
+    status = _once_the_callback_is_recorded(subnet, payload["job_id"])
     assert status["callback"]["status"] == "delivered" and status["callback"]["status_code"] == 200
     assert status["request"]["image_source"] == "url"
     assert status["recipe"] == "reference-v1" and status["ignored_fields"] == ["width", "height"]
@@ -139,7 +150,7 @@ def test_a_wrong_secret_is_what_the_validator_would_refuse(subnet: Subnet) -> No
     assert subnet.validator.signed_post("/edit", payload).status_code == 200
     outcome = subnet.callbacks.wait(payload["job_id"])
     assert not outcome.accepted and outcome.reason == "secret missing or different"
-    status = subnet.validator.get(f"/edit/status/{payload['job_id']}").json()
+    status = _once_the_callback_is_recorded(subnet, payload["job_id"])
     assert status["callback"]["status"] == "failed" and status["callback"]["status_code"] == 400
 
 

@@ -25,6 +25,7 @@ from neurons.registry import Blacklist, Member, ValidatorRegistry
 from neurons.synapses import routes as synapse_routes
 from tests.fakes import FAIL_PROMPT, FakeEngine, RecordingDeliverer, png_bytes
 from tests.unit.test_sidecar import make_settings
+from tests.waiting import until, workers_running
 
 MINER = Keypair.create_from_uri("//DoorMiner")
 VALIDATOR = Keypair.create_from_uri("//DoorValidator")
@@ -144,6 +145,8 @@ async def test_signed_edit_carries_the_callers_stake_as_priority(door, tmp_path:
                                      headers=epistula_headers(key, body=raw, receiver=MINER.ss58_address))
         assert response.status == 200, await response.text()
         jobs[name] = (await response.json())["job_id"]
+        if name == "blocker":  # running (not waiting) before the others come
+            await until(workers_running(runtime, 1), what="the blocker running")
     assert (await runtime.store.get(jobs["high"])).priority == 9000.0  # type: ignore[union-attr]
     assert (await runtime.store.get(jobs["low"])).priority == 10.0  # type: ignore[union-attr]
     # the richer validator's job overtakes the earlier, poorer one in the queue
@@ -273,10 +276,7 @@ async def test_admission_deadline_refuses_at_once_with_retry_after(door, tmp_pat
     runtime.service.admission.record(learned)  # edits take about 2 s here
     first = await client.post("/edit", json=EDIT)
     assert first.status == 200  # nothing ahead: about 2 s, inside the deadline
-    for _ in range(500):
-        if runtime.workers is not None and runtime.workers.running():
-            break
-        await asyncio.sleep(0.01)
+    await until(workers_running(runtime, 1), what="the first job running")
     second = await client.post("/edit", json={**EDIT, "seed": 8})
     body = await second.json()
     assert second.status == 503 and body["error"] == "deadline_unreachable" and "3s deadline" in body["message"]

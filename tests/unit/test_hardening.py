@@ -24,6 +24,7 @@ from protocol import CallbackPayload, CallbackStatus, EditRequest, ImageSource, 
 from tests.e2e.servers import ThreadedApp
 from tests.fakes import FakeEngine, RecordingDeliverer, png_bytes
 from tests.unit.test_sidecar import make_settings
+from tests.waiting import until
 
 IMAGE_B64 = base64.b64encode(png_bytes()).decode()
 
@@ -33,13 +34,6 @@ def _request(seed: int, **extra: object) -> EditRequest:
     if "image_url" not in extra and "reference_job_id" not in extra:
         body["image_b64"] = IMAGE_B64
     return EditRequest.model_validate(body)
-
-
-async def _until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.02)
 
 
 async def _status(runtime: Runtime, job_id: str) -> JobStatus:
@@ -54,7 +48,7 @@ async def test_shutdown_starts_no_new_job_and_cuts_off_none_it_could_finish(tmp_
     await runtime.start()
     first = (await runtime.service.submit(_request(1))).job_id
     second = (await runtime.service.submit(_request(2))).job_id
-    await _until(lambda: _is(runtime, first, JobStatus.PROCESSING))
+    await until(lambda: _is(runtime, first, JobStatus.PROCESSING))
     threading.Timer(0.3, gate.set).start()  # the running job finishes inside the grace period
     await runtime.stop(grace_seconds=10)
     again = Runtime(settings, engine=FakeEngine())
@@ -64,7 +58,7 @@ async def test_shutdown_starts_no_new_job_and_cuts_off_none_it_could_finish(tmp_
         assert done.status is JobStatus.COMPLETED and done.attempts == 1  # finished before the stop, once
         waiting = await again.store.get(second)
         assert waiting is not None and waiting.attempts == 0  # never started by the stopping process
-        await _until(lambda: _is(again, second, JobStatus.COMPLETED))
+        await until(lambda: _is(again, second, JobStatus.COMPLETED))
         assert (await again.service.status(second)).attempts == 1
     finally:
         await again.stop()
@@ -77,7 +71,7 @@ async def test_a_job_past_the_grace_period_is_interrupted_and_runs_again(tmp_pat
     runtime = Runtime(settings, engine=engine)
     await runtime.start()
     job_id = (await runtime.service.submit(_request(3, num_inference_steps=4))).job_id
-    await _until(lambda: _is(runtime, job_id, JobStatus.PROCESSING))
+    await until(lambda: _is(runtime, job_id, JobStatus.PROCESSING))
     stopping = asyncio.ensure_future(runtime.stop(grace_seconds=0.2))
     await asyncio.sleep(0.5)
     gate.set()  # the engine reaches its next step: the interrupt stops it there
@@ -86,7 +80,7 @@ async def test_a_job_past_the_grace_period_is_interrupted_and_runs_again(tmp_pat
     again = Runtime(settings, engine=FakeEngine())
     await again.start()
     try:
-        await _until(lambda: _is(again, job_id, JobStatus.COMPLETED))
+        await until(lambda: _is(again, job_id, JobStatus.COMPLETED))
         assert (await again.service.status(job_id)).attempts == 2
     finally:
         await again.stop()
@@ -131,7 +125,7 @@ async def test_a_store_retry_keeps_priority_and_is_not_a_crash(tmp_path: Path, m
 
         monkeypatch.setattr(runtime.queue, "put", spy)
         job_id = (await runtime.service.submit(_request(4), priority=77.0)).job_id
-        await _until(lambda: _is(runtime, job_id, JobStatus.COMPLETED))
+        await until(lambda: _is(runtime, job_id, JobStatus.COMPLETED))
         assert requeued == [(job_id, 77.0), (job_id, 77.0)]  # submitted, then retried at its own priority
         assert (await runtime.service.status(job_id)).attempts == 2
         assert "kontext_store_retries_total 1.0" in runtime.metrics.render().decode()
@@ -160,14 +154,14 @@ async def test_a_store_retry_then_one_stop_is_one_interruption_not_two(tmp_path:
             job = await runtime.store.get(job_id)
             return job is not None and job.attempts == 2 and job.status is JobStatus.PROCESSING
 
-        await _until(retried_and_running)
+        await until(retried_and_running)
     finally:
         await runtime.stop(grace_seconds=0.1)  # cut off: the job's one interruption
         gate.set()
     again = Runtime(settings, engine=FakeEngine())
     await again.start()
     try:
-        await _until(lambda: _is(again, job_id, JobStatus.COMPLETED))
+        await until(lambda: _is(again, job_id, JobStatus.COMPLETED))
         status = await again.service.status(job_id)
         assert status.attempts == 3 and status.error is None
     finally:
@@ -183,7 +177,7 @@ async def test_nothing_touches_the_store_after_a_stop_not_even_a_wait_begun_in_t
     runtime = Runtime(make_settings(tmp_path), engines=[FakeEngine(gate=gate), FakeEngine(gate=gate)])
     await runtime.start()
     reference = (await runtime.service.submit(_request(6))).job_id
-    await _until(lambda: _is(runtime, reference, JobStatus.PROCESSING))
+    await until(lambda: _is(runtime, reference, JobStatus.PROCESSING))
     real_get = runtime.store.get
     reading = asyncio.Event()
 
@@ -305,12 +299,12 @@ async def test_a_stuck_image_url_holds_up_no_other_job(tmp_path: Path) -> None:
         stuck = [(await runtime.service.submit(_request(10 + i, image_url=f"{server.url}/hang.png"))).job_id
                  for i in range(2)]
         normal = (await runtime.service.submit(_request(20))).job_id
-        await _until(lambda: _is(runtime, normal, JobStatus.COMPLETED), timeout=4.0)  # before any download ends
+        await until(lambda: _is(runtime, normal, JobStatus.COMPLETED), timeout=4.0)  # before any download ends
         assert [await _status(runtime, job_id) for job_id in stuck] == [JobStatus.QUEUED] * 2
         health = await runtime.service.health()
         assert health["queue"]["downloading"] == 2
         for job_id in stuck:
-            await _until(lambda: _is(runtime, job_id, JobStatus.FAILED))
+            await until(lambda: _is(runtime, job_id, JobStatus.FAILED))
             error = (await runtime.service.status(job_id)).error or ""
             assert error == "image_url: download timed out after 5s"
     finally:
@@ -324,16 +318,16 @@ async def test_image_url_inputs_and_url_fallbacks_work(tmp_path: Path) -> None:
     await runtime.start()
     try:
         by_url = (await runtime.service.submit(_request(30, image_url=f"{server.url}/img.png"))).job_id
-        await _until(lambda: _is(runtime, by_url, JobStatus.COMPLETED))
+        await until(lambda: _is(runtime, by_url, JobStatus.COMPLETED))
         status = await runtime.service.status(by_url)
         assert status.request.image_source is ImageSource.URL
         fallback = (await runtime.service.submit(_request(31, reference_job_id="edit-missing",
                                                            image_url=f"{server.url}/img.png"))).job_id
-        await _until(lambda: _is(runtime, fallback, JobStatus.COMPLETED))
+        await until(lambda: _is(runtime, fallback, JobStatus.COMPLETED))
         assert (await runtime.service.status(fallback)).request.image_source is ImageSource.URL_FALLBACK
         assert [call[0] for call in runtime.engines[0].calls[-2:]] == [_png(), _png()]  # type: ignore[attr-defined]
         broken = (await runtime.service.submit(_request(32, image_url=f"{server.url}/missing.png"))).job_id
-        await _until(lambda: _is(runtime, broken, JobStatus.FAILED))
+        await until(lambda: _is(runtime, broken, JobStatus.FAILED))
         assert (await runtime.service.status(broken)).error == "image_url: download failed: HTTP 404"
     finally:
         await runtime.stop()
@@ -347,14 +341,14 @@ async def test_a_chained_job_is_capped_at_its_references_priority_and_never_over
     await runtime.start()
     try:
         blocker = (await runtime.service.submit(_request(40))).job_id
-        await _until(lambda: _is(runtime, blocker, JobStatus.PROCESSING))
+        await until(lambda: _is(runtime, blocker, JobStatus.PROCESSING))
         reference = (await runtime.service.submit(_request(41), priority=1.0)).job_id
         chained = (await runtime.service.submit(_request(42, reference_job_id=reference), priority=500.0)).job_id
         other = (await runtime.service.submit(_request(43), priority=5.0)).job_id
         assert (await runtime.store.get(chained)).priority == 1.0  # type: ignore[union-attr]
         assert [await runtime.queue.position(j) for j in (other, reference, chained)] == [1, 2, 3]
         gate.set()
-        await _until(lambda: _is(runtime, chained, JobStatus.COMPLETED))
+        await until(lambda: _is(runtime, chained, JobStatus.COMPLETED))
         done = {j: (await runtime.store.get(j)) for j in (reference, chained)}
         assert done[reference].finished_at <= done[chained].started_at  # type: ignore[union-attr,operator]
         assert (await runtime.service.status(chained)).request.image_source is ImageSource.REFERENCE_EDIT
@@ -368,7 +362,7 @@ async def test_the_retention_sweep_removes_orphaned_files(tmp_path: Path) -> Non
     await runtime.start()
     try:
         job_id = (await runtime.service.submit(_request(50))).job_id
-        await _until(lambda: _is(runtime, job_id, JobStatus.COMPLETED))
+        await until(lambda: _is(runtime, job_id, JobStatus.COMPLETED))
         old = time.time() - 2 * 3600
         orphan_result = runtime.files.result_path("edit-orphan")  # a crash between the PNG and its record
         orphan_result.write_bytes(b"png")
@@ -400,7 +394,7 @@ async def test_the_retention_loop_itself_sweeps_orphaned_files_while_the_miner_r
         async def swept() -> bool:
             return not orphan.exists()
 
-        await _until(swept, timeout=10)
+        await until(swept, timeout=10)
     finally:
         await runtime.stop()
 

@@ -20,7 +20,7 @@ from kontext.redis_client import connect
 from kontext.runtime import Runtime
 from protocol import EditRequest, JobStatus
 from tests.fakes import FakeEngine, png_bytes
-from tests.unit.test_redis_roles import _until
+from tests.waiting import until
 from tests.unit.test_sidecar import make_settings
 
 IMAGE_B64 = base64.b64encode(png_bytes((32, 32), (10, 20, 30))).decode()
@@ -79,14 +79,14 @@ async def test_a_job_cut_off_by_a_worker_shutdown_is_taken_over_after_the_lease(
         async def running() -> bool:
             return (await door.service.status(job_id)).status is JobStatus.PROCESSING
 
-        await _until(running)
+        await until(running)
         await first.stop(grace_seconds=0.1)  # cut off mid-job: it must run again elsewhere
         await second.start()
 
         async def completed() -> bool:
             return (await door.service.status(job_id)).status is JobStatus.COMPLETED
 
-        await _until(completed)
+        await until(completed)
         status = await door.service.status(job_id)
         assert status.worker is not None and status.worker.startswith("second/") and status.attempts == 2
     finally:
@@ -124,9 +124,9 @@ async def test_a_lapsed_lease_is_never_taken_back_nor_closed_by_its_old_worker(c
 async def test_an_orphan_behind_many_held_entries_is_still_taken_over(client: Any) -> None:
     """XAUTOCLAIM scans a bounded slice of the pending list per call; always starting at 0-0, a takeover
     never reached an orphan behind ten or more entries other workers still held."""
-    holder = RedisJobQueue(client, consumer="holder", lease_seconds=0.6)
-    dead = RedisJobQueue(client, consumer="dead", lease_seconds=0.6)
-    taker = RedisJobQueue(client, consumer="taker", lease_seconds=0.6)
+    holder = RedisJobQueue(client, consumer="holder", lease_seconds=1.5)
+    dead = RedisJobQueue(client, consumer="dead", lease_seconds=1.5)
+    taker = RedisJobQueue(client, consumer="taker", lease_seconds=1.5)
     for queue in (holder, dead, taker):
         await queue.open()
     for index in range(12):
@@ -136,7 +136,7 @@ async def test_an_orphan_behind_many_held_entries_is_still_taken_over(client: An
     try:
         await dead.put("orphan", 0)
         await dead.get()  # then "dead" stops for good
-        await asyncio.sleep(0.8)
+        await asyncio.sleep(2.0)  # past the orphan's lease; the held ones are renewed every 0.5 s
         taken = await asyncio.wait_for(taker.get(), 10)
         assert taken.job_id == "orphan" and taken.redelivered
         assert {entry.job_id for entry in held} == {f"held-{index}" for index in range(12)}
@@ -179,7 +179,7 @@ async def test_a_stored_job_with_no_queue_entry_is_queued_again_by_a_door(tmp_pa
         async def orphan_queued() -> bool:
             return await door.queue.position("orphan") == 1  # at its own priority, ahead of the stake-0 job
 
-        await _until(orphan_queued)
+        await until(orphan_queued)
         assert isinstance(door.queue, RedisJobQueue)
         assert await door.service.requeue_orphans(await door.queue.job_ids()) == []
         assert await door.queue.position(queued) == 2 and await door.queue.position("young") is None
@@ -200,12 +200,12 @@ async def test_a_worker_survives_redis_losing_its_streams(tmp_path: Path, redis_
         async def finished(job_id: str) -> bool:
             return (await door.service.status(job_id)).status is JobStatus.COMPLETED
 
-        await _until(lambda: finished(first))
+        await until(lambda: finished(first))
         assert isinstance(worker.queue, RedisJobQueue)
         await client.delete(*worker.queue.streams)  # the streams and their group are gone
         await asyncio.sleep(1.5)  # the worker's blocking read meets NOGROUP
         second = (await door.service.submit(_request(2))).job_id
-        await _until(lambda: finished(second))
+        await until(lambda: finished(second))
         assert worker.health()["status"] == "ok"
     finally:
         for runtime in (worker, door):
@@ -263,14 +263,14 @@ async def test_a_requeue_that_meets_an_outage_is_tried_until_it_works(tmp_path: 
             assert isinstance(worker.queue, RedisJobQueue)
             return await worker.queue.size() == 0 and worker.workers is not None and worker.workers.running() == 1
 
-        await _until(waiting_for_reference)
+        await until(waiting_for_reference)
         failures = _refuse_puts(monkeypatch, worker.queue, 3)  # an outage on the put that queues it again
         gate.set()
 
         async def chained_done() -> bool:
             return (await door.service.status(chained)).status is JobStatus.COMPLETED
 
-        await _until(chained_done)
+        await until(chained_done)
         assert failures["left"] == 0
     finally:
         gate.set()
@@ -292,7 +292,7 @@ async def test_a_worker_process_metrics_show_the_shared_queue_depth(tmp_path: Pa
         async def two_waiting() -> bool:
             return "kontext_queue_depth 2.0" in worker.metrics.render().decode()
 
-        await _until(two_waiting)
+        await until(two_waiting)
     finally:
         gate.set()
         for runtime in (worker, door):

@@ -48,17 +48,22 @@ async def test_higher_stake_first_fifo_within_a_band_and_one_entry_per_job(clien
     assert await queue.put("low-1", 0)  # taken and done: it may be queued again (a retry)
 
 
+LEASE = 1.5
+"""Short, yet long enough that a loaded machine's stall of the event loop (a renewal is due every LEASE / 3)
+does not let a renewed entry lapse."""
+
+
 async def test_a_lapsed_lease_is_taken_over_and_a_renewed_one_is_not(client: Any) -> None:
-    dying = await _queue(client, "dying", lease=0.6)
-    living = await _queue(client, "living", lease=0.6)
-    other = await _queue(client, "other", lease=0.6)
+    dying = await _queue(client, "dying", lease=LEASE)
+    living = await _queue(client, "living", lease=LEASE)
+    other = await _queue(client, "other", lease=LEASE)
     await dying.put("orphan", 0)
     await living.put("kept", 0)
     orphan = await dying.get()  # taken, then never renewed: its worker "died"
     kept = await living.get()
     living.start_renewing()
     try:
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(2 * LEASE)
         taken = await asyncio.wait_for(other.get(), 5)
         assert taken.job_id == "orphan" and taken.redelivered and orphan.job_id == "orphan"
         await other.put("fresh", 0)

@@ -16,16 +16,9 @@ from kontext.runtime import Runtime
 from protocol import EditRequest, JobStatus
 from tests.fakes import FakeEngine, png_bytes
 from tests.unit.test_sidecar import make_settings
+from tests.waiting import until
 
 IMAGE_B64 = base64.b64encode(png_bytes((32, 32), (10, 20, 30))).decode()
-
-
-async def _until(check, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.05)):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 async def test_a_worker_host_whose_engines_failed_leaves_the_shared_queue_to_the_others(tmp_path: Path,
@@ -46,20 +39,23 @@ async def test_a_worker_host_whose_engines_failed_leaves_the_shared_queue_to_the
         async def broken_failed() -> bool:
             return broken.workers is not None and broken.workers.error is not None
 
-        await _until(broken_failed)
+        await until(broken_failed)
         await asyncio.sleep(1.5)  # time enough to take (and, before the fix, fail) every queued job
         assert (await door.service.status(job_id)).status is JobStatus.QUEUED
         queue = broken.queue
         assert isinstance(queue, RedisJobQueue)
-        held = [await broken.redis.xpending(stream, GROUP) for stream in queue.streams]
-        assert sum(summary["pending"] for summary in held) == 0  # the entry it put back was closed, not kept
-        assert await queue.size() == 1
+
+        async def put_back_once() -> bool:  # the entry it took was closed, not kept; the job waits once
+            held = [await broken.redis.xpending(stream, GROUP) for stream in queue.streams]
+            return sum(summary["pending"] for summary in held) == 0 and await queue.size() == 1
+
+        await until(put_back_once, what="the job put back and its entry closed")
         await healthy.start()
 
         async def completed() -> bool:
             return (await door.service.status(job_id)).status is JobStatus.COMPLETED
 
-        await _until(completed)
+        await until(completed)
         assert (await door.service.status(job_id)).worker.startswith(healthy.settings.worker_name or "")
         engine = (await door.service.health())["engine"]  # the door's /health names the workers' recipe
         assert engine["recipe"] == "fake-v1" and {w["recipe"] for w in engine["workers"]} == {"fake-v1"}
@@ -96,7 +92,10 @@ async def test_a_door_whose_clock_is_off_still_sees_the_workers(tmp_path: Path, 
     await worker.start()
     client = connect(redis_server.url)
     try:
-        await _until(lambda: client.hlen(KEY))
+        async def beats_ready() -> bool:  # (the first beat may still say "loading")
+            return any(json.loads(beat)["state"] == "ready" for beat in (await client.hvals(KEY)))
+
+        await until(beats_ready, what="a heartbeat saying ready")
         skewed = time.time() + 60.0
         monkeypatch.setattr(kontext.jobs.heartbeat.time, "time", lambda: skewed)  # the door's clock, a minute ahead
         view = RemoteWorkers(client)
@@ -116,7 +115,7 @@ async def test_a_stopped_worker_process_leaves_no_heartbeat_behind(tmp_path: Pat
     async def published() -> bool:
         return len(await client.hkeys(KEY)) == 2
 
-    await _until(published)
+    await until(published)
     await worker.stop()
     check = connect(redis_server.url)
     try:

@@ -16,6 +16,7 @@ from kontext.runtime import Runtime
 from kontext.settings import Settings
 from kontext.http.app import create_app
 from tests.fakes import FAIL_PROMPT, FakeEngine, RecordingDeliverer, png_bytes
+from tests.waiting import until, workers_running
 
 IMAGE_B64 = base64.b64encode(png_bytes()).decode()
 
@@ -88,7 +89,10 @@ async def test_submit_status_result_and_image(start, settings: Settings) -> None
     assert result.headers["X-Image-SHA256"] == status["result_sha256"]
     image = await client.get(f"/images/edits/{job_id}.png")
     assert await image.read() == png
-    assert not (settings.inputs_dir / job_id).exists()  # the upload is dropped once the job ends
+    async def upload_dropped() -> bool:  # once the job's end is recorded (a restart still needs it before)
+        return not (settings.inputs_dir / job_id).exists()
+
+    await until(upload_dropped, what="the upload dropped after the job ended")
 
 
 async def test_caller_job_id_and_conflict(start, settings: Settings) -> None:
@@ -241,8 +245,11 @@ async def test_disabled_editing_answers_503(start, tmp_path: Path) -> None:
 
 async def test_queue_bound_answers_503_with_retry_after(start, tmp_path: Path) -> None:
     gate = threading.Event()
-    client, _ = await start(make_settings(tmp_path, max_queue=2), FakeEngine(gate=gate))
-    accepted = [(await submit(client, image_b64=IMAGE_B64, seed=s))["job_id"] for s in range(3)]
+    client, runtime = await start(make_settings(tmp_path, max_queue=2), FakeEngine(gate=gate))
+    accepted = [(await submit(client, image_b64=IMAGE_B64, seed=0))["job_id"]]
+
+    await until(workers_running(runtime, 1), what="the first job running")
+    accepted += [(await submit(client, image_b64=IMAGE_B64, seed=s))["job_id"] for s in (1, 2)]
     # one running + two waiting; the next is refused
     refused = await client.post("/edit", json={"prompt": "p", "seed": 9, "image_b64": IMAGE_B64})
     assert refused.status == 503 and refused.headers["Retry-After"]
@@ -304,16 +311,22 @@ async def test_callbacks_are_recorded(aiohttp_client, settings) -> None:
                             expiry="2000-01-01T00:00:00Z"))["job_id"]
     await wait_finished(client, job)
     await wait_finished(client, expired)
-    for _ in range(100):
-        status = await (await client.get(f"/edit/status/{job}")).json()
-        if status["callback"]["status"] not in ("pending", "sending"):
-            break
-        await asyncio.sleep(0.01)
+    async def callback_settled(job_id: str) -> dict:
+        async def settled() -> bool:
+            nonlocal status
+            status = await (await client.get(f"/edit/status/{job_id}")).json()
+            return status["callback"]["status"] not in ("pending", "sending")
+
+        status: dict = {}
+        await until(settled, what=f"the callback of {job_id} recorded")
+        return status
+
+    status = await callback_settled(job)
     assert status["callback"]["status"] == "delivered" and status["callback"]["payload_status"] == "completed"
     assert "s3cret" not in str(status)
     url, secret, payload, png = deliverer.sent[0]
     assert secret == "s3cret" and payload.image_url == status["image_url"] and png
-    late = await (await client.get(f"/edit/status/{expired}")).json()
+    late = await callback_settled(expired)
     assert late["callback"]["status"] == "expired"
     assert len(deliverer.sent) == 1
 
