@@ -60,11 +60,10 @@ class InputPrefetcher:
     async def _prefetch(self, job_id: str, url: str, priority: float, entry: Optional[QueuedJob]) -> None:
         # Cancelled (a shutdown): the entry stays held, and the next start or its lease brings the job back.
         # The store or queue away: each write is tried again until it works (kontext/jobs/persist.py).
-        await self._fetch_then_queue(job_id, url, priority)
-        if entry is not None:
-            await keep_trying(lambda: self.queue.done(entry), f"closing the entry of {job_id}")
+        await self._fetch_then_queue(job_id, url, priority, entry)
 
-    async def _fetch_then_queue(self, job_id: str, url: str, priority: float) -> None:
+    async def _fetch_then_queue(self, job_id: str, url: str, priority: float, entry: Optional[QueuedJob]) -> None:
+        """Queue the job once its input is stored (closing the worker's entry in the same step), or fail it."""
         error: Optional[str] = None
         try:
             async with self._slots:
@@ -81,9 +80,16 @@ class InputPrefetcher:
         if error is None:
             error = await keep_trying(lambda: self._store_input(job_id, data), f"storing the input of {job_id}")
         if error is None:
-            await keep_trying(lambda: self.queue.put(job_id, priority), f"queueing {job_id}")
+            if entry is not None:
+                held = entry
+                await keep_trying(lambda: self.queue.requeue(held), f"queueing {job_id}")
+            else:
+                await keep_trying(lambda: self.queue.put(job_id, priority), f"queueing {job_id}")
             return
         await keep_trying(lambda: self._fail(job_id, error or ""), f"failing {job_id}")
+        if entry is not None:
+            closing = entry
+            await keep_trying(lambda: self.queue.done(closing), f"closing the entry of {job_id}")
 
     async def _store_input(self, job_id: str, data: bytes) -> Optional[str]:
         """None once stored; the reason when the disk refuses the file (full, read-only): the job fails."""

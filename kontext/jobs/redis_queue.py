@@ -3,9 +3,10 @@
 Workers take entries with XREADGROUP and hold them until the job is done (XACK); while they hold
 one, they renew its lease (XCLAIM ... JUSTID resets its idle time). An entry idle longer than the
 lease belongs to a worker that stopped: the next worker to ask takes it over with XAUTOCLAIM, and
-the job runs again, at most MAX_ATTEMPTS times in all (``JobRecord.cut_off_too_often``). Renewing
-and closing check, in the same script, that this consumer still owns the entry: a worker whose
-lease lapsed (a long outage) never takes it back, nor closes the entry of the worker that took over.
+the job runs again, at most MAX_ATTEMPTS times in all (``JobRecord.cut_off_too_often``). Renewing,
+closing and requeueing (close, then queue again: one script) check, in the same script, that this
+consumer still owns the entry: a worker whose lease lapsed (a long outage) never takes it back, nor
+closes or queues again the job of the worker that took over.
 Needs Redis 6.2 or newer (XAUTOCLAIM).
 
 Priority: one stream per stake band (``BAND_FLOORS``); workers read the highest band first, FIFO
@@ -52,6 +53,13 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
 return 1
 """
+_REQUEUE = _OWNED + """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+if redis.call('SADD', KEYS[2], ARGV[4]) == 0 then return 1 end
+redis.call('XADD', KEYS[3], '*', 'job', ARGV[4], 'priority', ARGV[5])
+return 2
+"""
 MIN_REDIS = (6, 2)
 """XAUTOCLAIM came with Redis 6.2."""
 
@@ -74,6 +82,7 @@ class RedisJobQueue:
         self._put = redis.register_script(_PUT)
         self._renew = redis.register_script(_RENEW)
         self._close = redis.register_script(_CLOSE)
+        self._requeue = redis.register_script(_REQUEUE)
         self._held: dict[str, QueuedJob] = {}
         self._extra: list[QueuedJob] = []
         self._claim_from = {stream: "0-0" for stream in self.streams}
@@ -160,6 +169,20 @@ class RedisJobQueue:
         self._held.pop(entry_id, None)
         if not await self._close(keys=[stream], args=[GROUP, self.consumer, entry_id]):
             log.warning("job %s: its entry was taken over by another worker; left to that one", entry.job_id)
+
+    @guarded
+    async def requeue(self, entry: QueuedJob) -> bool:
+        """Close the entry and queue its job again, in one script: a worker that dies between the two steps
+        leaves neither a second entry nor none. An entry another worker took over meanwhile is that one's
+        (nothing is queued: the job would run twice); a retry after a lost reply finds the entry gone, and
+        queues nothing again."""
+        stream, entry_id = entry.receipt
+        self._held.pop(entry_id, None)
+        outcome = await self._requeue(keys=[stream, self.queued_key, self.streams[band(entry.priority)]],
+                                      args=[GROUP, self.consumer, entry_id, entry.job_id, entry.priority])
+        if not outcome:
+            log.warning("job %s: its entry was taken over by another worker; left to that one", entry.job_id)
+        return outcome == 2
 
     @guarded
     async def lead(self, task: str, seconds: float) -> bool:

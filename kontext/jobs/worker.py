@@ -245,13 +245,11 @@ class Worker:
 
     async def _requeue(self, entry: QueuedJob) -> None:
         """Queue the entry's job again, at its own priority (stake order holds), and close the entry taken."""
-        await self.queue.put(entry.job_id, entry.priority)
-        await self.queue.done(entry)
+        await self.queue.requeue(entry)
 
     async def _requeue_eventually(self, entry: QueuedJob) -> None:
-        """``_requeue`` from a helper task: each step tried until it works, so no outage strands the job."""
-        await keep_trying(lambda: self.queue.put(entry.job_id, entry.priority), f"queueing {entry.job_id} again")
-        await keep_trying(lambda: self.queue.done(entry), f"closing the entry of {entry.job_id}")
+        """``_requeue`` from a helper task: tried until it works, so no outage strands the job."""
+        await keep_trying(lambda: self.queue.requeue(entry), f"queueing {entry.job_id} again")
 
     def _retry_later(self, entry: QueuedJob, *, counted_as_started: bool) -> None:
         """Queue the job again after RETRY_SECONDS; a run the store had counted as started is recorded as a store

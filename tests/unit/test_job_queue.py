@@ -40,3 +40,15 @@ async def test_ahead_of_counts_higher_and_equal_priorities() -> None:
     for job_id, priority in (("a", 0), ("b", 5), ("c", 10)):
         await queue.put(job_id, priority)
     assert (await queue.ahead_of(5), await queue.ahead_of(11), await queue.ahead_of(0)) == (2, 0, 3)
+
+
+async def test_a_requeue_queues_the_job_again_at_its_priority_once() -> None:
+    queue = JobQueue()
+    await queue.put("a", 3)
+    await queue.put("b", 1)
+    entry = await queue.get()
+    assert entry.job_id == "a" and len(queue) == 1
+    assert await queue.requeue(entry)
+    assert await queue.position("a") == 1 and len(queue) == 2  # its own priority: ahead of b again
+    assert not await queue.requeue(entry)  # queued already
+    assert len(queue) == 2

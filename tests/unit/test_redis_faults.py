@@ -42,18 +42,19 @@ async def client(redis_server) -> Any:  # type: ignore[no-untyped-def]
     await redis.aclose()
 
 
-def _refuse_puts(monkeypatch: Any, queue: Any, times: int) -> dict[str, int]:
-    """The queue's next ``times`` puts fail as a Redis outage would; the count left is returned, live."""
-    real_put = queue.put
+def _refuse(monkeypatch: Any, queue: Any, method: str, times: int) -> dict[str, int]:
+    """The queue's next ``times`` calls of ``method`` (put, requeue) fail as a Redis outage would; the count
+    left is returned, live."""
+    real = getattr(queue, method)
     failures = {"left": times}
 
-    async def put(job_id: str, priority: float = 0.0) -> bool:
+    async def refusing(*args: Any) -> bool:
         if failures["left"]:
             failures["left"] -= 1
             raise StorageUnavailable("the job store (Redis) is unreachable: test")
-        return await real_put(job_id, priority)
+        return await real(*args)
 
-    monkeypatch.setattr(queue, "put", put)
+    monkeypatch.setattr(queue, method, refusing)
     return failures
 
 
@@ -151,7 +152,7 @@ async def test_a_stored_job_that_could_not_be_queued_is_undone_and_the_retry_is_
     door = Runtime(_settings(tmp_path, redis_server, "door"), role="door")
     await door.start()
     try:
-        _refuse_puts(monkeypatch, door.queue, 1)
+        _refuse(monkeypatch, door.queue, "put", 1)
         with pytest.raises(StorageUnavailable, match="cannot queue"):
             await door.service.submit(_request(1, job_id="validator-job-1"))
         assert await door.store.get("validator-job-1") is None
@@ -264,7 +265,7 @@ async def test_a_requeue_that_meets_an_outage_is_tried_until_it_works(tmp_path: 
             return await worker.queue.size() == 0 and worker.workers is not None and worker.workers.running() == 1
 
         await until(waiting_for_reference)
-        failures = _refuse_puts(monkeypatch, worker.queue, 3)  # an outage on the put that queues it again
+        failures = _refuse(monkeypatch, worker.queue, "requeue", 3)  # an outage as it queues it again
         gate.set()
 
         async def chained_done() -> bool:

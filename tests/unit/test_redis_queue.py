@@ -132,3 +132,40 @@ async def test_a_read_cut_off_before_its_entry_was_held_still_leaves_the_waiting
     assert await other.size() == 0
     await other.done(taken)
     assert await other.put("cut-off", 0)  # queued again: not mistaken for one still waiting
+
+
+async def _pending(client: Any, queue: RedisJobQueue) -> int:
+    from kontext.jobs.redis_queue import GROUP
+
+    return sum([(await client.xpending(stream, GROUP))["pending"] for stream in queue.streams])
+
+
+async def test_a_requeue_closes_the_entry_and_queues_the_job_once_in_one_step(client: Any) -> None:
+    """Put, then done, as two calls: a worker dying between them left the job queued and its old entry held,
+    and after the lease both ran it. One script does both; its retry (a reply lost) queues nothing more."""
+    queue = await _queue(client, "a")
+    await queue.put("job", 50)
+    entry = await queue.get()
+    assert await queue.size() == 0 and await _pending(client, queue) == 1
+    assert await queue.requeue(entry)
+    assert await queue.size() == 1 and await _pending(client, queue) == 0
+    assert not await queue.requeue(entry)  # again: the entry is gone, nothing is queued twice
+    assert await queue.size() == 1 and await _pending(client, queue) == 0
+    again = await queue.get()
+    assert again.job_id == "job" and again.priority == 50 and again.receipt != entry.receipt
+    await queue.done(again)
+
+
+async def test_a_requeue_of_an_entry_taken_over_queues_nothing(client: Any) -> None:
+    """The old put-then-done queued the job again while the worker that took the entry over ran it: twice."""
+    slow = await _queue(client, "slow", lease=0.5)
+    fast = await _queue(client, "fast", lease=0.5)
+    await slow.put("job", 0)
+    lapsed = await slow.get()  # then its worker stalls past the lease
+    await asyncio.sleep(1.0)
+    taken = await asyncio.wait_for(fast.get(), 5)
+    assert taken.job_id == "job" and taken.redelivered
+    assert not await slow.requeue(lapsed)
+    assert await slow.size() == 0 and await _pending(client, slow) == 1  # still fast's, and queued nowhere else
+    await fast.done(taken)
+    assert await _pending(client, fast) == 0
