@@ -181,7 +181,8 @@ class RedisJobQueue:
         outcome = await self._requeue(keys=[stream, self.queued_key, self.streams[band(entry.priority)]],
                                       args=[GROUP, self.consumer, entry_id, entry.job_id, entry.priority])
         if not outcome:
-            log.warning("job %s: its entry was taken over by another worker; left to that one", entry.job_id)
+            log.warning("job %s: its entry is no longer this worker's (taken over by another, or closed by an "
+                        "earlier try whose reply was lost); nothing queued again", entry.job_id)
         return outcome == 2
 
     @guarded

@@ -273,7 +273,8 @@ class EditService:
 
     def status_record(self, job: JobRecord, queue_position: Optional[int] = None) -> StatusRecord:
         request = job.request
-        # A worker clears its progress just after the store records the end, so a finished job never shows one.
+        # Progress is a running job's: a finished one never shows it, whatever a worker (or its last heartbeat,
+        # on a shared queue) still says.
         current = self.workers.progress(job.id) if self.workers and not job.status.finished else None
         clock = now()
         completed = job.status is JobStatus.COMPLETED

@@ -20,8 +20,8 @@ from kontext.redis_client import connect
 from kontext.runtime import Runtime
 from protocol import EditRequest, JobStatus
 from tests.fakes import FakeEngine, png_bytes
-from tests.waiting import until
 from tests.unit.test_sidecar import make_settings
+from tests.waiting import until
 
 IMAGE_B64 = base64.b64encode(png_bytes((32, 32), (10, 20, 30))).decode()
 
