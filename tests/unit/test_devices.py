@@ -14,6 +14,7 @@ from kontext.runtime import Runtime
 from protocol import EditRequest, JobStatus
 from tests.fakes import FakeEngine, png_bytes
 from tests.unit.test_sidecar import make_settings
+from tests.waiting import until
 
 IMAGE_B64 = base64.b64encode(png_bytes((40, 32), (200, 40, 90))).decode()
 
@@ -44,11 +45,10 @@ async def test_two_cpu_workers_give_the_same_bytes_whichever_runs_the_job(tiny_m
     runtime = Runtime(settings)
     await runtime.start()
     try:
-        # Engines load one at a time: with both ready first, the jobs cannot all go to the first one.
-        for _ in range(3000):
-            if runtime.workers is not None and runtime.workers.serving() == 2:
-                break
-            await asyncio.sleep(0.02)
+        async def both_ready() -> bool:  # engines load one at a time: else the first could take every job
+            return runtime.workers is not None and runtime.workers.serving() == 2
+
+        await until(both_ready, timeout=120, what="both engines ready")
         request = EditRequest.model_validate({"prompt": "add a hat", "seed": 5, "image_b64": IMAGE_B64,
                                               "width": 64, "height": 64, "num_inference_steps": 2})
         ids = [(await runtime.service.submit(request)).job_id for _ in range(6)]

@@ -12,7 +12,8 @@ from PIL import Image
 from kontext.engine.engine import EngineConfig, EngineState, KontextEngine
 from kontext.engine.recipes import EditParams
 from tests.fakes import png_bytes
-from tools.synthetic_kontext import FULL, FULL_PARAMETERS, QUICK, build_modules, build_synthetic_kontext, parameter_counts, weight_bytes
+from tools.synthetic_kontext import (FULL, FULL_PARAMETERS, QUICK, build_modules, build_synthetic_kontext,
+                                     parameter_counts, weight_bytes)
 
 PUBLISHED = {"transformer": 11.9e9, "text_encoder_2": 4.76e9, "text_encoder": 123e6, "vae": 84e6}
 """FLUX.1-Kontext-dev's components as published: transformer, T5-XXL encoder, CLIP-L text model, FLUX VAE."""
