@@ -15,7 +15,7 @@ from typing import Optional
 
 
 def _version(distribution: str) -> str:
-    """An installed distribution's version, or ``None`` (ftfy is optional: without it the slow CLIP tokenizer
+    """An installed distribution's version, or ``"None"`` (ftfy is optional: without it the slow CLIP tokenizer
     of transformers 4 cleans prompts differently)."""
     from importlib import metadata
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Awaitable, Callable, Optional
 
 from kontext.delivery.fetch import ImageFetchError
@@ -80,16 +81,13 @@ class InputPrefetcher:
         if error is None:
             error = await keep_trying(lambda: self._store_input(job_id, data), f"storing the input of {job_id}")
         if error is None:
-            if entry is not None:
-                held = entry
-                await keep_trying(lambda: self.queue.requeue(held), f"queueing {job_id}")
-            else:
-                await keep_trying(lambda: self.queue.put(job_id, priority), f"queueing {job_id}")
+            queue_it = (partial(self.queue.requeue, entry) if entry is not None  # the worker's entry closed with it
+                        else partial(self.queue.put, job_id, priority))
+            await keep_trying(queue_it, f"queueing {job_id}")
             return
         await keep_trying(lambda: self._fail(job_id, error or ""), f"failing {job_id}")
         if entry is not None:
-            closing = entry
-            await keep_trying(lambda: self.queue.done(closing), f"closing the entry of {job_id}")
+            await keep_trying(partial(self.queue.done, entry), f"closing the entry of {job_id}")
 
     async def _store_input(self, job_id: str, data: bytes) -> Optional[str]:
         """None once stored; the reason when the disk refuses the file (full, read-only): the job fails."""

@@ -48,14 +48,14 @@ _RENEW = _OWNED + """
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 """
-_CLOSE = _OWNED + """
+_CLOSE_OWNED = _OWNED + """
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
+"""
+_CLOSE = _CLOSE_OWNED + """
 return 1
 """
-_REQUEUE = _OWNED + """
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[3])
+_REQUEUE = _CLOSE_OWNED + """
 if redis.call('SADD', KEYS[2], ARGV[4]) == 0 then return 1 end
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[4], 'priority', ARGV[5])
 return 2

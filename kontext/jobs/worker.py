@@ -215,12 +215,12 @@ class Worker:
     async def _take_one(self) -> None:
         entry = await self.queue.get()
         if not self.alive:  # stopped or failed while waiting: leave the job to the others (or the next start)
-            await self._requeue(entry)
+            await self.queue.requeue(entry)
             return
         if self.engine.state is EngineState.UNLOADED:
             await self.load_engine()
             if self.engine.state is EngineState.FAILED:
-                await self._requeue(entry)
+                await self.queue.requeue(entry)
                 return
         self.current_job = entry.job_id
         self._marked_started = False
@@ -243,12 +243,9 @@ class Worker:
             if not handed_on:
                 await self.queue.done(entry)
 
-    async def _requeue(self, entry: QueuedJob) -> None:
-        """Queue the entry's job again, at its own priority (stake order holds), and close the entry taken."""
-        await self.queue.requeue(entry)
-
     async def _requeue_eventually(self, entry: QueuedJob) -> None:
-        """``_requeue`` from a helper task: tried until it works, so no outage strands the job."""
+        """``queue.requeue`` (at the entry's own priority: stake order holds) from a helper task: tried until it
+        works, so no outage strands the job."""
         await keep_trying(lambda: self.queue.requeue(entry), f"queueing {entry.job_id} again")
 
     def _retry_later(self, entry: QueuedJob, *, counted_as_started: bool) -> None:
