@@ -56,3 +56,13 @@ def redis_server(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def redis_client(redis_server):  # type: ignore[no-untyped-def]
+    """A client of ``redis_server`` (the project's own connection settings), closed after the test."""
+    from kontext.redis_client import connect
+
+    redis = connect(redis_server.url)
+    yield redis
+    await redis.aclose()

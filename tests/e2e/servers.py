@@ -29,19 +29,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def stored_job(data_dir: Path, job_id: str):  # type: ignore[no-untyped-def]
-    """A stopped miner's record of ``job_id``, read through its own store: what its next start finds."""
+async def read_stored_job(database: Path, job_id: str):  # type: ignore[no-untyped-def]
+    """A miner's record of ``job_id`` (or None), read through its own SQLite store, opened and closed here."""
     from kontext.jobs.store import SqliteJobStore
 
-    async def read():  # type: ignore[no-untyped-def]
-        store = SqliteJobStore(data_dir / "jobs.sqlite3")
-        await store.open()
-        try:
-            return await store.get(job_id)
-        finally:
-            await store.close()
+    store = SqliteJobStore(database)
+    await store.open()
+    try:
+        return await store.get(job_id)
+    finally:
+        await store.close()
 
-    job = asyncio.run(read())
+
+def stored_job(data_dir: Path, job_id: str):  # type: ignore[no-untyped-def]
+    """A stopped miner's record of ``job_id``, read through its own store: what its next start finds."""
+    job = asyncio.run(read_stored_job(data_dir / "jobs.sqlite3", job_id))
     assert job is not None, f"{job_id} is not in {data_dir}"
     return job
 

@@ -15,6 +15,7 @@ import trustme
 from bittensor.sp_core import Keypair
 from PIL import Image
 
+from tests.e2e.kontext_determinism.conftest import MinerClient
 from tests.e2e.servers import NeuronProcess
 from tests.e2e.validator import ImageHost, Validator, ValidatorCallbacks, edit_payload, uuid7
 
@@ -106,15 +107,10 @@ def test_health_checks_answer_as_the_validator_expects(subnet: Subnet) -> None:
     assert subnet.validator.get("/capacity").status_code == 401  # unsigned
 
 
-def _once_the_callback_is_recorded(subnet: Subnet, job_id: str, timeout: float = 30) -> dict:
+def _once_the_callback_is_recorded(subnet: Subnet, job_id: str) -> dict:
     """The job's status once the miner has recorded its callback's outcome: the receiver knows it first (it
     answers the POST), the miner only after reading that answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status = subnet.validator.get(f"/edit/status/{job_id}").json()
-        if status["callback"]["status"] not in ("pending", "sending") or time.monotonic() > deadline:
-            return status
-        time.sleep(0.05)
+    return MinerClient(subnet.validator.base_url, verify=subnet.validator.verify).wait_callback(job_id)
 
 
 def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet: Subnet) -> None:

@@ -183,14 +183,9 @@ async def test_a_shutdown_during_the_claim_lets_that_callback_be_sent(tmp_path: 
 
 
 async def _status_callback(settings, job_id: str) -> str:
-    from kontext.jobs.store import SqliteJobStore
+    from tests.e2e.servers import read_stored_job
 
-    store = SqliteJobStore(settings.database_path)
-    await store.open()
-    try:
-        return (await store.get(job_id)).callback_status.value
-    finally:
-        await store.close()
+    return (await read_stored_job(settings.database_path, job_id)).callback_status.value
 
 
 async def test_retention_sweep_answers_410(tmp_path: Path) -> None:

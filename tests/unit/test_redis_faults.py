@@ -16,7 +16,6 @@ import pytest
 from kontext.errors import StartupError, StorageUnavailable
 from kontext.jobs.record import JobRecord
 from kontext.jobs.redis_queue import GROUP, RedisJobQueue
-from kontext.redis_client import connect
 from kontext.runtime import Runtime
 from protocol import EditRequest, JobStatus
 from tests.fakes import FakeEngine, png_bytes
@@ -35,13 +34,6 @@ def _settings(tmp_path: Path, redis_server: Any, name: str, **extra: object):  #
                          **extra)
 
 
-@pytest.fixture
-async def client(redis_server) -> Any:  # type: ignore[no-untyped-def]
-    redis = connect(redis_server.url)
-    yield redis
-    await redis.aclose()
-
-
 def _refuse(monkeypatch: Any, queue: Any, method: str, times: int) -> dict[str, int]:
     """The queue's next ``times`` calls of ``method`` (put, requeue) fail as a Redis outage would; the count
     left is returned, live."""
@@ -58,8 +50,8 @@ def _refuse(monkeypatch: Any, queue: Any, method: str, times: int) -> dict[str, 
     return failures
 
 
-async def _owner(client: Any, stream: str, entry_id: str) -> str:
-    [pending] = await client.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
+async def _owner(redis_client: Any, stream: str, entry_id: str) -> str:
+    [pending] = await redis_client.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
     return pending["consumer"].decode()
 
 
@@ -96,11 +88,11 @@ async def test_a_job_cut_off_by_a_worker_shutdown_is_taken_over_after_the_lease(
             await runtime.stop()
 
 
-async def test_a_lapsed_lease_is_never_taken_back_nor_closed_by_its_old_worker(client: Any) -> None:
+async def test_a_lapsed_lease_is_never_taken_back_nor_closed_by_its_old_worker(redis_client: Any) -> None:
     """The renewer's XCLAIM (min idle 0) took an entry back from the worker that had taken it over, and the
     old worker's done() acknowledged the new owner's entry: the job ran twice, or its entry vanished."""
-    slow = RedisJobQueue(client, consumer="slow", lease_seconds=0.6)
-    fast = RedisJobQueue(client, consumer="fast", lease_seconds=0.6)
+    slow = RedisJobQueue(redis_client, consumer="slow", lease_seconds=0.6)
+    fast = RedisJobQueue(redis_client, consumer="fast", lease_seconds=0.6)
     await slow.open()
     await fast.open()
     await slow.put("job", 0)
@@ -109,25 +101,25 @@ async def test_a_lapsed_lease_is_never_taken_back_nor_closed_by_its_old_worker(c
     taken = await asyncio.wait_for(fast.get(), 5)
     assert taken.job_id == "job" and taken.redelivered
     stream, entry_id = taken.receipt
-    assert await _owner(client, stream, entry_id) == "fast"
+    assert await _owner(redis_client, stream, entry_id) == "fast"
     slow.start_renewing()  # slow's side is back: its renewer runs again
     try:
         await asyncio.sleep(0.5)
-        assert await _owner(client, stream, entry_id) == "fast"  # not taken back
+        assert await _owner(redis_client, stream, entry_id) == "fast"  # not taken back
         await slow.done(held)  # slow's run ends late: the entry is fast's, it stays open
-        assert await _owner(client, stream, entry_id) == "fast"
+        assert await _owner(redis_client, stream, entry_id) == "fast"
         await fast.done(taken)
-        assert await client.xlen(stream) == 0
+        assert await redis_client.xlen(stream) == 0
     finally:
         await slow.close()
 
 
-async def test_an_orphan_behind_many_held_entries_is_still_taken_over(client: Any) -> None:
+async def test_an_orphan_behind_many_held_entries_is_still_taken_over(redis_client: Any) -> None:
     """XAUTOCLAIM scans a bounded slice of the pending list per call; always starting at 0-0, a takeover
     never reached an orphan behind ten or more entries other workers still held."""
-    holder = RedisJobQueue(client, consumer="holder", lease_seconds=1.5)
-    dead = RedisJobQueue(client, consumer="dead", lease_seconds=1.5)
-    taker = RedisJobQueue(client, consumer="taker", lease_seconds=1.5)
+    holder = RedisJobQueue(redis_client, consumer="holder", lease_seconds=1.5)
+    dead = RedisJobQueue(redis_client, consumer="dead", lease_seconds=1.5)
+    taker = RedisJobQueue(redis_client, consumer="taker", lease_seconds=1.5)
     for queue in (holder, dead, taker):
         await queue.open()
     for index in range(12):
@@ -188,7 +180,7 @@ async def test_a_stored_job_with_no_queue_entry_is_queued_again_by_a_door(tmp_pa
         await door.stop()
 
 
-async def test_a_worker_survives_redis_losing_its_streams(tmp_path: Path, redis_server, client: Any) -> None:
+async def test_a_worker_survives_redis_losing_its_streams(tmp_path: Path, redis_server, redis_client: Any) -> None:
     """A Redis restarted without its AOF (or flushed) has no consumer group: XREADGROUP answers NOGROUP, a
     non-connection error that ended the worker's task for good while its /health still said ok."""
     door = Runtime(_settings(tmp_path, redis_server, "door"), role="door")
@@ -203,7 +195,7 @@ async def test_a_worker_survives_redis_losing_its_streams(tmp_path: Path, redis_
 
         await until(lambda: finished(first))
         assert isinstance(worker.queue, RedisJobQueue)
-        await client.delete(*worker.queue.streams)  # the streams and their group are gone
+        await redis_client.delete(*worker.queue.streams)  # the streams and their group are gone
         await asyncio.sleep(1.5)  # the worker's blocking read meets NOGROUP
         second = (await door.service.submit(_request(2))).job_id
         await until(lambda: finished(second))
@@ -213,32 +205,32 @@ async def test_a_worker_survives_redis_losing_its_streams(tmp_path: Path, redis_
             await runtime.stop()
 
 
-async def test_redis_out_of_memory_is_a_503_not_a_500(tmp_path: Path, redis_server, client: Any) -> None:
+async def test_redis_out_of_memory_is_a_503_not_a_500(tmp_path: Path, redis_server, redis_client: Any) -> None:
     """With the recommended maxmemory + noeviction, a full Redis refuses writes with OOM: a ResponseError,
     which escaped as a 500."""
     door = Runtime(_settings(tmp_path, redis_server, "door"), role="door")
     await door.start()
     try:
-        used = (await client.info("memory"))["used_memory"]
-        await client.config_set("maxmemory-policy", "noeviction")
-        await client.config_set("maxmemory", str(used + 1024))
+        used = (await redis_client.info("memory"))["used_memory"]
+        await redis_client.config_set("maxmemory-policy", "noeviction")
+        await redis_client.config_set("maxmemory", str(used + 1024))
         try:
             with pytest.raises(StorageUnavailable, match="OutOfMemoryError|OOM") as refused:
                 await door.service.submit(_request(1, job_id="too-much"))
             assert refused.value.status == 503 and refused.value.headers["Retry-After"]
         finally:
-            await client.config_set("maxmemory", "0")
+            await redis_client.config_set("maxmemory", "0")
     finally:
         await door.stop()
 
 
-async def test_a_redis_older_than_6_2_is_refused_at_start_with_the_reason(client: Any, monkeypatch) -> None:
-    queue = RedisJobQueue(client, consumer="c", lease_seconds=30)
+async def test_a_redis_older_than_6_2_is_refused_at_start_with_the_reason(redis_client: Any, monkeypatch) -> None:
+    queue = RedisJobQueue(redis_client, consumer="c", lease_seconds=30)
 
     async def old_server(section: str) -> dict:
         return {"redis_version": "6.0.16"}
 
-    monkeypatch.setattr(client, "info", old_server)
+    monkeypatch.setattr(redis_client, "info", old_server)
     with pytest.raises(StartupError, match=r"Redis 6.0.16 is too old: the queue needs Redis 6.2 or newer"):
         await queue.open()
 
