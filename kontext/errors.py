@@ -1,4 +1,5 @@
-"""The service's error hierarchy; each error knows its HTTP status and public code."""
+"""The service's domain errors: what went wrong, in words a caller can act on. No HTTP here: the doors map each
+class to a status, a public code and headers in one table (``kontext/http/errors.py``)."""
 
 from __future__ import annotations
 
@@ -8,101 +9,86 @@ from typing import Any, Optional
 class EditError(Exception):
     """Base of every error the service reports to a caller.
 
-    The message is shown to the caller as is, so it must never contain secrets.
+    The message is shown to the caller as is, so it must never contain secrets. ``retry_after`` is a hint in
+    seconds where the error passes (a full queue, an outage); the doors send it as ``Retry-After``.
     """
 
-    status: int = 500
-    code: str = "internal_error"
-
     def __init__(self, message: str, *, fields: Optional[list[dict[str, Any]]] = None,
-                 headers: Optional[dict[str, str]] = None, job_id: Optional[str] = None) -> None:
+                 job_id: Optional[str] = None, retry_after: Optional[float] = None) -> None:
         super().__init__(message)
         self.message = message
         self.fields = fields or []
-        self.headers = headers or {}
         self.job_id = job_id
+        self.retry_after = retry_after
 
 
 class InvalidRequest(EditError):
-    status, code = 400, "invalid_request"
+    """The request cannot be served as sent (bad image, no usable image source, malformed body)."""
 
 
 class ValidationFailed(EditError):
     """The body is JSON but does not fit the schema (a field missing, of the wrong type or out of range)."""
 
-    status, code = 422, "validation_error"
-
 
 class Unauthorized(EditError):
-    status, code = 401, "unauthorized"
+    """The signature is missing, malformed, stale, tampered, replayed or for another receiver."""
 
 
 class Forbidden(EditError):
-    status, code = 403, "forbidden"
+    """A correctly signed caller that may not call (not registered, no validator permit)."""
 
 
 class NotFound(EditError):
     """Something other than a job is not here (a hotkey this door does not serve)."""
 
-    status, code = 404, "not_found"
-
 
 class JobNotFound(EditError):
-    status, code = 404, "job_not_found"
+    """No such job on this miner."""
 
 
 class JobExpired(EditError):
     """The job existed but its record and files were removed by the retention sweep."""
 
-    status, code = 410, "job_expired"
-
 
 class JobConflict(EditError):
-    status, code = 409, "job_exists"
+    """Another request already holds this ``job_id``."""
 
 
 class ResultNotReady(EditError):
-    status, code = 409, "result_not_ready"
+    """The job has not completed (yet, or at all)."""
 
 
 class JobFailed(EditError):
     """A ``/sync/edit`` job ran and failed; the message is the job's own error."""
 
-    status, code = 422, "job_failed"
-
 
 class SyncTimeout(EditError):
     """A ``/sync/edit`` job did not finish in time; it keeps running and can be fetched later."""
 
-    status, code = 504, "sync_timeout"
-
 
 class PayloadTooLarge(EditError):
-    status, code = 413, "payload_too_large"
+    """A body or image over the limits."""
 
 
 class ServiceDisabled(EditError):
-    status, code = 503, "edit_disabled"
+    """ENABLE_KONTEXT_EDIT=false."""
 
 
 class ServiceBusy(EditError):
-    status, code = 503, "queue_full"
+    """The queue is full (MAX_QUEUE), or too many bytes are being decoded at once."""
 
 
 class DeadlineUnreachable(EditError):
-    """ADMISSION_DEADLINE_SECONDS: the queue ahead says this job would finish too late."""
-
-    status, code = 503, "deadline_unreachable"
+    """ADMISSION_DEADLINE_SECONDS: the work ahead says this job would finish too late."""
 
 
 class ServiceUnavailable(EditError):
-    status, code = 503, "service_unavailable"
+    """The miner cannot take jobs now: stopping, or its engine failed."""
 
 
 class StorageUnavailable(EditError):
-    """The data directory refused a write (disk full, read-only, permissions)."""
-
-    status, code = 503, "storage_unavailable"
+    """The one storage failure every backend raises: the data directory, SQLite or Redis refused (disk full,
+    read-only, corrupt, unreachable). The job itself is not at fault; retry later."""
 
 
 class StartupError(RuntimeError):

@@ -69,16 +69,14 @@ def connect(url: str) -> Any:
 
 def guarded(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Turn a lost connection to Redis, or a command it refuses (OOM at ``maxmemory``, MISCONF when its AOF
-    cannot be written, READONLY on a replica), into ``StorageUnavailable`` (503 + Retry-After), never a 500."""
+    cannot be written, READONLY on a replica), into ``StorageUnavailable`` (the doors answer 503 with a retry hint), never a 500."""
     @functools.wraps(method)
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(*args, **kwargs)
         except UNREACHABLE as exc:
-            raise StorageUnavailable(f"the job store (Redis) is unreachable: {type(exc).__name__}: {exc}"[:300],
-                                     headers={"Retry-After": "5"}) from exc
+            raise StorageUnavailable(f"the job store (Redis) is unreachable: {type(exc).__name__}: {exc}"[:300], retry_after=5) from exc
         except redis_errors.RedisError as exc:
-            raise StorageUnavailable(f"the job store (Redis) refused the command: {type(exc).__name__}: {exc}"[:300],
-                                     headers={"Retry-After": "5"}) from exc
+            raise StorageUnavailable(f"the job store (Redis) refused the command: {type(exc).__name__}: {exc}"[:300], retry_after=5) from exc
 
     return call

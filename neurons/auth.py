@@ -55,7 +55,7 @@ class SignatureGate:
                 raise Forbidden(refusal)
         except (Unauthorized, Forbidden) as exc:  # logged once, by the JSON error middleware
             if self.on_reject:
-                self.on_reject(exc.code if isinstance(exc, Forbidden) else "bad_signature")
+                self.on_reject("forbidden" if isinstance(exc, Forbidden) else "bad_signature")
             raise
         return Caller(hotkey=hotkey, priority=self.registry.stake(hotkey))
 

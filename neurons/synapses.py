@@ -7,7 +7,7 @@ import base64
 from aiohttp import web
 
 from kontext.http.parsing import parse_model
-from kontext.http.routes import admit, service_of
+from kontext.http.context import admit, service_of
 from protocol import EditSynapse, ResultSynapse, StatusSynapse
 
 routes = web.RouteTableDef()

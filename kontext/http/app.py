@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Iterable, Optional
+from typing import AsyncIterator, Iterable, Optional
 
 from aiohttp import web
 
+from kontext.http.context import DOOR, GATE, RUNTIME, Door
 from kontext.http.errors import ON_ERROR, json_errors
 from kontext.http.gate import Gate, OpenGate
+from kontext.http.routes import routes
 from kontext.runtime import Runtime
 
-
-@dataclass(frozen=True)
-class Door:
-    """What a door says about itself on ``GET /``, ``GET /check/{hotkey}`` and ``GET /health``."""
-
-    name: str = "sidecar"
-    hotkey: Optional[str] = None
-    """The miner's hotkey (the neuron knows it; the chain-less sidecar has none)."""
-    health_extra: Optional[Callable[[], dict]] = None
-    """Extra ``/health`` fields (the neuron adds its metagraph view)."""
-
-
-RUNTIME = web.AppKey("runtime", Runtime)
-GATE: web.AppKey[Gate] = web.AppKey("gate")
-DOOR = web.AppKey("door", Door)
+__all__ = ["Door", "create_app"]
 
 
 def create_app(
@@ -43,8 +30,6 @@ def create_app(
     ``manage_runtime`` the app starts and stops the runtime with itself (tests, benchmarks);
     otherwise the start-up path (``kontext.http.serve``) owns it.
     """
-    from kontext.http.routes import routes  # routes read the app keys defined above
-
     app = web.Application(middlewares=[json_errors], client_max_size=runtime.settings.max_request_bytes)
     app[RUNTIME] = runtime
     app[GATE] = gate or OpenGate()

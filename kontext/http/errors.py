@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable, Optional
+import math
+from typing import Awaitable, Callable, NamedTuple, Optional
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from kontext import errors
 from kontext.errors import EditError
 from protocol import ErrorBody
 
@@ -16,6 +18,53 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ON_ERROR: web.AppKey[Callable[[str], None]] = web.AppKey("on_error")
 """Optional hook told each error code (the runtime counts them as metrics)."""
+
+class ErrorMapping(NamedTuple):
+    """How one domain error is answered: HTTP status, public code, and its default ``Retry-After`` (seconds)."""
+
+    status: int
+    code: str
+    retry_after: Optional[float] = None
+
+
+ERRORS: dict[type[EditError], ErrorMapping] = {
+    errors.InvalidRequest: ErrorMapping(400, "invalid_request"),
+    errors.Unauthorized: ErrorMapping(401, "unauthorized"),
+    errors.Forbidden: ErrorMapping(403, "forbidden"),
+    errors.NotFound: ErrorMapping(404, "not_found"),
+    errors.JobNotFound: ErrorMapping(404, "job_not_found"),
+    errors.JobConflict: ErrorMapping(409, "job_exists"),
+    errors.ResultNotReady: ErrorMapping(409, "result_not_ready"),
+    errors.JobExpired: ErrorMapping(410, "job_expired"),
+    errors.PayloadTooLarge: ErrorMapping(413, "payload_too_large"),
+    errors.ValidationFailed: ErrorMapping(422, "validation_error"),
+    errors.JobFailed: ErrorMapping(422, "job_failed"),
+    errors.ServiceDisabled: ErrorMapping(503, "edit_disabled"),
+    errors.ServiceBusy: ErrorMapping(503, "queue_full", 5),
+    errors.DeadlineUnreachable: ErrorMapping(503, "deadline_unreachable", 1),
+    errors.ServiceUnavailable: ErrorMapping(503, "service_unavailable"),
+    errors.StorageUnavailable: ErrorMapping(503, "storage_unavailable", 30),
+    errors.SyncTimeout: ErrorMapping(504, "sync_timeout"),
+}
+"""Every domain error's answer, in one place (``kontext/errors.py`` knows no HTTP)."""
+_UNMAPPED = ErrorMapping(500, "internal_error")
+
+
+def mapping_of(exc: EditError) -> ErrorMapping:
+    """The answer for ``exc``: its own class's row, else its nearest mapped base class's."""
+    for cls in type(exc).__mro__:
+        if cls in ERRORS:
+            return ERRORS[cls]
+    return _UNMAPPED
+
+
+def answer(exc: EditError) -> tuple[int, str, dict[str, str]]:
+    """(status, code, headers) of a domain error."""
+    mapping = mapping_of(exc)
+    retry_after = exc.retry_after if exc.retry_after is not None else mapping.retry_after
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else {}
+    return mapping.status, mapping.code, headers
+
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -39,9 +88,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except EditError as exc:
-        response = error_response(exc.status, exc.code, exc.message, fields=exc.fields, headers=exc.headers,
-                                  job_id=exc.job_id)
-        code = exc.code
+        status, code, headers = answer(exc)
+        response = error_response(status, code, exc.message, fields=exc.fields, headers=headers, job_id=exc.job_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

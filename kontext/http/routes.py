@@ -7,11 +7,10 @@ from pydantic import BaseModel
 
 from kontext import __version__
 from kontext.errors import JobNotFound, NotFound
-from kontext.http.app import DOOR, GATE, RUNTIME
-from kontext.http.gate import Caller
+from kontext.http.context import DOOR, RUNTIME, admit, service_of
 from kontext.http.openapi import openapi_document
 from kontext.http.parsing import parse_model
-from kontext.jobs.service import EditService, ResultImage
+from kontext.jobs.service import ResultImage
 from kontext.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from protocol import EditRequest
 from protocol.headers import IMAGE_SHA256_HEADER, JOB_ID_HEADER, RECIPE_HEADER, SEED_HEADER, STATUS_HEADER
@@ -20,16 +19,6 @@ routes = web.RouteTableDef()
 
 ENDPOINTS = ("POST /edit", "POST /sync/edit", "GET /capacity", "GET /edit/status/{job_id}",
              "GET /edit/result/{job_id}", "GET /images/edits/{job_id}.png", "GET /check/{hotkey}", "GET /health")
-
-
-def service_of(request: web.Request) -> EditService:
-    return request.app[RUNTIME].service
-
-
-async def admit(request: web.Request) -> tuple[Caller, bytes]:
-    """Read the raw body and pass it through the door's gate (signature, blacklist, priority)."""
-    body = await request.read()
-    return await request.app[GATE].admit(request, body), body
 
 
 def json_reply(model: BaseModel) -> web.Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from kontext.http.app import RUNTIME
+from kontext.http.context import RUNTIME
 from kontext.http.errors import json_errors
 from kontext.http.routes import metrics
 from kontext.runtime import Runtime

@@ -38,7 +38,7 @@ class AdmissionControl:
         return statistics.median(self._times) if self._times else None
 
     def check(self, jobs_ahead: int, *, workers: int = 1) -> None:
-        """Raise ``DeadlineUnreachable`` (503 + Retry-After) when the estimate passes the deadline."""
+        """Raise ``DeadlineUnreachable`` (with a retry hint) when the estimate passes the deadline."""
         median = self.median_seconds()
         if self.deadline_seconds is None or median is None:
             return
@@ -48,5 +48,5 @@ class AdmissionControl:
             raise DeadlineUnreachable(
                 f"{jobs_ahead} job(s) ahead at about {median:.1f}s each: this job would finish in about "
                 f"{estimate:.0f}s, past the {self.deadline_seconds:g}s deadline; send it elsewhere or retry later",
-                headers={"Retry-After": str(retry)},
+                retry_after=retry,
             )

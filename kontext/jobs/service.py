@@ -139,7 +139,6 @@ class EditService:
             if await self.waiting() >= self.settings.max_queue:
                 raise ServiceBusy(
                     f"the queue is full ({self.settings.max_queue} jobs waiting); retry later",
-                    headers={"Retry-After": "5"},
                 )
             job_id = request.job_id or f"{JOB_ID_PREFIX}{uuid.uuid4()}"
             if await self.store.get(job_id) is not None:
@@ -163,8 +162,7 @@ class EditService:
                     await self.files.remove_input(job_id)
                 log.error("cannot store job %s: %s", job_id, exc)
                 message = exc.message if isinstance(exc, StorageUnavailable) else str(exc)
-                raise StorageUnavailable(f"the miner cannot store new jobs right now ({message}); retry later",
-                                         headers={"Retry-After": "30"}) from None
+                raise StorageUnavailable(f"the miner cannot store new jobs right now ({message}); retry later") from None
             try:
                 await self._enqueue(job)
             except StorageUnavailable as exc:  # stored but not queued: undo, so the caller's retry is not a 409
@@ -172,8 +170,7 @@ class EditService:
                     await self.store.delete(job_id)
                     await self.files.remove_input(job_id)
                 log.error("cannot queue job %s: %s", job_id, exc.message)
-                raise StorageUnavailable(f"the miner cannot queue new jobs right now ({exc.message}); retry later",
-                                         headers={"Retry-After": "30"}) from None
+                raise StorageUnavailable(f"the miner cannot queue new jobs right now ({exc.message}); retry later") from None
         if self.metrics is not None:
             self.metrics.jobs_submitted.inc()
         log.info("accepted %s (source=%s, priority=%s)", job_id, source.value, priority)
@@ -183,8 +180,7 @@ class EditService:
         if not self.settings.enable_kontext_edit:
             raise ServiceDisabled("image editing is disabled on this miner (ENABLE_KONTEXT_EDIT=false)")
         if not self.accepting:
-            raise ServiceUnavailable("the miner is shutting down; retry against another miner",
-                                     headers={"Retry-After": "30"})
+            raise ServiceUnavailable("the miner is shutting down; retry against another miner", retry_after=30)
         if self.engine_state() == "failed":
             raise ServiceUnavailable(f"the edit engine failed to load: {self.workers.error if self.workers else ''}")
 

@@ -144,8 +144,7 @@ class SqliteJobStore:
         try:
             return await self._call(transaction)
         except sqlite3.OperationalError as exc:  # a full disk, a read-only file: as Redis away is, a 503
-            raise StorageUnavailable(f"the job database cannot be written ({exc})",
-                                     headers={"Retry-After": "30"}) from exc
+            raise StorageUnavailable(f"the job database cannot be written ({exc})") from exc
 
     # -- writes ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from kontext.errors import StartupError, StorageUnavailable
+from kontext.http.errors import answer
 from kontext.jobs.record import JobRecord
 from kontext.jobs.redis_queue import GROUP, RedisJobQueue
 from kontext.runtime import Runtime
@@ -217,7 +218,7 @@ async def test_redis_out_of_memory_is_a_503_not_a_500(tmp_path: Path, redis_serv
         try:
             with pytest.raises(StorageUnavailable, match="OutOfMemoryError|OOM") as refused:
                 await door.service.submit(_request(1, job_id="too-much"))
-            assert refused.value.status == 503 and refused.value.headers["Retry-After"]
+            assert answer(refused.value)[0] == 503 and answer(refused.value)[2]["Retry-After"]
         finally:
             await redis_client.config_set("maxmemory", "0")
     finally:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from kontext.errors import StorageUnavailable
+from kontext.http.errors import answer
 from kontext.jobs.redis_queue import BAND_FLOORS, RedisJobQueue, band
 from kontext.redis_client import connect
 
@@ -74,7 +75,7 @@ async def test_an_unreachable_redis_is_a_503_not_a_crash() -> None:
     queue = RedisJobQueue(unreachable, consumer="c", lease_seconds=1)
     with pytest.raises(StorageUnavailable) as info:
         await queue.put("x", 0)
-    assert info.value.status == 503 and "unreachable" in info.value.message
+    assert answer(info.value)[0] == 503 and "unreachable" in info.value.message
     await unreachable.aclose()
 
 

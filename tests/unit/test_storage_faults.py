@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kontext.errors import StartupError, StorageUnavailable
+from kontext.http.errors import answer
 from kontext.runtime import Runtime
 from protocol import EditRequest, JobStatus
 from tests.fakes import FakeEngine, png_bytes
@@ -62,7 +63,7 @@ async def test_disk_full_on_submit_is_503_and_leaves_nothing(tmp_path: Path) -> 
                 break
         else:
             raise AssertionError("the database never filled up")
-        assert refused.status == 503 and refused.headers["Retry-After"] and "full" in refused.message
+        assert answer(refused)[0] == 503 and answer(refused)[2]["Retry-After"] and "full" in refused.message
         stored = sum((await runtime.store.count_by_status()).values())
         running = runtime.workers.running() if runtime.workers else 0
         assert stored == await runtime.service.waiting() + running  # every job stored is queued or running, no other
@@ -142,7 +143,7 @@ async def test_a_store_that_refuses_the_insert_leaves_no_upload_behind(tmp_path:
     await runtime.start()
     try:
         async def refuse(job):  # type: ignore[no-untyped-def]
-            raise StorageUnavailable("the job store (Redis) is unreachable: ConnectionError", headers={"Retry-After": "5"})
+            raise StorageUnavailable("the job store (Redis) is unreachable: ConnectionError", retry_after=5)
 
         monkeypatch.setattr(runtime.store, "insert", refuse)
         with pytest.raises(StorageUnavailable, match="cannot store new jobs right now .the job store .Redis."):

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from kontext.errors import JobConflict, StartupError, StorageUnavailable
+from kontext.http.errors import answer
 from kontext.jobs.migrations import LATEST
 from kontext.jobs.record import JobOutcome, JobRecord
 from kontext.jobs.store import SqliteJobStore, StoreClosed
@@ -159,7 +160,7 @@ async def test_a_write_that_fails_midway_leaves_nothing_behind(sqlite_store: Sql
 
     with pytest.raises(StorageUnavailable, match="disk is full") as info:  # a 503 with Retry-After, not a 500
         await store._write(half_then_fail)
-    assert info.value.status == 503 and info.value.headers["Retry-After"]
+    assert answer(info.value)[0] == 503 and answer(info.value)[2]["Retry-After"]
     job = await store.get("a")
     assert job is not None and job.status is JobStatus.QUEUED and job.attempts == 0
     await store.mark_started("a", started_at=1.0, attempts=1, worker="w0")
