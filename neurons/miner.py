@@ -63,7 +63,8 @@ async def serve(args: Any, *, chain: Any = None) -> None:
     network = endpoint or OFFLINE
     tasks: list[asyncio.Task[Any]] = []
     if endpoint is None:
-        registry = ValidatorRegistry(blacklist, load_offline_members(args.validators or ""), source=OFFLINE)
+        registry = ValidatorRegistry(blacklist, load_offline_members(args.validators or ""), source=OFFLINE,
+                                     own_hotkey=hotkey.ss58_address)
     else:
         chain = chain or BittensorChain(endpoint, wallet)
         port = args.axon_external_port or args.axon_port
@@ -76,7 +77,7 @@ async def serve(args: Any, *, chain: Any = None) -> None:
                                                        address=commit_address, port=commit_port))
         except (ChainError, CommitmentError) as exc:
             raise StartupError(str(exc)) from None
-        registry = ValidatorRegistry(blacklist, members, source=network)
+        registry = ValidatorRegistry(blacklist, members, source=network, own_hotkey=hotkey.ss58_address)
 
         async def fetch() -> dict:
             metagraph = await chain.metagraph(args.netuid)

@@ -35,8 +35,12 @@ class ValidatorRegistry:
     and is reported by ``health()``.
     """
 
-    def __init__(self, blacklist: Blacklist, members: Optional[dict[str, Member]] = None, *, source: str = "offline") -> None:
+    def __init__(self, blacklist: Blacklist, members: Optional[dict[str, Member]] = None, *, source: str = "offline",
+                 own_hotkey: Optional[str] = None) -> None:
+        """``own_hotkey``: the miner's own, always admitted (priority 0), so its operator can try the miner with
+        the wallet they mine with (``kontext-client ... preflight``)."""
         self.blacklist = blacklist
+        self.own_hotkey = own_hotkey
         self.members = members or {}
         self.source = source
         self.refreshed_at: Optional[float] = time.time() if members is not None else None
@@ -45,6 +49,8 @@ class ValidatorRegistry:
 
     def refusal(self, hotkey: str) -> Optional[str]:
         """Why ``hotkey`` may not call, or None if it may."""
+        if hotkey == self.own_hotkey:
+            return None
         member = self.members.get(hotkey)
         if member is None:
             return None if self.blacklist.allow_non_registered else f"hotkey {hotkey} is not registered on the subnet"
@@ -53,6 +59,9 @@ class ValidatorRegistry:
         return None
 
     def stake(self, hotkey: str) -> float:
+        """The caller's job priority: its stake (the operator's own hotkey never jumps the validators' queue)."""
+        if hotkey == self.own_hotkey:
+            return 0.0
         member = self.members.get(hotkey)
         return member.stake if member else 0.0
 

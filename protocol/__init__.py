@@ -2,6 +2,7 @@
 
 from protocol.edit import (
     CallbackPayload,
+    CallbackPending,
     CallbackRecord,
     CallbackStatus,
     EditAccepted,
@@ -18,6 +19,7 @@ from protocol.synapses import SYNAPSES, EditSynapse, ResultSynapse, StatusSynaps
 
 __all__ = [
     "CallbackPayload",
+    "CallbackPending",
     "CallbackRecord",
     "CallbackStatus",
     "EditAccepted",

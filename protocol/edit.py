@@ -5,14 +5,16 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -179,6 +181,13 @@ class CallbackRecord(BaseModel):
     attempted_at: Optional[datetime] = None
     payload_status: Optional[JobStatus] = None
     error: Optional[str] = None
+
+
+class CallbackPending(BaseModel):
+    """A callback whose outcome is not known yet: ``waiting`` (the job runs, or the callback waits for
+    ``not_before``) or ``sending`` (its one POST is under way)."""
+
+    state: Literal["waiting", "sending"]
     not_before: Optional[datetime] = None
     """With CALLBACK_NOT_BEFORE_SECONDS: delivery waits until then (the result is visible at once)."""
 
@@ -222,7 +231,19 @@ class StatusRecord(BaseModel):
     queued_ms: Optional[int] = None
     run_ms: Optional[int] = None
     request: RequestSummary
-    callback: CallbackRecord
+    callback: Optional[CallbackRecord] = None
+    """Only once the outcome is one of the seed's four (delivered, failed, expired, skipped): a client may take
+    its presence to mean the outcome is known. Absent from the JSON before that."""
+    callback_pending: Optional[CallbackPending] = None
+    """While a requested callback has no outcome yet. Absent from the JSON otherwise."""
+
+    @model_serializer(mode="wrap")
+    def _absent_until_known(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in ("callback", "callback_pending"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class CallbackPayload(BaseModel):

@@ -40,6 +40,7 @@ from kontext.media.images import decode_base64_image
 from kontext.metrics import Metrics
 from kontext.settings import Settings
 from protocol import (
+    CallbackPending,
     CallbackRecord,
     CallbackStatus,
     EditAccepted,
@@ -301,15 +302,21 @@ class EditService:
                 callback_url=without_credentials(request.callback_url),
                 image_source=job.image_source,
             ),
-            callback=CallbackRecord(
-                status=job.callback_status,
-                status_code=job.callback_status_code,
-                attempted_at=_dt(job.callback_attempted_at),
-                payload_status=job.callback_payload_status,
-                error=job.callback_error,
-                not_before=_dt(job.callback_not_before(self.settings.callback_not_before_seconds)),
-            ),
+            **self._callback_fields(job),
         )
+
+    def _callback_fields(self, job: JobRecord) -> dict[str, Any]:
+        """``callback`` once the outcome is known, else ``callback_pending`` (the seed's clients read the former's
+        presence as "the outcome is known")."""
+        if job.callback_status in (CallbackStatus.PENDING, CallbackStatus.SENDING):
+            not_before = job.callback_not_before(self.settings.callback_not_before_seconds)
+            return {"callback_pending": CallbackPending(
+                state="sending" if job.callback_status is CallbackStatus.SENDING else "waiting",
+                not_before=_dt(not_before))}
+        return {"callback": CallbackRecord(
+            status=job.callback_status, status_code=job.callback_status_code,
+            attempted_at=_dt(job.callback_attempted_at), payload_status=job.callback_payload_status,
+            error=job.callback_error)}
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -181,8 +181,8 @@ def test_timing_rules_hold_back_the_callback_and_refuse_late_jobs(timed_subnet: 
     outcome = timed_subnet.callbacks.wait(payload["job_id"])
     assert outcome.accepted, outcome.reason
     assert outcome.received_at - dispatched_at >= 3.0  # never earlier than CALLBACK_NOT_BEFORE_SECONDS
-    status = timed_subnet.validator.get(f"/edit/status/{payload['job_id']}").json()
-    assert status["callback"]["not_before"] is not None
+    status = _once_the_callback_is_recorded(timed_subnet, payload["job_id"])
+    assert status["callback"]["status"] == "delivered" and "callback_pending" not in status
     late, _ = _dispatch(timed_subnet, seed=10)
     refused = timed_subnet.validator.signed_post("/edit", late)
     assert refused.status_code == 503 and refused.json()["error"] == "deadline_unreachable"

@@ -180,3 +180,16 @@ async def test_signature_headers_that_are_not_ascii_are_401(scheme: str) -> None
         headers["Epistula-Signed-By"] = VALIDATOR.ss58_address + "\udcff"
     with pytest.raises(Unauthorized, match="ASCII"):
         await _call(_verifier(), headers)
+
+
+async def test_the_miners_own_hotkey_is_admitted_with_no_priority() -> None:
+    """The operator tries the miner with the wallet they mine with (``kontext-client preflight``): admitted though
+    neither registered as a validator nor permitted, and never ahead of a validator's jobs."""
+    members = {VALIDATOR.ss58_address: Member(VALIDATOR.ss58_address, 5000.0, True)}
+    gate = SignatureGate(MINER.ss58_address, ValidatorRegistry(Blacklist(), members, own_hotkey=MINER.ss58_address))
+    caller = await gate.admit(FakeRequest(epistula_headers(MINER, body=BODY, receiver=MINER.ss58_address)),  # type: ignore[arg-type]
+                              BODY)
+    assert caller.hotkey == MINER.ss58_address and caller.priority == 0.0
+    with pytest.raises(Forbidden, match="not registered"):  # another unregistered key still is not
+        await gate.admit(FakeRequest(epistula_headers(STRANGER, body=BODY, receiver=MINER.ss58_address)),  # type: ignore[arg-type]
+                         BODY)

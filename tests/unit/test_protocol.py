@@ -45,7 +45,8 @@ def test_seed_examples_validate() -> None:
     assert request.seed == 42 and request.has_image_source
     assert EditAccepted.model_validate(SEED_RESPONSE).job_id == "edit-abc123"
     status = StatusRecord.model_validate(SEED_STATUS)
-    assert status.callback.status_code == 200 and status.status is JobStatus.COMPLETED
+    assert status.callback is not None and status.callback.status_code == 200
+    assert status.status is JobStatus.COMPLETED
 
 
 def test_defaults_are_the_seed_defaults() -> None:
