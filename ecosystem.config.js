@@ -1,27 +1,17 @@
-// pm2 process file: `pm2 start ecosystem.config.js` (edit the args first), or directly:
-//   pm2 start scripts/start_miner.sh --name kontext-miner -- --netuid 11 \
-//     --wallet.name miner --wallet.hotkey default --axon.port 8901 --axon.external_ip <PUBLIC_IP> \
-//     --commit.address <DNS name of the certificate> --axon.certfile /etc/kontext/fullchain.pem --axon.keyfile /etc/kontext/privkey.pem
-// pm2 sends SIGTERM on stop/restart: the miner stops accepting, finishes the running job and exits 0.
+// pm2 process file of the miner neuron: `pm2 start ecosystem.config.js`. Nothing to edit here: every setting
+// (wallet, netuid, ports, certificate, commitment address) comes from .env (cp .env.example .env).
+// pm2 sends SIGTERM on stop/restart: the miner stops accepting (503), lets the running job finish within
+// SHUTDOWN_GRACE_SECONDS (60), sends the callbacks under way and exits 0. kill_timeout is above that whole stop
+// (60 s grace + 10 s engine thread + 5 s open requests + 10 s callbacks = 85 s); pm2's own default, 1.6 s,
+// would SIGKILL the running job.
 module.exports = {
   apps: [
     {
       name: "kontext-miner",
       script: "scripts/start_miner.sh",
       interpreter: "bash",
-      args: [
-        "--netuid", "11",
-        "--subtensor.network", "finney",
-        "--wallet.name", "miner",
-        "--wallet.hotkey", "default",
-        "--axon.port", "8901",
-        "--axon.external_ip", "YOUR_PUBLIC_IP",
-        "--commit.address", "YOUR_DNS_NAME", // the name the certificate is for: the validator checks it
-        "--axon.certfile", "/etc/kontext/fullchain.pem",
-        "--axon.keyfile", "/etc/kontext/privkey.pem",
-      ].join(" "),
       cwd: __dirname,
-      kill_timeout: 90000, // ms: longer than the longest edit, so SIGTERM can finish it
+      kill_timeout: 90000, // ms
       max_restarts: 20,
       restart_delay: 5000,
       env: { PYTHONUNBUFFERED: "1" },

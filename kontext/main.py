@@ -5,17 +5,26 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
+from kontext.flags import Flag, add_flags, env_file_flag, given
+from kontext.settings import Settings
+
+FLAGS = (
+    Flag("--host", "miner_server_host", "bind address (loopback by default: the job routes are unsigned here)"),
+    Flag("--port", "miner_server_port", "port", int),
+    Flag("--profile", "kontext_profile", "rules in force: local (the seed's plain behaviour) or subnet (the "
+         "validator's timing rules)"),
+    Flag("--log-level", "log_level", "logging level"),
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kontext-sidecar",
-        description="Serve POST /edit, /sync/edit, status, result, images, capacity and health. Configuration "
-        "comes from the environment and .env (see .env.example); flags override it.",
+        description="Serve POST /edit, /sync/edit, status, result, images, capacity and health. Every flag is also "
+        "a setting of the environment or .env (see .env.example); a flag given wins.",
     )
-    parser.add_argument("--env-file", default=".env", help="dotenv file to read (default: .env)")
-    parser.add_argument("--host", help="bind address (MINER_SERVER_HOST)")
-    parser.add_argument("--port", type=int, help="port (MINER_SERVER_PORT, default 8091)")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    env_file_flag(parser)
+    add_flags(parser, FLAGS, Settings)
     return parser
 
 
@@ -23,16 +32,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from kontext.process import run_server
 
     args = build_parser().parse_args(argv)
-    run_server(args.log_level, lambda: _serve(args))
+    run_server(args.env_file, lambda: _serve(args))
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from kontext.http.app import create_app
-    from kontext.http.serve import Listener, serve
-    from kontext.runtime import Runtime
-    from kontext.settings import Settings
+    import logging
 
-    settings = Settings.load(args.env_file, miner_server_host=args.host, miner_server_port=args.port)
+    from kontext.http.app import create_app
+    from kontext.http.serve import Listener, is_loopback, serve
+    from kontext.process import set_level
+    from kontext.runtime import Runtime
+
+    settings = Settings.load(args.env_file, **given(args, FLAGS))
+    set_level(settings.log_level)
+    if not is_loopback(settings.miner_server_host):
+        logging.getLogger("kontext.sidecar").warning(
+            "the sidecar's job routes are unsigned and it listens on %s: anyone who reaches that address can "
+            "submit jobs (the neuron signs its doors; bind 127.0.0.1 for local use)", settings.miner_server_host)
     runtime = Runtime(settings)
     sidecar = Listener("sidecar", create_app(runtime), settings.miner_server_host, settings.miner_server_port)
     await serve(runtime, [sidecar])

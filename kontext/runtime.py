@@ -107,6 +107,7 @@ class Runtime:
     async def start(self) -> None:
         """Doors fail fast (exit 2) when the store is unusable; a worker keeps trying in the background."""
         settings = self.settings
+        log.info("%s", describe_rules(settings))
         if self.role == "worker":
             self._build_workers()
             self._spawn(self._bring_up_worker(), "bring-up")
@@ -120,7 +121,8 @@ class Runtime:
             self.remote = RemoteWorkers(self.redis)
             self._spawn(self.remote.run(), "remote-workers")
         admission = AdmissionControl(settings.admission_deadline_seconds, settings.admission_window,
-                                     self.remote.median_edit_seconds if self.remote else None)
+                                     margin_seconds=settings.admission_margin_seconds,
+                                     samples_source=self.remote.edit_samples if self.remote else None)
         self._service = EditService(settings, self.store, self.queue, self.files,
                                     workers=self.workers or self.remote, prefetcher=self.prefetcher,
                                     finisher=finisher, metrics=self.metrics, admission=admission)
@@ -159,11 +161,11 @@ class Runtime:
         """Outbound traffic (one guarded session), callbacks, how jobs end, and downloads ahead of workers."""
         settings = self.settings
         self._session = session = make_guarded_session(
-            allow_private=settings.callback_allow_private,
+            allow_private=settings.outbound_allow_private,
             timeout=max(settings.callback_timeout_seconds, settings.image_url_timeout_seconds),
         )
         sender = self._sender or CallbackSender(session, timeout=settings.callback_timeout_seconds,
-                                                allow_private=settings.callback_allow_private)
+                                                allow_private=settings.outbound_allow_private)
         self.notifier = CallbackNotifier(
             self.store, self.files, sender, image_url=settings.image_url, metrics=self.metrics,
             not_before_seconds=settings.callback_not_before_seconds,
@@ -173,7 +175,7 @@ class Runtime:
         async def download(url: str) -> bytes:
             return await fetch_image(session, url, max_bytes=settings.max_image_bytes,
                                      timeout=settings.image_url_timeout_seconds,
-                                     allow_private=settings.callback_allow_private)
+                                     allow_private=settings.outbound_allow_private)
 
         finisher = JobFinisher(self.store, self.files, self.metrics, self._job_finished)
         self.prefetcher = InputPrefetcher(download, self.store, self.files, self.queue, finisher,
@@ -188,7 +190,7 @@ class Runtime:
             from kontext.engine.devices import resolve_devices  # torch is heavy: import on demand
             from kontext.engine.engine import EngineConfig, KontextEngine
 
-            devices = resolve_devices(settings.kontext_devices, settings.kontext_device)
+            devices = resolve_devices(settings.kontext_devices)
             self.engines = [KontextEngine(EngineConfig.from_settings(settings, device)) for device in devices]
         if not self.engines:
             return
@@ -330,6 +332,15 @@ class Runtime:
             except Exception as exc:  # noqa: BLE001 - the gauge keeps its last value; the workers say why
                 log.debug("queue depth unknown: %s", exc)
             await asyncio.sleep(1.0)
+
+
+def describe_rules(settings: Settings) -> str:
+    """The start-up log's line on what is in force: profile, timing rules, recipe, model, where jobs live."""
+    deadline = settings.admission_deadline_seconds
+    return (f"profile {settings.kontext_profile}: callbacks no earlier than {settings.callback_not_before_seconds:g}s "
+            f"after arrival; admission deadline " + (f"{deadline:g}s (+{settings.admission_margin_seconds:g}s upload "
+            "margin)" if deadline else "off") + f"; recipe {settings.kontext_recipe}; model "
+            f"{settings.kontext_model_path} on {settings.kontext_devices}; jobs in {settings.job_backend}")
 
 
 def _probe_writable(directory: Union[str, "os.PathLike[str]"]) -> None:

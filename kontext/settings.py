@@ -3,56 +3,80 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kontext.engine.devices import parse_devices
-from kontext.errors import StartupError
 from kontext.engine.recipes import DEFAULT_RECIPE, RECIPES
-from protocol.limits import JOB_TYPE_FLUX_DEV, JOB_TYPE_KONTEXT_EDIT
+from kontext.settings_load import load_settings
+from protocol.limits import (
+    JOB_TYPE_FLUX_DEV,
+    JOB_TYPE_KONTEXT_EDIT,
+    VALIDATOR_CALLBACK_DEADLINE_SECONDS,
+    VALIDATOR_CALLBACK_NOT_BEFORE_SECONDS,
+)
+
+S = TypeVar("S", bound="Settings")
+Profile = Literal["local", "subnet"]
+PROFILES: dict[str, dict[str, Any]] = {
+    "local": {"callback_not_before_seconds": 0.0, "admission_deadline_seconds": 0.0},
+    "subnet": {"callback_not_before_seconds": VALIDATOR_CALLBACK_NOT_BEFORE_SECONDS,
+               "admission_deadline_seconds": VALIDATOR_CALLBACK_DEADLINE_SECONDS},
+}
+"""What a setting left unset means in each profile. ``local`` (``kontext-sidecar``, ``run_local.sh``): the seed's
+plain behaviour. ``subnet`` (the neuron, ``kontext-worker``): the subnet validator's timing rules."""
 
 
 class Settings(BaseSettings):
-    """Every operator-facing knob. Field names are the environment keys, upper-cased.
+    """Every operator-facing knob of the service. Field names are the environment keys, upper-cased.
 
-    Built once by the entry point (``Settings.load(env_file, **flags)``, or
-    ``Settings(_env_file=None, ...)`` in tests) and passed down; no service setting is read from ``os.environ`` anywhere else. (The
-    process-level determinism variables, PYTHONHASHSEED and CUBLAS_WORKSPACE_CONFIG, are checked by
-    ``kontext.engine.determinism`` before torch starts, as they must be.)
+    Built once by the entry point (``Settings.load(env_file, **flags)``, or ``Settings(_env_file=None, ...)`` in
+    tests) and passed down; no service setting is read from ``os.environ`` anywhere else. (The process-level
+    determinism variables, PYTHONHASHSEED and CUBLAS_WORKSPACE_CONFIG, are settled by ``kontext.process`` before
+    torch starts, as they must be.)
     """
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True,
                                       env_ignore_empty=True)
 
     @classmethod
-    def load(cls, env_file: Optional[str | Path], **flags: Any) -> "Settings":
-        """The environment and ``env_file``, with the command line's flags on top: a flag that was given
-        wins, even when it is 0 or empty; one that was not (None) leaves the setting alone. A value out of
-        range is a ``StartupError`` naming the setting (the entry points exit 2 with that line)."""
-        try:
-            return cls(_env_file=env_file, **{k: v for k, v in flags.items() if v is not None})  # type: ignore[call-arg]
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, error['loc'])).upper() or 'settings'}: {error['msg']}"
-                                 for error in exc.errors())
-            raise StartupError(f"invalid settings: {problems}") from None
+    def load(cls: type[S], env_file: Optional[str | Path], **flags: Any) -> S:
+        """The environment and ``env_file``, with the command line's flags on top (a flag given wins, even when
+        it is 0 or empty; one not given, None, leaves the setting alone). Deprecated names are read with a
+        warning; a value out of range or still a placeholder is a ``StartupError`` naming the setting."""
+        return load_settings(cls, env_file, flags)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        """Settings left unset take their profile's value (``PROFILES``)."""
+        if isinstance(data, dict):
+            profile = data.get("kontext_profile") or cls.model_fields["kontext_profile"].default
+            for name, value in PROFILES.get(profile, {}).items():
+                if data.get(name) is None:
+                    data[name] = value
+        return data
+
+    # Which rules are in force: the entry point chooses (the neuron: subnet; kontext-sidecar: local).
+    kontext_profile: Profile = "local"
+    log_level: str = "INFO"
 
     # Feature switch and model.
     enable_kontext_edit: bool = True
     kontext_model_path: str = "black-forest-labs/FLUX.1-Kontext-dev"
     kontext_recipe: str = DEFAULT_RECIPE
     """What decides the output bytes: reference-v1 (the subnet's audit) or kontext-v1 (portable)."""
-    kontext_device: Literal["auto", "cpu", "cuda"] = "auto"
-    """With KONTEXT_DEVICES=auto: cpu (one CPU engine) or cuda (every visible GPU); auto: the GPUs, else the CPU."""
     kontext_devices: str = "auto"
-    """One engine and worker per device: auto (every visible GPU, else one CPU engine) or cuda:0,cuda:1 / cpu,cpu."""
+    """One engine and worker per device: auto (every visible GPU, else one CPU engine), cuda (every visible GPU),
+    cpu (one CPU engine), or a list such as cuda:0,cuda:1 or cpu,cpu."""
     kontext_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     kontext_load: Literal["eager", "lazy"] = "eager"
     kontext_cpu_threads: int = Field(default=1, ge=1, le=256)
     kontext_local_files_only: bool = False
 
-    # GPU performance options (kontext/acceleration.py says what each does to speed and numbers).
+    # GPU performance options (kontext/engine/acceleration.py says what each does to speed and numbers).
     kontext_attention_backend: str = "native"
     kontext_compile: bool = False
     kontext_memory_mode: Literal["auto", "gpu", "model_offload", "group_offload"] = "auto"
@@ -65,32 +89,32 @@ class Settings(BaseSettings):
     kontext_golden_file: Optional[Path] = None
     """Recorded self-check hashes (default <DATA_DIR>/golden_hashes.json)."""
 
-    # Sidecar HTTP server.
-    miner_server_host: str = "0.0.0.0"
+    # The sidecar: the seed's HTTP contract (loopback unless told otherwise).
+    miner_server_host: str = "127.0.0.1"
     miner_server_port: int = Field(default=8091, ge=1, le=65535)
     service_url: Optional[str] = None
-    """Public base URL used in ``image_url`` (default: http://<host>:<port>)."""
+    """Public base URL of ``image_url`` (default: the neuron's public door, https://<commit address>:<port>;
+    the sidecar's own address for kontext-sidecar)."""
+    sidecar_require_signature: Optional[bool] = None
+    """The neuron's sidecar: signed job routes (unset: required on any address but loopback, where the seed's
+    unsigned contract is kept for local tools)."""
 
-    sidecar_require_signature: bool = False
-    """Require btauth/1 or Epistula signatures on the sidecar's POST /edit (neuron only; off locally)."""
-
-    # The public door (the neuron's axon port): TLS, what it claims, how long /sync/edit waits.
-    axon_certfile: Optional[Path] = None
-    """PEM certificate (chain) for HTTPS on the public door; the validator only calls https://."""
-    axon_keyfile: Optional[Path] = None
+    # What the public door claims, and how long /sync/edit and a stop wait.
     capacity_job_types: Annotated[tuple[str, ...], NoDecode] = (JOB_TYPE_KONTEXT_EDIT,)
     """Job types GET /capacity claims (comma-separated), each only while the engine is ready."""
     sync_timeout_seconds: float = Field(default=60.0, gt=0)
     shutdown_grace_seconds: float = Field(default=60.0, ge=0)
     """On SIGTERM: how long the running job may take to finish before it is cut off (and re-run later)."""
 
-    # Timing rules of the subnet's validator (off by default; README "Run a miner on the subnet").
-    callback_not_before_seconds: float = Field(default=0.0, ge=0)
+    # Timing rules (unset: the profile's; the subnet validator's are 8 s and 15 s).
+    callback_not_before_seconds: float = Field(default=None, ge=0)  # type: ignore[assignment]
     """A callback is not sent earlier than this after its request arrived (0: at once)."""
-    admission_deadline_seconds: Optional[float] = Field(default=None, gt=0)
-    """POST /edit answers 503 at once when the queue ahead says the job would finish later than this."""
-    admission_window: int = Field(default=20, ge=1)
-    """How many recent edit times the admission estimate takes the median of."""
+    admission_deadline_seconds: float = Field(default=None, ge=0)  # type: ignore[assignment]
+    """POST /edit answers 503 at once when the work ahead says the job would call back later than this (0: off)."""
+    admission_margin_seconds: float = Field(default=1.0, ge=0)
+    """Added to the estimate for the callback's upload (a 1024x1024 PNG) and the network."""
+    admission_window: int = Field(default=20, ge=2)
+    """How many recent edits (steps, seconds) the estimate is fitted to."""
 
     # Where jobs live: SQLite on one host, or Redis for doors and kontext-worker processes on many hosts.
     job_backend: Literal["sqlite", "redis"] = "sqlite"
@@ -119,9 +143,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=2, ge=1)
     """A job interrupted by a crash this many times is failed instead of run again."""
 
-    # Callbacks.
+    # Outbound traffic: callbacks and image_url downloads.
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
-    callback_allow_private: bool = False
+    outbound_allow_private: bool = False
+    """Let callbacks and image_url downloads reach loopback and private networks (tests, a private deployment)."""
 
     @field_validator("kontext_devices")
     @classmethod
@@ -160,6 +185,12 @@ class Settings(BaseSettings):
     def image_url(self, job_id: str) -> str:
         """The public URL of a job's result PNG, as the status record and the callback both give it."""
         return f"{self.public_base_url}/images/edits/{job_id}.png"
+
+    def timing(self) -> dict[str, Any]:
+        """The profile and its rules in force, as ``/health`` and the start-up log say them."""
+        return {"name": self.kontext_profile, "callback_not_before_seconds": self.callback_not_before_seconds,
+                "admission_deadline_seconds": self.admission_deadline_seconds or None,
+                "admission_margin_seconds": self.admission_margin_seconds}
 
     @property
     def golden_file(self) -> Path:

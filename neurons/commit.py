@@ -13,7 +13,8 @@ if __package__ in (None, ""):  # `python neurons/commit.py` as well as `python -
 
 from neurons.chain import BittensorChain, Chain, ChainError, ensure_commitment, set_commitment_call  # noqa: E402
 from neurons.commitment import CommitmentError, endpoint_problem, validator_url  # noqa: E402
-from neurons.config import OFFLINE, add_chain_args, add_endpoint_args, chain_network, commit_endpoint  # noqa: E402
+from neurons.config import OFFLINE, add_chain_args, add_endpoint_args, settings_from  # noqa: E402
+from kontext.flags import env_file_flag  # noqa: E402
 from neurons.keys import load_hotkey  # noqa: E402
 from kontext.errors import StartupError  # noqa: E402
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (read, commit):
         add_chain_args(sub)
         add_endpoint_args(sub)
+        env_file_flag(sub)
     return parser
 
 
@@ -52,24 +54,25 @@ async def read(chain: Chain, *, netuid: int, hotkey: str) -> None:
 
 async def run(args: argparse.Namespace, *, chain: Optional[Chain] = None) -> None:
     """Check the flags, load the hotkey, then read or commit; errors end as one plain line."""
-    network = chain_network(args)
+    settings = settings_from(args)
+    network = settings.chain
     if network is None:
         raise SystemExit(f"--subtensor.network {OFFLINE} has no chain to read or write commitments on")
     try:
-        endpoint = commit_endpoint(args) if args.command == "commit" else None
+        endpoint = settings.commit_endpoint() if args.command == "commit" else None
     except CommitmentError as exc:
         raise SystemExit(f"commit: {exc}") from None
-    wallet, hotkey = load_hotkey(args)
+    wallet, hotkey = load_hotkey(settings)
     chain = chain or BittensorChain(network, wallet)
     try:
         if endpoint is None:
-            await read(chain, netuid=args.netuid, hotkey=hotkey.ss58_address)
+            await read(chain, netuid=settings.netuid, hotkey=hotkey.ss58_address)
         else:
-            outcome = await ensure_commitment(chain, netuid=args.netuid, hotkey=hotkey.ss58_address,
+            outcome = await ensure_commitment(chain, netuid=settings.netuid, hotkey=hotkey.ss58_address,
                                               address=endpoint[0], port=endpoint[1], dry_run=args.dry_run)
-            print(f"netuid {args.netuid}, hotkey {hotkey.ss58_address}: {outcome}")
+            print(f"netuid {settings.netuid}, hotkey {hotkey.ss58_address}: {outcome}")
             if outcome.action == "dry-run":
-                module, function, params = set_commitment_call(args.netuid, outcome.text)
+                module, function, params = set_commitment_call(settings.netuid, outcome.text)
                 print(f"would submit {module}.{function}({params}) signed by the hotkey")
     except (ChainError, CommitmentError) as exc:
         raise SystemExit(f"{args.command}: {exc}") from None

@@ -1,75 +1,78 @@
-"""Command-line flags of the miner neuron and the commit tool, in bittensor's dotted style."""
+"""Command-line flags of the miner neuron and the commit tool, in bittensor's dotted style: one table over the
+settings (neurons/settings.py), so each flag is also a setting of .env."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from neurons.commitment import CommitmentError
+from kontext.flags import Flag, add_flags, env_file_flag, given
+from neurons.settings import OFFLINE, NeuronSettings
 
-OFFLINE = "offline"
-DEFAULT_AXON_PORT = 8901
-"""The public door's port (the axon port); 8091 stays the local sidecar's."""
+__all__ = ["CHAIN_FLAGS", "ENDPOINT_FLAGS", "NEURON_FLAGS", "OFFLINE", "add_chain_args", "add_endpoint_args",
+           "build_parser", "parse_args", "settings_from"]
+
+CHAIN_FLAGS = (
+    Flag("--netuid", "netuid", "subnet uid", int),
+    Flag("--subtensor.network", "subtensor_network", f"finney | test | local | ws(s)://endpoint | {OFFLINE} (no "
+         "chain: callers from --neuron.validators)"),
+    Flag("--subtensor.chain_endpoint", "subtensor_chain_endpoint", "explicit ws(s):// endpoint (overrides network)"),
+    Flag("--wallet.name", "wallet_name", "wallet (coldkey) name"),
+    Flag("--wallet.hotkey", "wallet_hotkey", "hotkey name"),
+    Flag("--wallet.path", "wallet_path", "wallets directory"),
+)
+ENDPOINT_FLAGS = (
+    Flag("--axon.ip", "axon_ip", "bind address of the public door"),
+    Flag("--axon.port", "axon_port", "port of the public door: the validator's /edit, /capacity, ... and the "
+         "synapses", int),
+    Flag("--axon.certfile", "axon_certfile", "PEM certificate chain: serve the door over HTTPS"),
+    Flag("--axon.keyfile", "axon_keyfile", "PEM private key of --axon.certfile"),
+    Flag("--axon.external_ip", "axon_external_ip", "IP published on chain with ServeAxon"),
+    Flag("--axon.external_port", "axon_external_port", "port published on chain", int),
+    Flag("--commit.address", "commit_address", "host name (the certificate's) or IPv4 address committed for the "
+         "validator (default --axon.external_ip; not IPv6: the validator cannot parse it)"),
+    Flag("--commit.port", "commit_port", "port committed for the validator (default --axon.external_port, else "
+         "--axon.port)", int),
+)
+NEURON_FLAGS = (
+    Flag("--sidecar.host", "miner_server_host", "sidecar bind address (loopback: anything else requires "
+         "signatures on its job routes)"),
+    Flag("--sidecar.port", "miner_server_port", "sidecar port", int),
+    Flag("--blacklist.force_validator_permit", "blacklist_force_validator_permit",
+         "refuse callers without a validator permit", switch=True),
+    Flag("--blacklist.allow_non_registered", "blacklist_allow_non_registered",
+         "accept hotkeys that are not registered on the subnet", switch=True),
+    Flag("--neuron.validators", "neuron_validators", "offline mode: allowed callers, a JSON file "
+         "{hotkey: {stake, validator_permit}} or 'HOTKEY:STAKE[:nopermit],...'"),
+    Flag("--neuron.metagraph_refresh_seconds", "neuron_metagraph_refresh_seconds",
+         "background metagraph refresh", float),
+    Flag("--neuron.skip_serve_axon", "neuron_skip_serve_axon", "do not publish ip:port on chain", switch=True),
+    Flag("--neuron.skip_commit", "neuron_skip_commit", "do not write the address:port commitment", switch=True),
+    Flag("--logging.debug", "log_level", "debug logs", const="DEBUG"),
+)
 
 
 def add_chain_args(parser: argparse.ArgumentParser) -> None:
     """Which chain, subnet and wallet: shared by the miner and kontext-commit."""
-    add = parser.add_argument
-    add("--netuid", type=int, default=11, help="subnet uid (default 11)")
-    add("--subtensor.network", dest="network", default="finney",
-        help=f"finney | test | local | ws(s)://endpoint | {OFFLINE} (no chain: validators from --neuron.validators)")
-    add("--subtensor.chain_endpoint", dest="chain_endpoint", help="explicit ws(s):// endpoint (overrides network)")
-    add("--wallet.name", dest="wallet_name", default="default")
-    add("--wallet.hotkey", dest="wallet_hotkey", default="default")
-    add("--wallet.path", dest="wallet_path", default=str(Path("~/.bittensor/wallets")))
+    add_flags(parser, CHAIN_FLAGS, NeuronSettings)
 
 
 def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     """The public door's address and what is published for validators: shared by the miner and kontext-commit."""
-    add = parser.add_argument
-    add("--axon.ip", dest="axon_ip", default="0.0.0.0", help="bind address of the public door (default 0.0.0.0)")
-    add("--axon.port", dest="axon_port", type=int, default=DEFAULT_AXON_PORT,
-        help=f"port of the public door: the validator's /edit, /capacity, ... and the synapses "
-        f"(default {DEFAULT_AXON_PORT})")
-    add("--axon.certfile", dest="axon_certfile", help="PEM certificate chain: serve the door over HTTPS (AXON_CERTFILE)")
-    add("--axon.keyfile", dest="axon_keyfile", help="PEM private key of --axon.certfile (AXON_KEYFILE)")
-    add("--axon.external_ip", dest="axon_external_ip", help="IP published on chain (default: --axon.ip if public)")
-    add("--axon.external_port", dest="axon_external_port", type=int, help="port published on chain")
-    add("--commit.address", dest="commit_address",
-        help="host name or IPv4 address committed for the validator (default --axon.external_ip; not IPv6: "
-        "the validator cannot parse it)")
-    add("--commit.port", dest="commit_port", type=int,
-        help="port committed for the validator (default --axon.external_port, else --axon.port)")
+    add_flags(parser, ENDPOINT_FLAGS, NeuronSettings)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neurons/miner.py",
         description="kontext-miner neuron: serves the validator's routes and the synapses on the public door "
-        "(the axon port) and the HTTP contract on the sidecar, from one process. Service settings come from "
-        "the environment and .env (see .env.example).",
+        "(the axon port) and the HTTP contract on a loopback sidecar, from one process. Every flag is also a "
+        "setting of the environment or .env (see .env.example); a flag given wins.",
     )
     add_chain_args(parser)
     add_endpoint_args(parser)
-    add = parser.add_argument
-    add("--sidecar.host", dest="sidecar_host", help="sidecar bind address (MINER_SERVER_HOST)")
-    add("--sidecar.port", dest="sidecar_port", type=int, help="sidecar port (MINER_SERVER_PORT, default 8091)")
-    add("--blacklist.force_validator_permit", dest="force_validator_permit",
-        action=argparse.BooleanOptionalAction, default=True,
-        help="refuse callers without a validator permit (default on)")
-    add("--blacklist.allow_non_registered", dest="allow_non_registered", action="store_true",
-        help="accept hotkeys that are not registered on the subnet (default off)")
-    add("--neuron.validators", dest="validators",
-        help="offline mode: allowed callers, a JSON file {hotkey: {stake, validator_permit}} or "
-        "'HOTKEY:STAKE[:nopermit],...'")
-    add("--neuron.metagraph_refresh_seconds", dest="metagraph_refresh", type=float, default=300.0)
-    add("--neuron.skip_serve_axon", dest="skip_serve_axon", action="store_true",
-        help="do not publish ip:port on chain (e.g. when it is managed elsewhere)")
-    add("--neuron.skip_commit", dest="skip_commit", action="store_true",
-        help="do not write the address:port commitment validators discover miners by")
-    add("--env-file", dest="env_file", default=".env", help="dotenv file with the service settings")
-    add("--logging.debug", dest="debug", action="store_true", help="debug logging")
+    add_flags(parser, NEURON_FLAGS, NeuronSettings)
+    env_file_flag(parser)
     return parser
 
 
@@ -77,19 +80,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def chain_network(args: Any) -> Optional[str]:
-    """The network name or endpoint to connect to; None for ``--subtensor.network offline`` (no chain)."""
-    if args.network == OFFLINE and not args.chain_endpoint:
-        return None
-    return str(args.chain_endpoint or args.network)
-
-
-def commit_endpoint(args: Any) -> tuple[str, int]:
-    """The address and port to commit, from --commit.* with their --axon.* defaults."""
-    address = args.commit_address or args.axon_external_ip
-    if not address:
-        raise CommitmentError("no address to commit: set --commit.address (or --axon.external_ip) to the public "
-                              "host name or IPv4 address validators should reach")
-    if args.commit_port is not None:  # as given, so a wrong --commit.port is refused rather than replaced
-        return address, args.commit_port
-    return address, args.axon_external_port or args.axon_port
+def settings_from(args: argparse.Namespace, **extra: Any) -> NeuronSettings:
+    """The settings: the environment and ``--env-file``, with the flags that were given on top."""
+    flags = given(args, (*CHAIN_FLAGS, *ENDPOINT_FLAGS, *NEURON_FLAGS))
+    return NeuronSettings.load(getattr(args, "env_file", ".env"), **flags, **extra)

@@ -107,14 +107,30 @@ def load_offline_members(spec: str) -> dict[str, Member]:
     path = Path(spec)
     if path.is_file():
         data = json.loads(path.read_text())
+        for hotkey in data:
+            _check_hotkey(hotkey, f"{path}: {hotkey}")
         return {hotkey: Member(hotkey, float(v.get("stake", 0)), bool(v.get("validator_permit", True)))
                 for hotkey, v in data.items()}
     members = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         hotkey, _, rest = item.partition(":")
         stake, _, flag = rest.partition(":")
-        members[hotkey] = Member(hotkey, float(stake or 0), flag != "nopermit")
+        _check_hotkey(hotkey, item)
+        try:
+            members[hotkey] = Member(hotkey, float(stake or 0), flag != "nopermit")
+        except ValueError:
+            raise ValueError(f"validator entry {item!r}: the stake must be a number") from None
     return members
+
+
+def _check_hotkey(hotkey: str, item: str) -> None:
+    """ValueError naming the entry unless ``hotkey`` is an ss58 address."""
+    from bittensor.sp_core import ss58_decode
+
+    try:
+        ss58_decode(hotkey)
+    except ValueError:
+        raise ValueError(f"validator entry {item!r}: {hotkey!r} is not an ss58 address") from None
 
 
 def members_from_metagraph(metagraph: Any) -> dict[str, Member]:

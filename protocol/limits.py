@@ -38,3 +38,8 @@ JOB_TYPE_KONTEXT_EDIT = "img-h100_pcie"
 JOB_TYPE_FLUX_DEV = "base-h100_pcie"
 """FLUX.1-dev text-to-image: not served by this miner (always answered false)."""
 KNOWN_JOB_TYPES = (JOB_TYPE_KONTEXT_EDIT, JOB_TYPE_FLUX_DEV)
+
+# The subnet validator's timing rules for an edit job (docs/subnet.md): a callback arriving
+# earlier than this after the job was created, or later than the deadline after dispatch, fails the job.
+VALIDATOR_CALLBACK_NOT_BEFORE_SECONDS = 8.0
+VALIDATOR_CALLBACK_DEADLINE_SECONDS = 15.0

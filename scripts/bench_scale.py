@@ -42,9 +42,10 @@ def _image() -> str:
 def _settings(model: str, data: Path, recipe: str, **extra: Any) -> Any:
     from kontext.settings import Settings
 
-    return Settings(_env_file=None, data_dir=data, kontext_model_path=model, kontext_local_files_only=True,  # type: ignore[call-arg]
-                    kontext_recipe=recipe, kontext_device="cpu", kontext_self_check=False, max_queue=10_000,
-                    retention_sweep_seconds=3600, **extra)
+    values: dict[str, Any] = dict(data_dir=data, kontext_model_path=model, kontext_local_files_only=True,
+                                  kontext_recipe=recipe, kontext_devices="cpu", kontext_self_check=False,
+                                  max_queue=10_000, retention_sweep_seconds=3600)
+    return Settings(_env_file=None, **{**values, **extra})  # type: ignore[call-arg]
 
 
 async def _wait(service: Any, ids: list[str], timeout: float = 600) -> list[Any]:

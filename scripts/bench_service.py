@@ -79,7 +79,7 @@ async def bench_service(model: str, recipe_id: str, image: bytes, jobs: int, pol
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-service-"))
     settings = Settings(_env_file=None, data_dir=data_dir, kontext_model_path=model, kontext_recipe=recipe_id,
-                        kontext_device="cpu", kontext_local_files_only=True, miner_server_host="127.0.0.1")
+                        kontext_devices="cpu", kontext_local_files_only=True, miner_server_host="127.0.0.1")
     engine = KontextEngine(EngineConfig.from_settings(settings))
     engine_seconds: dict[str, float] = {}
     inner_edit = engine.edit

@@ -21,7 +21,7 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
-# What CALLBACK_ALLOW_PRIVATE opens besides loopback: the networks a deployment runs its own hosts
+# What OUTBOUND_ALLOW_PRIVATE opens besides loopback: the networks a deployment runs its own hosts
 # on. ipaddress's is_private is wider (documentation, benchmarking, protocol assignments).
 _PRIVATE = tuple(ipaddress.ip_network(net) for net in
                  ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
@@ -80,7 +80,7 @@ def is_blocked(ip: IPAddress, *, allow_private: bool) -> Optional[str]:
     if kind is None or (allow_private and kind in _SWITCHABLE):
         return None
     if kind in _SWITCHABLE:
-        kind += " (allowed only with CALLBACK_ALLOW_PRIVATE=true)"
+        kind += " (allowed only with OUTBOUND_ALLOW_PRIVATE=true)"
     shown = f"{ip} ({via} {target})" if via else str(ip)
     return f"{shown}, which is {kind}"
 

@@ -1,4 +1,4 @@
-"""Which devices get an engine: KONTEXT_DEVICES (``auto``, or a list such as ``cuda:0,cuda:1`` or ``cpu,cpu``)."""
+"""Which devices get an engine: KONTEXT_DEVICES (``auto``, ``cuda``, ``cpu``, or a list such as ``cuda:0,cuda:1``)."""
 
 from __future__ import annotations
 
@@ -9,28 +9,27 @@ _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 def parse_devices(spec: str) -> list[str]:
-    """``auto`` as is, or the listed devices; ``ValueError`` naming a device that is not cpu/cuda/cuda:N."""
-    if spec.strip() == "auto":
-        return ["auto"]
+    """``auto``, ``cuda`` (every GPU) and ``cpu`` as they are, or the listed devices; ``ValueError`` naming a device
+    that is not cpu/cuda/cuda:N."""
+    if spec.strip() in ("auto", "cuda", "cpu"):
+        return [spec.strip()]
     devices = [part.strip() for part in spec.split(",") if part.strip()]
     bad = [device for device in devices if not _DEVICE.match(device)]
     if bad or not devices:
-        raise ValueError(f"devices must be 'auto' or a comma list of cpu, cuda, cuda:N; got {spec!r}")
+        raise ValueError(f"devices must be auto, cuda, cpu or a comma list of cpu, cuda:N; got {spec!r}")
     return devices
 
 
-def resolve_devices(spec: str, kind: str = "auto") -> list[str]:
-    """The devices to run one engine each on. ``auto``: every visible GPU, else one CPU engine; ``kind``
-    (the older KONTEXT_DEVICE: auto, cpu, cuda) narrows ``auto`` to the CPU or to the GPUs."""
+def resolve_devices(spec: str) -> list[str]:
+    """The devices to run one engine each on. ``auto``: every visible GPU, else one CPU engine; ``cuda``: every
+    visible GPU (none: one engine that refuses at load, saying why); ``cpu``: one CPU engine; a list: those."""
     devices = parse_devices(spec)
-    if devices != ["auto"]:
+    if devices not in (["auto"], ["cuda"]):
         return devices
-    if kind == "cpu":
-        return ["cpu"]
     import torch
 
     count = torch.cuda.device_count()
-    if count == 0 and kind == "cuda":
+    if count == 0 and devices == ["cuda"]:
         return ["cuda"]  # the engine refuses it at load, with the reason, and /health says so
     return [f"cuda:{index}" for index in range(count)] or ["cpu"]
 

@@ -60,11 +60,11 @@ class EngineConfig:
 
     @classmethod
     def from_settings(cls, settings: "Settings", device: Optional[str] = None) -> "EngineConfig":
-        """``device``: one of KONTEXT_DEVICES (default KONTEXT_DEVICE, for a single engine)."""
+        """``device``: the one this engine runs on (``kontext.engine.devices.resolve_devices``); default auto."""
         return cls(
             model_path=settings.kontext_model_path,
             recipe=settings.kontext_recipe,
-            device=device or settings.kontext_device,
+            device=device or "auto",
             dtype=settings.kontext_dtype,
             num_threads=settings.kontext_cpu_threads,
             local_files_only=settings.kontext_local_files_only,
@@ -136,7 +136,9 @@ class KontextEngine:
     def _load(self) -> None:
         import torch
         from diffusers import FluxKontextPipeline
+        from diffusers.utils import logging as diffusers_logging
 
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components" is not the operator's business
         options = self.config.options
         options.validate()
         # 1. process-wide determinism (the recipe's switches), device and dtype

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
+import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Coroutine, Optional, Sequence
 
 from aiohttp import web
@@ -23,43 +25,77 @@ HANDLER_SHUTDOWN_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class Listener:
-    """One door on one address."""
+    """One door on one address; ``sock`` once bound (``bind``)."""
 
     name: str
     app: web.Application
     host: str
     port: int
     ssl_context: Optional[ssl.SSLContext] = None
+    sock: Optional[socket.socket] = None
 
     @property
     def url(self) -> str:
         return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(listeners: Sequence[Listener]) -> list[Listener]:
+    """Take every listener's port now, before the model loads or the chain is written to: a port in use is one
+    ``StartupError`` naming it, not a failure after minutes of loading."""
+    bound = []
+    try:
+        for listener in listeners:
+            bound.append(listener if listener.sock is not None else replace(listener, sock=_socket(listener)))
+    except StartupError:
+        for done in bound:
+            if done.sock is not None:
+                done.sock.close()
+        raise
+    return bound
+
+
+def _socket(listener: Listener) -> socket.socket:
+    try:
+        family = socket.getaddrinfo(listener.host, listener.port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]
+        return socket.create_server((listener.host, listener.port), family=family, backlog=128)
+    except OSError as exc:
+        raise StartupError(f"the {listener.name} cannot listen on {listener.host}:{listener.port}: "
+                           f"{exc.strerror or exc}") from None
+
+
 async def serve(runtime: Runtime, listeners: Sequence[Listener], *, stop: Optional[asyncio.Event] = None) -> None:
-    """Start the runtime and every listener; on SIGTERM/SIGINT (or ``stop``) drain and shut down.
+    """Bind every listener (if not yet), start the runtime and serve; on SIGTERM/SIGINT (or ``stop``) drain and
+    shut down.
 
     Shutdown: stop accepting jobs (503) while status and results stay served, give the running
     job up to SHUTDOWN_GRACE_SECONDS, close the listeners, then stop the runtime (worker, callbacks,
     store). A job cut off by the grace period stays ``processing`` in the store and runs again at
     the next start.
     """
+    listeners = bind(listeners)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await runtime.start()
     runners: list[JsonErrorRunner] = []
     try:
+        await runtime.start()
         for listener in listeners:
             runner = JsonErrorRunner(listener.app, access_log=None, shutdown_timeout=HANDLER_SHUTDOWN_SECONDS)
             await runner.setup()
             runners.append(runner)
-            try:
-                await web.TCPSite(runner, listener.host, listener.port, ssl_context=listener.ssl_context).start()
-            except OSError as exc:
-                raise StartupError(f"the {listener.name} cannot listen on {listener.host}:{listener.port}: "
-                                   f"{exc.strerror or exc}") from None
+            await web.SockSite(runner, listener.sock, ssl_context=listener.ssl_context).start()  # type: ignore[arg-type]
             log.info("%s serving on %s", listener.name, listener.url)
         await stop.wait()
         grace = runtime.settings.shutdown_grace_seconds
@@ -68,6 +104,9 @@ async def serve(runtime: Runtime, listeners: Sequence[Listener], *, stop: Option
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+        for listener in listeners:
+            if listener.sock is not None:
+                listener.sock.close()
         await runtime.stop(grace_seconds=0)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import statistics
 import time
 from typing import Any, Optional
 
@@ -104,14 +103,19 @@ class RemoteWorkers:
         return sum(1 for worker in self._workers if worker.get("current_job"))
 
     def serving(self) -> int:
-        return sum(1 for worker in self._workers if worker["state"] == EngineState.READY.value)
+        """Fresh workers whose engine is ready and which take jobs (a stopping worker's last beats say not)."""
+        return sum(1 for worker in self._workers
+                   if worker["state"] == EngineState.READY.value and worker.get("taking_jobs", True))
 
     def progress(self, job_id: str) -> Optional[tuple[int, int]]:
         return None  # a remote worker's steps are not published; status still says processing
 
-    def median_edit_seconds(self) -> Optional[float]:
-        medians = [w["median_edit_seconds"] for w in self._workers if w.get("median_edit_seconds")]
-        return statistics.median(medians) if medians else None
+    def running_work(self) -> list[tuple[int, int]]:
+        return [(int(w["running"][0]), int(w["running"][1])) for w in self._workers if w.get("running")]
+
+    def edit_samples(self) -> list[tuple[int, float]]:
+        """Every fresh worker's recent edits (steps, seconds): what the doors' admission estimate is fitted to."""
+        return [(int(steps), float(seconds)) for w in self._workers for steps, seconds in w.get("recent_edits") or ()]
 
     def describe(self) -> dict[str, Any]:
         recipes = sorted({str(w["recipe"]) for w in self._workers if w.get("recipe")})

@@ -36,12 +36,18 @@ class InputPrefetcher:
         self.finisher = finisher
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._steps: dict[str, int] = {}
 
     def __len__(self) -> int:
         """Jobs whose input is being (or waiting to be) downloaded."""
         return len(self._tasks)
 
-    def schedule(self, job_id: str, url: str, priority: float, entry: Optional[QueuedJob] = None) -> None:
+    def pending_steps(self) -> list[int]:
+        """The steps of each job whose input is being downloaded (the admission estimate's work ahead)."""
+        return list(self._steps.values())
+
+    def schedule(self, job_id: str, url: str, priority: float, entry: Optional[QueuedJob] = None, *,
+                 steps: int = 1) -> None:
         """Download, then queue the job. ``entry``: the queue entry a worker handed over; it is closed only
         once the job is queued again (or failed), so a shared queue's lease keeps it safe meanwhile."""
         if job_id in self._tasks:
@@ -49,7 +55,13 @@ class InputPrefetcher:
         task = asyncio.get_running_loop().create_task(self._prefetch(job_id, url, priority, entry),
                                                       name=f"fetch-{job_id}")
         self._tasks[job_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        self._steps[job_id] = steps
+
+        def forget(_: object) -> None:
+            self._tasks.pop(job_id, None)
+            self._steps.pop(job_id, None)
+
+        task.add_done_callback(forget)
 
     async def close(self) -> None:
         """Stop every download; their jobs stay queued in the store and are fetched again at the next start."""

@@ -82,6 +82,9 @@ class WorkersView(Protocol):
     @property
     def error(self) -> Optional[str]: ...
     def running(self) -> int: ...
+    def running_work(self) -> list[tuple[int, int]]:
+        """(steps, steps done) of each job being edited."""
+        ...
     def serving(self) -> int: ...
     def progress(self, job_id: str) -> Optional[tuple[int, int]]: ...
     def describe(self) -> dict[str, Any]: ...
@@ -113,7 +116,8 @@ class EditService:
         self.finisher = finisher
         self.metrics = metrics
         self.events = events or JobEvents()
-        self.admission = admission or AdmissionControl(settings.admission_deadline_seconds, settings.admission_window)
+        self.admission = admission or AdmissionControl(settings.admission_deadline_seconds, settings.admission_window,
+                                                       margin_seconds=settings.admission_margin_seconds)
         self.accepting = True
         self._submit_lock = asyncio.Lock()
 
@@ -147,10 +151,7 @@ class EditService:
                                   fields=[{"field": "job_id", "message": "already exists"}])
             reference = await self.store.get(request.reference_job_id) if request.reference_job_id else None
             source, priority = await chaining.source_at_submit(request, reference, self.files, priority)
-            running = self.workers.running() if self.workers is not None else 0
-            serving = self.workers.serving() if self.workers is not None else 1
-            downloading = len(self.prefetcher) if self.prefetcher is not None else 0  # they run next, whatever priority
-            self.admission.check(await self.queue.ahead_of(priority) + running + downloading, workers=serving)
+            await self._admit(request.num_inference_steps, priority)
             callback = CallbackStatus.PENDING if request.callback_url else CallbackStatus.SKIPPED
             job = JobRecord(id=job_id, request=request, priority=priority, image_source=source,
                             callback_status=callback, recipe=self.settings.kontext_recipe)
@@ -177,6 +178,17 @@ class EditService:
         log.info("accepted %s (source=%s, priority=%s)", job_id, source.value, priority)
         return EditAccepted(job_id=job_id, status_url=f"/edit/status/{job_id}", result_url=_result_url(job_id))
 
+    async def _admit(self, steps: int, priority: float) -> None:
+        """The deadline check (ADMISSION_DEADLINE_SECONDS) over the work ahead: queued and deferred jobs of this
+        priority band or above, jobs whose input is downloading (they run next, whatever their priority), and
+        what the running jobs have left."""
+        ahead = await self.queue.ahead_of(priority)
+        queued = ahead if isinstance(ahead, list) else [steps] * ahead
+        downloading = self.prefetcher.pending_steps() if self.prefetcher is not None else []
+        running = self.workers.running_work() if self.workers is not None else []
+        serving = self.workers.serving() if self.workers is not None else 1
+        self.admission.check(steps=steps, ahead=[*queued, *downloading], running=running, workers=serving)
+
     def _check_accepting(self) -> None:
         if not self.settings.enable_kontext_edit:
             raise ServiceDisabled("image editing is disabled on this miner (ENABLE_KONTEXT_EDIT=false)")
@@ -199,7 +211,8 @@ class EditService:
         """Runnable now, or once its image_url is downloaded (a slow URL holds up no other job)."""
         if job.image_source in chaining.URL_SOURCES and self.prefetcher is not None and job.request.image_url \
                 and not await self.files.has_input(job.id):
-            self.prefetcher.schedule(job.id, job.request.image_url, job.priority)
+            self.prefetcher.schedule(job.id, job.request.image_url, job.priority,
+                                     steps=job.request.num_inference_steps)
         else:
             await self.queue.put(job.id, job.priority)
 
@@ -383,6 +396,7 @@ class EditService:
             "queue": {"depth": depth, "downloading": len(self.prefetcher) if self.prefetcher is not None else 0,
                       "max": self.settings.max_queue},
             "jobs": counts,
+            "profile": self.settings.timing(),
         }
         if self.workers is not None:
             body["engine"] = self.workers.describe()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import statistics
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Collection, Optional, Protocol
@@ -33,7 +32,7 @@ from protocol import ImageSource, JobStatus
 log = logging.getLogger(__name__)
 
 RECENT_EDITS = 20
-"""Edit times a worker keeps, for the admission estimate of doors on other hosts."""
+"""Edits (steps, seconds) a worker keeps, for the admission estimate of doors on other hosts."""
 RETRY_SECONDS = 5.0
 """Delay before a job the store could not update is tried again."""
 QUEUE_RETRY_MAX = 10.0
@@ -89,7 +88,8 @@ class Worker:
         self.current_job: Optional[str] = None
         self.queue_error: Optional[str] = None
         """Why the queue cannot be reached now (a Redis outage), or None."""
-        self.recent_seconds: deque[float] = deque(maxlen=RECENT_EDITS)
+        self.recent_edits: deque[tuple[int, float]] = deque(maxlen=RECENT_EDITS)
+        self.current_steps = 0
         self._progress: Optional[tuple[str, int, int]] = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
         self._task: Optional[asyncio.Task[None]] = None
@@ -126,7 +126,14 @@ class Worker:
                 "state": self.engine.state.value,
                 "current_job": self.current_job, "self_check": engine.get("self_check"), "error": self.engine.error,
                 "queue_error": self.queue_error,
-                "median_edit_seconds": statistics.median(self.recent_seconds) if self.recent_seconds else None}
+                "recent_edits": list(self.recent_edits), "running": self.running_work(), "taking_jobs": self.alive}
+
+    def running_work(self) -> Optional[tuple[int, int]]:
+        """(steps, steps done) of the job being edited, or None."""
+        if self.current_job is None:
+            return None
+        progress = self.progress(self.current_job)
+        return (progress[1], progress[0]) if progress else (self.current_steps, 0)
 
     async def load_engine(self) -> None:
         """Load the model on the engine thread; a failure takes this worker out of rotation, not the process."""
@@ -270,6 +277,7 @@ class Worker:
         job = await self.store.get(entry.job_id)
         if job is None or job.status.finished or job.swept_at is not None:
             return False
+        self.current_steps = job.request.num_inference_steps
         reason = job.cut_off_too_often(self.max_attempts) if entry.redelivered else None
         if reason is not None:  # its worker died mid-run as often as allowed: as a restart would, fail it
             await self.finisher.fail(job, reason)
@@ -302,7 +310,7 @@ class Worker:
         else:
             finished = await self.finisher.complete(job, output)
             if finished.run_seconds is not None:
-                self.recent_seconds.append(finished.run_seconds)
+                self.recent_edits.append((job.request.num_inference_steps, finished.run_seconds))
         return False
 
     async def _input(self, job: JobRecord, entry: QueuedJob) -> Optional[bytes]:
@@ -325,7 +333,8 @@ class Worker:
         if data is not None:
             return data
         if source in chaining.URL_SOURCES and job.request.image_url:
-            self.prefetcher.schedule(job.id, job.request.image_url, entry.priority, entry)
+            self.prefetcher.schedule(job.id, job.request.image_url, entry.priority, entry,
+                                     steps=job.request.num_inference_steps)
             return None
         raise JobFailure("the uploaded image is missing from the data directory")
 
@@ -388,6 +397,9 @@ class WorkerPool:
 
     def running(self) -> int:
         return sum(worker.busy for worker in self.workers)
+
+    def running_work(self) -> list[tuple[int, int]]:
+        return [work for worker in self.workers if (work := worker.running_work()) is not None]
 
     def serving(self) -> int:
         """Workers ready to take a job now (their engine loaded, not stopping)."""

@@ -75,9 +75,9 @@ class SidecarProcess:
             "PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
             "ENABLE_KONTEXT_EDIT": "true", "KONTEXT_MODEL_PATH": str(self.model_dir),
-            "KONTEXT_DEVICE": "cpu", "KONTEXT_LOCAL_FILES_ONLY": "true",
+            "KONTEXT_DEVICES": "cpu", "KONTEXT_LOCAL_FILES_ONLY": "true",
             "MINER_SERVER_HOST": "127.0.0.1", "MINER_SERVER_PORT": str(self.port),
-            "DATA_DIR": str(self.data_dir), "CALLBACK_ALLOW_PRIVATE": "true",
+            "DATA_DIR": str(self.data_dir), "OUTBOUND_ALLOW_PRIVATE": "true",
             "CALLBACK_TIMEOUT_SECONDS": "5",
         })
         env.pop("KONTEXT_RECIPE", None)
@@ -147,13 +147,15 @@ class NeuronProcess(SidecarProcess):
 
     def __init__(self, model_dir: Path, data_dir: Path, *, wallet_path: Path, validators: str,
                  extra_args: Optional[list[str]] = None, extra_env: Optional[dict[str, str]] = None,
-                 recipe: Optional[str] = "kontext-v1") -> None:
+                 recipe: Optional[str] = "kontext-v1", env_file: str = os.devnull) -> None:
+        """``env_file``: the ``--env-file`` it reads (a copy of .env.example, as the README says, or none)."""
         super().__init__(model_dir, data_dir, extra_env={"HOME": str(wallet_path.parent), **(extra_env or {})},
                          recipe=recipe)
         self.axon_port = free_port()
         self.wallet_path = wallet_path
         self.validators = validators
         self.extra_args = extra_args or []
+        self.env_file = env_file
 
     @property
     def axon_url(self) -> str:
@@ -164,7 +166,7 @@ class NeuronProcess(SidecarProcess):
         return [sys.executable, str(REPO_ROOT / "neurons" / "miner.py"), "--subtensor.network", "offline",
                 "--wallet.path", str(self.wallet_path), "--wallet.name", "miner", "--wallet.hotkey", "default",
                 "--axon.ip", "127.0.0.1", "--axon.port", str(self.axon_port),
-                "--neuron.validators", self.validators, "--env-file", os.devnull, *self.extra_args]
+                "--neuron.validators", self.validators, "--env-file", self.env_file, *self.extra_args]
 
 
 @dataclass
@@ -284,7 +286,8 @@ class WorkerProcess(SidecarProcess):
                  extra_env: Optional[dict[str, str]] = None, recipe: Optional[str] = "kontext-v1") -> None:
         super().__init__(model_dir, data_dir, extra_env={
             "JOB_BACKEND": "redis", "REDIS_URL": redis_url, "WORKER_NAME": name, "KONTEXT_DEVICES": "cpu",
-            "WORKER_HEALTH_HOST": "127.0.0.1", **(extra_env or {})}, recipe=recipe)
+            "WORKER_HEALTH_HOST": "127.0.0.1", "KONTEXT_PROFILE": "local",  # the scale tests time nothing
+            **(extra_env or {})}, recipe=recipe)
         self.name = name
         self.extra_env["WORKER_HEALTH_PORT"] = str(self.port)
         self.log_path = data_dir.parent / f"worker-{name}-{self.port}.log"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -11,12 +13,13 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import requests
 import trustme
 from bittensor.sp_core import Keypair
 from PIL import Image
 
 from tests.e2e.kontext_determinism.conftest import MinerClient
-from tests.e2e.servers import NeuronProcess
+from tests.e2e.servers import REPO_ROOT, NeuronProcess
 from tests.e2e.validator import ImageHost, Validator, ValidatorCallbacks, edit_payload, uuid7
 
 pytestmark = pytest.mark.e2e
@@ -56,8 +59,9 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path, Pat
     return ca, certfile, keyfile, ca_file
 
 
-def _subnet(tls: tuple[trustme.CA, Path, Path, Path], model_dir: Path, home: Path,
-            extra_env: dict[str, str]) -> Subnet:
+def _subnet(tls: tuple[trustme.CA, Path, Path, Path], model_dir: Path, home: Path) -> Subnet:
+    """The neuron as the README starts it: ``.env`` copied from ``.env.example`` (so every default: the subnet
+    profile), offline, HTTPS with the throwaway CA's certificate, the commitment's address ``localhost``."""
     import bittensor as bt
 
     ca, certfile, keyfile, ca_file = tls
@@ -65,10 +69,13 @@ def _subnet(tls: tuple[trustme.CA, Path, Path, Path], model_dir: Path, home: Pat
     ca.issue_cert("127.0.0.1").configure_cert(server_ssl)
     wallets = home / "wallets"
     wallet = bt.Wallet("miner", "default", path=str(wallets)).create_new_hotkey(use_password=False, suppress=True)
+    env_file = home / ".env"
+    shutil.copy(REPO_ROOT / ".env.example", env_file)
     neuron = NeuronProcess(
         model_dir, home / "data", wallet_path=wallets, validators=f"{VALIDATOR.ss58_address}:4000",
-        extra_args=["--axon.certfile", str(certfile), "--axon.keyfile", str(keyfile)],
-        extra_env={"SSL_CERT_FILE": str(ca_file), **extra_env}, recipe=None,  # the default: reference-v1
+        extra_args=["--axon.certfile", str(certfile), "--axon.keyfile", str(keyfile), "--commit.address",
+                    "localhost"],
+        extra_env={"SSL_CERT_FILE": str(ca_file)}, recipe=None, env_file=str(env_file),  # reference-v1
     ).start()
     miner_hotkey = wallet.hotkey.ss58_address
     return Subnet(neuron, miner_hotkey, Validator(VALIDATOR, miner_hotkey, neuron.axon_url, str(ca_file)),
@@ -83,7 +90,7 @@ def _stop(subnet: Subnet) -> None:
 
 @pytest.fixture(scope="module")
 def subnet(tls, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Subnet]:
-    running = _subnet(tls, tiny_model_dir, tmp_path_factory.mktemp("validator-home"), {})
+    running = _subnet(tls, tiny_model_dir, tmp_path_factory.mktemp("validator-home"))
     try:
         yield running
     finally:
@@ -156,38 +163,72 @@ def test_unsigned_and_unknown_callers_are_refused(subnet: Subnet) -> None:
                          subnet.validator.base_url, subnet.validator.verify)
     refused = stranger.signed_post("/edit", payload)
     assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
-    import requests
-
     unsigned = requests.post(subnet.validator.base_url + "/edit", json=payload, timeout=10,
                              verify=subnet.validator.verify)
     assert unsigned.status_code == 401 and unsigned.json()["error"] == "unauthorized"
 
 
-@pytest.fixture(scope="module")
-def timed_subnet(tls, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Subnet]:
-    """A miner with both timing rules on: callbacks no earlier than 3 s, and a deadline no job can meet
-    once an edit time is known (the first job is admitted: a cold miner admits everything)."""
-    running = _subnet(tls, tiny_model_dir, tmp_path_factory.mktemp("timed-home"),
-                      {"CALLBACK_NOT_BEFORE_SECONDS": "3", "ADMISSION_DEADLINE_SECONDS": "0.001"})
-    try:
-        yield running
-    finally:
-        _stop(running)
+def test_the_readme_neuron_runs_the_subnet_profile_with_no_job_route_open_to_the_network(subnet: Subnet) -> None:
+    health = subnet.validator.get("/health").json()
+    assert health["profile"] == {"name": "subnet", "callback_not_before_seconds": 8.0,
+                                 "admission_deadline_seconds": 15.0, "admission_margin_seconds": 1.0}
+    for address in _non_loopback_addresses():  # the sidecar (unsigned job routes) listens on loopback only
+        with pytest.raises(OSError):
+            socket.create_connection((address, subnet.neuron.port), timeout=2).close()
+    log = subnet.neuron.log_tail(200)
+    assert "job routes signed" in log and f"sidecar http://127.0.0.1:{subnet.neuron.port}: job routes unsigned" in log
 
 
-def test_timing_rules_hold_back_the_callback_and_refuse_late_jobs(timed_subnet: Subnet) -> None:
-    payload, dispatched_at = _dispatch(timed_subnet, seed=9)
-    assert timed_subnet.validator.signed_post("/edit", payload).status_code == 200
-    outcome = timed_subnet.callbacks.wait(payload["job_id"])
+def test_callbacks_come_no_earlier_than_8_s_and_image_url_is_the_public_door(subnet: Subnet) -> None:
+    payload, dispatched_at = _dispatch(subnet, seed=9)
+    assert subnet.validator.signed_post("/edit", payload).status_code == 200
+    waiting = subnet.validator.get(f"/edit/status/{payload['job_id']}").json()
+    assert "callback" not in waiting and waiting["callback_pending"]["not_before"]
+    outcome = subnet.callbacks.wait(payload["job_id"])
     assert outcome.accepted, outcome.reason
-    assert outcome.received_at - dispatched_at >= 3.0  # never earlier than CALLBACK_NOT_BEFORE_SECONDS
-    status = _once_the_callback_is_recorded(timed_subnet, payload["job_id"])
+    assert outcome.received_at - dispatched_at >= 8.0  # the validator fails earlier callbacks
+    assert outcome.image_url == f"https://localhost:{subnet.neuron.axon_port}/images/edits/{payload['job_id']}.png"
+    status = _once_the_callback_is_recorded(subnet, payload["job_id"])
     assert status["callback"]["status"] == "delivered" and "callback_pending" not in status
-    late, _ = _dispatch(timed_subnet, seed=10)
-    refused = timed_subnet.validator.signed_post("/edit", late)
-    assert refused.status_code == 503 and refused.json()["error"] == "deadline_unreachable"
-    assert int(refused.headers["Retry-After"]) >= 1
-    assert timed_subnet.validator.get(f"/edit/status/{late['job_id']}").status_code == 404  # never accepted
+    assert status["image_url"] == outcome.image_url
+    image = requests.get(outcome.image_url, timeout=10, verify=subnet.validator.verify)  # unsigned, over TLS
+    assert image.status_code == 200 and hashlib.sha256(image.content).hexdigest() == outcome.image_sha256
+
+
+def test_a_burst_it_cannot_finish_within_15_s_is_refused_at_once_naming_the_deadline(subnet: Subnet) -> None:
+    """Once an edit time is known, the jobs of a burst that would call back past 15 s are answered 503 at once (a
+    refused job costs one failure; a late one costs that and delays every job behind it)."""
+    payloads = [_dispatch(subnet, seed=100 + index)[0] for index in range(12)]
+    answers = [subnet.validator.signed_post("/edit", payload) for payload in payloads]
+    accepted = [p for p, answer in zip(payloads, answers) if answer.status_code == 200]
+    refused = [answer for answer in answers if answer.status_code != 200]
+    turned_away = [p for p, answer in zip(payloads, answers) if answer.status_code != 200]
+    assert accepted and refused, [answer.status_code for answer in answers]
+    for answer in refused:
+        body = answer.json()
+        assert answer.status_code == 503 and body["error"] == "deadline_unreachable", body
+        assert "past the 15s deadline" in body["message"] and int(answer.headers["Retry-After"]) >= 1
+    for payload in accepted:  # every accepted job is answered
+        assert subnet.callbacks.wait(payload["job_id"]).accepted
+    assert subnet.validator.get(f"/edit/status/{turned_away[0]['job_id']}").status_code == 404  # never accepted
+
+
+def _non_loopback_addresses() -> list[str]:
+    """This host's own addresses that are not loopback: the host name's, and the source address of a route out (a
+    UDP connect sends nothing)."""
+    found: set[str] = set()
+    try:
+        found.update(str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET))
+    except OSError:
+        pass
+    for probe in ("192.0.2.1", "10.255.255.254", "8.8.8.8"):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.connect((probe, 9))
+                found.add(udp.getsockname()[0])
+            except OSError:
+                continue
+    return sorted(address for address in found if not address.startswith("127.") and address != "0.0.0.0")
 
 
 def test_uuid7_is_a_version_7_uuid() -> None:

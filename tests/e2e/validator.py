@@ -95,6 +95,7 @@ class CallbackOutcome:
     status: str
     image_sha256: Optional[str]
     received_at: float
+    image_url: str = ""
 
 
 @dataclass
@@ -123,7 +124,8 @@ class ValidatorCallbacks:
             else:
                 reason, ok = "ok", True
             self.outcomes[job_id] = CallbackOutcome(job_id, ok, reason, status,
-                                                    hashlib.sha256(data).hexdigest() if data else None, time.time())
+                                                    hashlib.sha256(data).hexdigest() if data else None, time.time(),
+                                                    str(form.get("image_url", "")))
             return web.json_response({"ok": ok, "reason": reason}, status=200 if ok else 400)
 
         def make_app() -> web.Application:

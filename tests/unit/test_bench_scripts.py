@@ -58,15 +58,15 @@ def test_bench_gpu_synthetic_quick_reexecs_builds_through_the_engine_and_prints(
     assert list(combo["cells"]) == ["64px/2steps"] and combo["cells"]["64px/2steps"]["deterministic"] is True
 
 
-@pytest.mark.parametrize("args, hash_seed, message", [
+@pytest.mark.parametrize("args, hash_seed, message, code", [
     (("--synthetic-full", "--device", "cpu"), "0",  # the full size needs a GPU: refused before anything is built
-     "--synthetic-full builds FLUX.1-Kontext-dev at full size on a CUDA GPU in bf16 and needs about 37 GiB free"),
-    (("--synthetic-full", "--quick"), "1", "cannot start: PYTHONHASHSEED='1'"),
+     "--synthetic-full builds FLUX.1-Kontext-dev at full size on a CUDA GPU in bf16 and needs about 37 GiB free", 1),
+    (("--synthetic-full", "--quick"), "1", "cannot start: PYTHONHASHSEED='1'", 2),  # start-up refusals exit 2
 ])
-def test_bench_gpu_refuses_with_one_plain_line(args: tuple[str, ...], hash_seed: str, message: str,
+def test_bench_gpu_refuses_with_one_plain_line(args: tuple[str, ...], hash_seed: str, message: str, code: int,
                                                 tmp_path: Path) -> None:
     run = _bench(*args, "--json", str(tmp_path / "bench.json"), env={**os.environ, "PYTHONHASHSEED": hash_seed})
-    assert run.returncode == 1 and run.stdout == ""
+    assert run.returncode == code and run.stdout == ""
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith(message) and "Traceback" not in run.stderr
     assert not (tmp_path / "bench.json").exists()

@@ -141,7 +141,7 @@ async def test_resolver_refusal_reaches_the_record(receiver) -> None:
     assert metadata.error == METADATA_REFUSED
     private = await _send(f"http://receiver.test:{receiver.port}/hook", "s3cret", allow_private=False)
     assert private.error == ("refused: receiver.test resolves to 127.0.0.1, which is loopback "
-                             "(allowed only with CALLBACK_ALLOW_PRIVATE=true)")
+                             "(allowed only with OUTBOUND_ALLOW_PRIVATE=true)")
     assert receiver.seen == []
     reached = await _send(f"http://receiver.test:{receiver.port}/hook", "s3cret")
     assert reached.status is CallbackStatus.DELIVERED and len(receiver.seen) == 1

@@ -87,5 +87,5 @@ def test_sidecar_refuses_a_wrong_hash_seed_with_a_plain_message(tmp_path) -> Non
     env = {**os.environ, "PYTHONHASHSEED": "random", "DATA_DIR": str(tmp_path)}
     run = subprocess.run([sys.executable, "-m", "kontext.main", "--env-file", os.devnull], env=env,
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert run.returncode == 1 and "cannot start: PYTHONHASHSEED='random'" in run.stderr
+    assert run.returncode == 2 and "cannot start: PYTHONHASHSEED='random'" in run.stderr
     assert "Traceback" not in run.stderr

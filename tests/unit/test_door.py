@@ -272,9 +272,9 @@ async def test_admission_deadline_refuses_at_once_with_retry_after(door, tmp_pat
     from kontext.jobs.record import JobRecord
     from protocol import EditRequest, JobStatus
 
-    learned = JobRecord(id="past", request=EditRequest(prompt="p", seed=1), status=JobStatus.COMPLETED,
-                        started_at=100.0, finished_at=102.0)
-    runtime.service.admission.record(learned)  # edits take about 2 s here
+    learned = JobRecord(id="past", request=EditRequest(prompt="p", seed=1, num_inference_steps=2),
+                        status=JobStatus.COMPLETED, started_at=100.0, finished_at=102.0)
+    runtime.service.admission.record(learned)  # 2-step edits take about 2 s here (plus the 1 s upload margin)
     first = await client.post("/edit", json=EDIT)
     assert first.status == 200  # nothing ahead: about 2 s, inside the deadline
     await until(workers_running(runtime, 1), what="the first job running")

@@ -12,7 +12,7 @@ from kontext.delivery.guard import (BlockedAddressError, GuardedResolver, check_
                                    make_guarded_session)
 from tests.fakes import TableResolver
 
-PRIVATE_OFF = "(allowed only with CALLBACK_ALLOW_PRIVATE=true)"
+PRIVATE_OFF = "(allowed only with OUTBOUND_ALLOW_PRIVATE=true)"
 
 
 @pytest.mark.parametrize("address, allow_private, blocked", [

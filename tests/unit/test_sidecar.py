@@ -23,8 +23,8 @@ IMAGE_B64 = base64.b64encode(png_bytes()).decode()
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
-        data_dir=tmp_path / "data", kontext_device="cpu", max_image_pixels=512 * 512,
-        max_request_bytes=2_000_000, retention_sweep_seconds=3600, callback_allow_private=True,
+        data_dir=tmp_path / "data", kontext_devices="cpu", max_image_pixels=512 * 512,
+        max_request_bytes=2_000_000, retention_sweep_seconds=3600, outbound_allow_private=True,
         service_url="http://miner.test:8091",
     )
     values.update(overrides)
