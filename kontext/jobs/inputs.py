@@ -9,7 +9,7 @@ from functools import partial
 from typing import Awaitable, Callable, Optional
 
 from kontext.delivery.fetch import ImageFetchError
-from kontext.errors import EditError
+from kontext.errors import EditError, StorageUnavailable
 from kontext.jobs.finish import JobFinisher
 from kontext.jobs.persist import keep_trying
 from kontext.jobs.queue import QueuedJob, RunQueue
@@ -93,8 +93,8 @@ class InputPrefetcher:
         """None once stored; the reason when the disk refuses the file (full, read-only): the job fails."""
         try:
             await self.files.write_input(job_id, data)
-        except OSError as exc:
-            return f"could not store the downloaded image: {exc.strerror or exc}"
+        except StorageUnavailable as exc:
+            return f"could not store the downloaded image: {exc.message}"
         return None
 
     async def _fail(self, job_id: str, error: str) -> None:

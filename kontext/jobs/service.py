@@ -150,7 +150,7 @@ class EditService:
             running = self.workers.running() if self.workers is not None else 0
             serving = self.workers.serving() if self.workers is not None else 1
             downloading = len(self.prefetcher) if self.prefetcher is not None else 0  # they run next, whatever priority
-            self.admission.check(await self.queue.ahead_of(priority) + running + downloading, workers=serving)
+            self.admission.check(len(await self.queue.ahead_of(priority)) + running + downloading, workers=serving)
             callback = CallbackStatus.PENDING if request.callback_url else CallbackStatus.SKIPPED
             job = JobRecord(id=job_id, request=request, priority=priority, image_source=source,
                             callback_status=callback, recipe=self.settings.kontext_recipe)
@@ -158,16 +158,15 @@ class EditService:
                 if input_bytes is not None:
                     await self.files.write_input(job_id, input_bytes)
                 await self.store.insert(job)
-            except (OSError, StorageUnavailable) as exc:  # either store's failure, or the upload's own write
-                with contextlib.suppress(OSError, StorageUnavailable):
+            except StorageUnavailable as exc:  # either store's failure, or the upload's own write
+                with contextlib.suppress(StorageUnavailable):
                     await self.files.remove_input(job_id)
-                log.error("cannot store job %s: %s", job_id, exc)
-                message = exc.message if isinstance(exc, StorageUnavailable) else str(exc)
-                raise StorageUnavailable(f"the miner cannot store new jobs right now ({message}); retry later") from None
+                log.error("cannot store job %s: %s", job_id, exc.message)
+                raise StorageUnavailable(f"the miner cannot store new jobs right now ({exc.message}); retry later") from None
             try:
                 await self._enqueue(job)
             except StorageUnavailable as exc:  # stored but not queued: undo, so the caller's retry is not a 409
-                with contextlib.suppress(OSError, StorageUnavailable):  # (if this fails too, requeue_orphans)
+                with contextlib.suppress(StorageUnavailable):  # (if this fails too, requeue_orphans)
                     await self.store.delete(job_id)
                     await self.files.remove_input(job_id)
                 log.error("cannot queue job %s: %s", job_id, exc.message)
