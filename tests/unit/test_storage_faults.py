@@ -6,7 +6,6 @@ import asyncio
 import base64
 import errno
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +95,8 @@ async def test_disk_full_while_writing_the_result_fails_the_job_cleanly(tmp_path
             await asyncio.sleep(0.02)
         monkeypatch.setattr(os, "fsync", real_fsync)
         assert status.status is JobStatus.FAILED
-        assert status.error == "could not store the result PNG: No space left on device"
+        assert status.error == ("could not store the result PNG: the data directory cannot be written "
+                                "(No space left on device)")
         assert list(runtime.files.results_dir.iterdir()) == []  # no half-written PNG, no temp file
     finally:
         await runtime.stop()
@@ -115,7 +115,7 @@ async def test_a_store_failure_while_running_keeps_the_worker_alive(tmp_path: Pa
         async def flaky_mark_started(job_id, **kwargs):  # marking it processing hits a full disk once
             if failures["left"]:
                 failures["left"] -= 1
-                raise sqlite3.OperationalError("database or disk is full")
+                raise StorageUnavailable("the job database cannot be written (database or disk is full)")
             return await real_mark_started(job_id, **kwargs)
 
         monkeypatch.setattr(runtime.store, "mark_started", flaky_mark_started)

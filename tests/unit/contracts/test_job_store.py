@@ -142,6 +142,7 @@ async def test_writes_to_a_job_that_is_not_there_write_nothing(store: JobStore) 
     await store.count_store_retry("ghost")
     await store.set_callback("ghost", CallbackRecord(status=CallbackStatus.DELIVERED, status_code=204))
     assert not await store.claim_callback("ghost")
+    assert await store.get("ghost") is None and await _nothing_stored(store)
     await store.delete("ghost")
     assert await store.get("ghost") is None and await _nothing_stored(store)
 
