@@ -162,7 +162,8 @@ class EditService:
                 with contextlib.suppress(StorageUnavailable):
                     await self.files.remove_input(job_id)
                 log.error("cannot store job %s: %s", job_id, exc.message)
-                raise StorageUnavailable(f"the miner cannot store new jobs right now ({exc.message}); retry later") from None
+                raise StorageUnavailable(
+                    f"the miner cannot store new jobs right now ({exc.message}); retry later") from None
             try:
                 await self._enqueue(job)
             except StorageUnavailable as exc:  # stored but not queued: undo, so the caller's retry is not a 409

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from kontext.jobs.redis_queue import RedisJobQueue
 
 
