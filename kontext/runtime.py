@@ -150,12 +150,12 @@ class Runtime:
         try:
             removed = await asyncio.to_thread(self.files.prepare)
             await asyncio.to_thread(_probe_writable, settings.data_dir)
-        except OSError as exc:
+            await self.store.open()
+        except (OSError, StorageUnavailable) as exc:
             raise StartupError(f"data directory {settings.data_dir} is not usable: {exc}. Fix DATA_DIR (it must be "
                                "a writable directory with free space).") from None
         if removed:
             log.warning("removed %d half-written file(s) left by an earlier crash", removed)
-        await self.store.open()
 
     def _build_delivery(self) -> JobFinisher:
         """Outbound traffic (one guarded session), callbacks, how jobs end, and downloads ahead of workers."""

@@ -58,6 +58,32 @@ def redis_server(tmp_path: Path):  # type: ignore[no-untyped-def]
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def module_redis_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One real redis-server (AOF on) for all the tests of a module: a start costs more than a test does. Tests
+    that share it take ``fresh_redis``, which empties it first."""
+    from tools.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def fresh_redis(module_redis_server):  # type: ignore[no-untyped-def]
+    """A client of the module's ``module_redis_server``, emptied (FLUSHALL) and with its settings as started,
+    before the test; closed after it."""
+    from kontext.redis_client import connect
+
+    redis = connect(module_redis_server.url)
+    await redis.flushall()
+    await redis.config_set("maxmemory", "0")
+    yield redis
+    await redis.aclose()
+
+
 @pytest.fixture
 async def redis_client(redis_server):  # type: ignore[no-untyped-def]
     """A client of ``redis_server`` (the project's own connection settings), closed after the test."""

@@ -9,7 +9,7 @@ from functools import partial
 from typing import Awaitable, Callable, Optional
 
 from kontext.delivery.fetch import ImageFetchError
-from kontext.errors import EditError
+from kontext.errors import EditError, StorageUnavailable
 from kontext.jobs.finish import JobFinisher
 from kontext.jobs.persist import keep_trying
 from kontext.jobs.queue import QueuedJob, RunQueue
@@ -94,7 +94,7 @@ class InputPrefetcher:
             error = await keep_trying(lambda: self._store_input(job_id, data), f"storing the input of {job_id}")
         if error is None:
             queue_it = (partial(self.queue.requeue, entry) if entry is not None  # the worker's entry closed with it
-                        else partial(self.queue.put, job_id, priority))
+                        else partial(self.queue.put, job_id, priority, steps=self._steps.get(job_id, 1)))
             await keep_trying(queue_it, f"queueing {job_id}")
             return
         await keep_trying(lambda: self._fail(job_id, error or ""), f"failing {job_id}")
@@ -105,8 +105,8 @@ class InputPrefetcher:
         """None once stored; the reason when the disk refuses the file (full, read-only): the job fails."""
         try:
             await self.files.write_input(job_id, data)
-        except OSError as exc:
-            return f"could not store the downloaded image: {exc.strerror or exc}"
+        except StorageUnavailable as exc:
+            return f"could not store the downloaded image: {exc.message}"
         return None
 
     async def _fail(self, job_id: str, error: str) -> None:

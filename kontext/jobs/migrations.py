@@ -57,6 +57,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 LATEST = len(MIGRATIONS)
+MIN_SQLITE = (3, 35, 0)
+"""Migration 2 drops a column: ``ALTER TABLE ... DROP COLUMN`` came with SQLite 3.35."""
+
+
+def check_library() -> None:
+    """Refuse to start on an SQLite library too old for the migrations, with the reason (not a syntax error
+    halfway through migrating)."""
+    found = tuple(sqlite3.sqlite_version_info)
+    if found < MIN_SQLITE:
+        raise StartupError(f"SQLite {'.'.join(map(str, found))} is too old: the job store needs SQLite "
+                           f"{'.'.join(map(str, MIN_SQLITE))} or newer (ALTER TABLE ... DROP COLUMN); use a Python "
+                           "built with a newer SQLite, or JOB_BACKEND=redis")
 
 
 def migrate(connection: sqlite3.Connection) -> tuple[int, int]:

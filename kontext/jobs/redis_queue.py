@@ -4,13 +4,16 @@ Workers take entries with XREADGROUP and hold them until the job is done (XACK);
 one, they renew its lease (XCLAIM ... JUSTID resets its idle time). An entry idle longer than the
 lease belongs to a worker that stopped: the next worker to ask takes it over with XAUTOCLAIM, and
 the job runs again, at most MAX_ATTEMPTS times in all (``JobRecord.cut_off_too_often``). Renewing,
-closing and requeueing (close, then queue again: one script) check, in the same script, that this
+closing and deferring (close, then queue again: one script) check, in the same script, that this
 consumer still owns the entry: a worker whose lease lapsed (a long outage) never takes it back, nor
 closes or queues again the job of the worker that took over.
 Needs Redis 6.2 or newer (XAUTOCLAIM).
 
-Priority: one stream per stake band (``BAND_FLOORS``); workers read the highest band first, FIFO
-within a band. A job id is queued at most once (a set checked and filled with the XADD, atomically).
+Priority: one stream per stake band (``kontext.jobs.queue.BAND_FLOORS``); workers read the highest band
+first, FIFO within a band. A job id is queued at most once (the ``queued`` set, checked and filled in the
+script that queues it). A deferred entry waits in a zset scored by its due time (Redis's own clock, so hosts
+whose clocks disagree agree on it), its entry in a hash; whoever calls ``get`` moves the due ones into their
+streams (one script), and blocks no longer than until the next is due.
 """
 
 from __future__ import annotations
@@ -18,54 +21,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+from dataclasses import replace
 from typing import Any, Optional
 
 from redis import exceptions as redis_errors
 
 from kontext.errors import StartupError
-from kontext.jobs.queue import QueuedJob
+from kontext.jobs.queue import BAND_FLOORS, QueuedJob, band
+from kontext.jobs.queue_scripts import CLOSE, DEFER, PROMOTE, PUT, RENEW
 from kontext.redis_client import guarded
 
 log = logging.getLogger(__name__)
 
 PREFIX = "kontext:"
 GROUP = "workers"
-BAND_FLOORS = (0.0, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0)
-"""Priority (the caller's stake) at or above each floor falls in that band; higher bands run first."""
 BLOCK_MS = 1000
-"""How long one blocking read waits; between reads, entries of stopped workers are taken over."""
+"""The longest one blocking read waits; between reads, entries of stopped workers are taken over and deferred
+entries that came due are moved into their streams."""
+PROMOTE_AT_ONCE = 100
+"""Deferred entries one ``get`` moves into their streams at most (the next get moves the rest)."""
 
-_PUT = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('XADD', KEYS[2], '*', 'job', ARGV[1], 'priority', ARGV[2])
-return 1
-"""
-_OWNED = """
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
-"""
-_RENEW = _OWNED + """
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
-return 1
-"""
-_CLOSE_OWNED = _OWNED + """
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[3])
-"""
-_CLOSE = _CLOSE_OWNED + """
-return 1
-"""
-_REQUEUE = _CLOSE_OWNED + """
-if redis.call('SADD', KEYS[2], ARGV[4]) == 0 then return 1 end
-redis.call('XADD', KEYS[3], '*', 'job', ARGV[4], 'priority', ARGV[5])
-return 2
-"""
 MIN_REDIS = (6, 2)
 """XAUTOCLAIM came with Redis 6.2."""
-
-
-def band(priority: float) -> int:
-    return max((index for index, floor in enumerate(BAND_FLOORS) if priority >= floor), default=0)
 
 
 class RedisJobQueue:
@@ -79,10 +57,18 @@ class RedisJobQueue:
         self.lease_seconds = lease_seconds
         self.streams = [f"{PREFIX}queue:{index}" for index in range(len(BAND_FLOORS))]
         self.queued_key = f"{PREFIX}queued"
-        self._put = redis.register_script(_PUT)
-        self._renew = redis.register_script(_RENEW)
-        self._close = redis.register_script(_CLOSE)
-        self._requeue = redis.register_script(_REQUEUE)
+        """Every job id waiting, ready or deferred (put's dedupe, and ``size``)."""
+        self.deferred_key = f"{PREFIX}deferred"
+        """Deferred job ids, scored by due time (ms, Redis's clock)."""
+        self.deferred_entries_key = f"{PREFIX}deferred:entries"
+        """Each deferred job's entry: "band priority steps arrival"."""
+        self.arrivals_key = f"{PREFIX}arrivals"
+        """The arrival counter: run order within a band, deferred entries included."""
+        self._put = redis.register_script(PUT)
+        self._renew = redis.register_script(RENEW)
+        self._close = redis.register_script(CLOSE)
+        self._defer = redis.register_script(DEFER)
+        self._promote = redis.register_script(PROMOTE)
         self._held: dict[str, QueuedJob] = {}
         self._extra: list[QueuedJob] = []
         self._claim_from = {stream: "0-0" for stream in self.streams}
@@ -114,9 +100,18 @@ class RedisJobQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
 
+    def _enqueue_keys(self, priority: float) -> list[str]:
+        return [self.queued_key, self.streams[band(priority)], self.deferred_key, self.deferred_entries_key,
+                self.arrivals_key]
+
+    @staticmethod
+    def _enqueue_args(job_id: str, priority: float, steps: int, delay: float) -> list[Any]:
+        return [job_id, repr(float(priority)), int(steps), max(0, math.ceil(delay * 1000)), band(priority)]
+
     @guarded
-    async def put(self, job_id: str, priority: float = 0.0) -> bool:
-        added = await self._put(keys=[self.queued_key, self.streams[band(priority)]], args=[job_id, priority])
+    async def put(self, job_id: str, priority: float = 0.0, *, steps: int = 1, delay: float = 0.0) -> bool:
+        added = await self._put(keys=self._enqueue_keys(priority),
+                                args=self._enqueue_args(job_id, priority, steps, delay))
         return bool(added)
 
     @guarded
@@ -125,7 +120,11 @@ class RedisJobQueue:
             if self._extra:
                 return self._extra.pop(0)
             try:
-                entry = await self._next(block=False) or await self._next(block=True)
+                next_due_ms = await self._promote(
+                    keys=[self.deferred_key, self.deferred_entries_key, self.arrivals_key, *self.streams],
+                    args=[PROMOTE_AT_ONCE])
+                block_ms = BLOCK_MS if next_due_ms < 0 else max(1, min(BLOCK_MS, int(next_due_ms)))
+                entry = await self._next(block=False) or await self._next(block=True, block_ms=block_ms)
             except redis_errors.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -137,10 +136,10 @@ class RedisJobQueue:
             if entry is not None:
                 return entry
 
-    async def _next(self, *, block: bool) -> Optional[QueuedJob]:
-        if block:  # 3. whatever comes first while waiting
+    async def _next(self, *, block: bool, block_ms: int = BLOCK_MS) -> Optional[QueuedJob]:
+        if block:  # 3. whatever comes first while waiting (a deferred entry's due time ends the wait)
             read = await self.redis.xreadgroup(GROUP, self.consumer, {s: ">" for s in reversed(self.streams)},
-                                               count=1, block=BLOCK_MS)
+                                               count=1, block=block_ms)
             if not read:
                 return None
             entries = await self._take(read)
@@ -171,19 +170,23 @@ class RedisJobQueue:
             log.warning("job %s: its entry was taken over by another worker; left to that one", entry.job_id)
 
     @guarded
-    async def requeue(self, entry: QueuedJob) -> bool:
-        """Close the entry and queue its job again, in one script: a worker that dies between the two steps
-        leaves neither a second entry nor none. An entry another worker took over meanwhile is that one's
-        (nothing is queued: the job would run twice); a retry after a lost reply finds the entry gone, and
-        queues nothing again."""
+    async def defer(self, entry: QueuedJob, delay: float) -> bool:
+        """Close the entry and queue its job again (not before ``delay`` s), in one script: a worker that dies
+        between the two steps leaves neither a second entry nor none. An entry another worker took over
+        meanwhile is that one's (nothing is queued: the job would run twice); a retry after a lost reply finds
+        the entry gone, and queues nothing again."""
         stream, entry_id = entry.receipt
         self._held.pop(entry_id, None)
-        outcome = await self._requeue(keys=[stream, self.queued_key, self.streams[band(entry.priority)]],
-                                      args=[GROUP, self.consumer, entry_id, entry.job_id, entry.priority])
+        outcome = await self._defer(keys=[stream, *self._enqueue_keys(entry.priority)],
+                                    args=[GROUP, self.consumer, entry_id,
+                                          *self._enqueue_args(entry.job_id, entry.priority, entry.steps, delay)])
         if not outcome:
             log.warning("job %s: its entry is no longer this worker's (taken over by another, or closed by an "
                         "earlier try whose reply was lost); nothing queued again", entry.job_id)
         return outcome == 2
+
+    async def requeue(self, entry: QueuedJob) -> bool:
+        return await self.defer(entry, 0.0)
 
     @guarded
     async def lead(self, task: str, seconds: float) -> bool:
@@ -192,10 +195,11 @@ class RedisJobQueue:
 
     @guarded
     async def job_ids(self) -> set[str]:
-        """Every job with an open entry, waiting or held by a worker (``done`` deletes what it closes)."""
+        """Every job with an open entry: waiting, deferred, or held by a worker (``done`` deletes what it closes)."""
         ids: set[str] = set()
         for stream in self.streams:
             ids.update(fields[b"job"].decode() for _, fields in await self.redis.xrange(stream))
+        ids.update(raw.decode() for raw in await self.redis.hkeys(self.deferred_entries_key))
         return ids
 
     @guarded
@@ -204,33 +208,34 @@ class RedisJobQueue:
 
     @guarded
     async def position(self, job_id: str) -> Optional[int]:
-        if not await self.redis.sismember(self.queued_key, job_id):
-            return None
-        ahead = 0
-        for stream in reversed(self.streams):
-            for _, fields in await self._undelivered(stream):
-                if fields[b"job"].decode() == job_id:
-                    return ahead + 1
-                ahead += 1
-        return None
+        waiting = await self._waiting()
+        return next((index + 1 for index, entry in enumerate(waiting) if entry.job_id == job_id), None)
 
     @guarded
-    async def ahead_of(self, priority: float) -> int:
-        """Entries not yet delivered in this band and above: each stream's length less what its group holds
-        (``done`` deletes what it acknowledges), in one round trip, whatever the backlog."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for stream in self.streams[band(priority):]:
-                pipe.xlen(stream)
-                pipe.xpending(stream, GROUP)
-            replies = await pipe.execute()
-        return sum(length - held["pending"] for length, held in zip(replies[::2], replies[1::2]))
+    async def ahead_of(self, priority: float) -> list[int]:
+        return [entry.steps for entry in await self._waiting() if -entry.key[0] >= band(priority)]
 
-    async def _undelivered(self, stream: str) -> list[Any]:
-        groups = await self.redis.xinfo_groups(stream)
-        last = next((g[b"last-delivered-id"] if b"last-delivered-id" in g else g["last-delivered-id"]
-                     for g in groups if (g.get(b"name") or g.get("name")) in (GROUP, GROUP.encode())), b"0-0")
-        last = last.decode() if isinstance(last, bytes) else last
-        return list(await self.redis.xrange(stream, min=f"({last}", max="+"))
+    async def _waiting(self) -> list[QueuedJob]:
+        """Every entry waiting, ready (in a stream, past its group's last delivered id) or deferred, in run
+        order; read in one MULTI/EXEC, so a consistent view. Linear in the backlog (MAX_QUEUE bounds it)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for stream in self.streams:
+                pipe.xinfo_groups(stream)
+                pipe.xrange(stream)
+            pipe.hgetall(self.deferred_entries_key)
+            replies = await pipe.execute(raise_on_error=False)  # a stream gone (Redis lost it): none waits there
+        waiting = []
+        for index, (groups, items) in enumerate(zip(replies[:-1:2], replies[1:-1:2])):
+            if isinstance(groups, Exception) or isinstance(items, Exception):
+                continue
+            last = _stream_id(next((_field(group, "last-delivered-id") for group in groups
+                                    if _field(group, "name") == GROUP), "0-0"))
+            waiting += [_entry(index, fields) for entry_id, fields in items if _stream_id(entry_id) > last]
+        for job_id, raw in ({} if isinstance(replies[-1], Exception) else replies[-1]).items():
+            band_index, priority, steps, arrival = raw.decode().split()
+            waiting.append(QueuedJob((-int(band_index), int(arrival)), job_id.decode(), float(priority),
+                                     steps=int(steps)))
+        return sorted(waiting)  # stable: entries of the first release (no arrival) keep their stream order
 
     async def _take(self, read: Any) -> list[QueuedJob]:
         entries = []
@@ -238,14 +243,14 @@ class RedisJobQueue:
             name = stream.decode() if isinstance(stream, bytes) else stream
             for entry_id, fields in items:
                 entries.append(await self._hold(name, entry_id, fields, redelivered=False))
-        return sorted(entries, key=lambda entry: -entry.priority)
+        return sorted(entries)
 
     async def _hold(self, stream: str, entry_id: Any, fields: Any, *, redelivered: bool) -> QueuedJob:
         """Hold (and renew) a delivered entry; its job is no longer waiting, whichever way it came (a read cut
         off before this line leaves the id waiting until the takeover gets here)."""
         entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-        priority = float(fields[b"priority"])
-        entry = QueuedJob((-priority, 0), fields[b"job"].decode(), priority, (stream, entry_id), redelivered)
+        entry = replace(_entry(self.streams.index(stream), fields), receipt=(stream, entry_id),
+                        redelivered=redelivered)
         self._held[entry_id] = entry
         await self.redis.srem(self.queued_key, entry.job_id)
         return entry
@@ -262,3 +267,21 @@ class RedisJobQueue:
                 if not owned:  # taken over while this process could not renew: it belongs to the other now
                     self._held.pop(entry_id, None)
                     log.warning("lost the lease of job %s to another worker", entry.job_id)
+
+
+def _entry(band_index: int, fields: dict[bytes, bytes]) -> QueuedJob:
+    """A stream entry as a ``QueuedJob`` (one written by the first release has no steps nor arrival)."""
+    priority = float(fields[b"priority"])
+    return QueuedJob((-band_index, int(fields.get(b"arrival", 0))), fields[b"job"].decode(), priority,
+                     steps=int(fields.get(b"steps", 1)))
+
+
+def _field(mapping: dict[Any, Any], name: str) -> Any:
+    value = mapping.get(name, mapping.get(name.encode()))
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_id(entry_id: Any) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    milliseconds, _, sequence = text.partition("-")
+    return int(milliseconds), int(sequence or 0)

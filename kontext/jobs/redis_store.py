@@ -3,20 +3,21 @@
 Keys (prefix ``kontext:``): ``job:<id>`` (a hash of the SQLite store's columns), ``seq`` (arrival
 order), ``unfinished`` (zset by seq), ``status:<status>`` (sets, for the counts), ``finished`` and
 ``swept`` (zsets by time, for retention), ``callbacks:pending`` (set), ``callbacks:sending`` (zset by
-claim time). Writes run in MULTI/EXEC; the callback claim is one compare-and-set script.
+claim time). Writes run in MULTI/EXEC, checked under WATCH: a write to a job whose hash is gone (deleted,
+forgotten after its retention) writes nothing. The callback claim is one compare-and-set script.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from redis.exceptions import WatchError
 
 from kontext.errors import JobConflict
 from kontext.jobs.record import JobOutcome, JobRecord, now
+from kontext.jobs.rows import COLUMNS, callback_columns, from_row, outcome_columns, started_columns, to_row
 from kontext.redis_client import guarded
-from kontext.jobs.store import COLUMNS, from_row, to_row, typed_column
 from protocol import CallbackRecord, CallbackStatus, ImageSource, JobStatus
 
 PREFIX = "kontext:"
@@ -60,18 +61,23 @@ class RedisJobStore:
         key = _key(job.id)
         row = to_row(job)
         async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(key)
-            if await pipe.exists(key):
-                await pipe.unwatch()
-                raise JobConflict(f"job_id {job.id!r} already exists",
-                                  fields=[{"field": "job_id", "message": "already exists"}])
-            seq = await self.redis.incr(f"{PREFIX}seq")
-            fields, _ = _encode({**row, "seq": seq})
-            pipe.multi()
-            pipe.hset(key, mapping=fields)
-            pipe.zadd(f"{PREFIX}unfinished", {job.id: seq})
-            pipe.sadd(f"{PREFIX}status:{job.status.value}", job.id)
-            await pipe.execute()
+            while True:
+                try:
+                    await pipe.watch(key)
+                    if await pipe.exists(key):
+                        await pipe.unwatch()
+                        raise JobConflict(f"job_id {job.id!r} already exists",
+                                          fields=[{"field": "job_id", "message": "already exists"}])
+                    seq = await self.redis.incr(f"{PREFIX}seq")
+                    fields, _ = _encode({**row, "seq": seq})
+                    pipe.multi()
+                    pipe.hset(key, mapping=fields)
+                    pipe.zadd(f"{PREFIX}unfinished", {job.id: seq})
+                    pipe.sadd(f"{PREFIX}status:{job.status.value}", job.id)
+                    await pipe.execute()
+                    return
+                except WatchError:  # another process wrote this id meanwhile: look again (a conflict, now)
+                    continue
 
     @guarded
     async def get(self, job_id: str) -> Optional[JobRecord]:
@@ -80,16 +86,17 @@ class RedisJobStore:
 
     @guarded
     async def delete(self, job_id: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
+        def delete(pipe: Any, status: bytes, callback_status: Optional[bytes]) -> None:
             pipe.delete(_key(job_id))
             pipe.zrem(f"{PREFIX}unfinished", job_id)
             pipe.srem(f"{PREFIX}status:{JobStatus.QUEUED.value}", job_id)
-            await pipe.execute()
+
+        await self._when(job_id, lambda status: status == JobStatus.QUEUED.value.encode(), delete)
 
     @guarded
     async def mark_started(self, job_id: str, *, started_at: float, attempts: int, worker: str) -> bool:
-        return await self._update(job_id, {"status": JobStatus.PROCESSING.value, "started_at": started_at,
-                                           "attempts": attempts, "worker": worker}, moves_to=JobStatus.PROCESSING)
+        return await self._update(job_id, started_columns(started_at=started_at, attempts=attempts, worker=worker),
+                                  moves_to=JobStatus.PROCESSING)
 
     @guarded
     async def set_image_source(self, job_id: str, source: ImageSource) -> None:
@@ -97,22 +104,18 @@ class RedisJobStore:
 
     @guarded
     async def count_store_retry(self, job_id: str) -> None:
-        await self.redis.hincrby(_key(job_id), "store_retries", 1)
+        await self._when(job_id, lambda status: True,
+                         lambda pipe, *_: pipe.hincrby(_key(job_id), "store_retries", 1))
 
     @guarded
     async def mark_finished(self, job_id: str, outcome: JobOutcome) -> bool:
-        values = {"status": outcome.status.value, "finished_at": outcome.finished_at, "error": outcome.error,
-                  "result_sha256": outcome.result_sha256, "result_pixels_sha256": outcome.result_pixels_sha256,
-                  "result_width": outcome.result_width, "result_height": outcome.result_height,
-                  "recipe": outcome.recipe}
-
         def indexes(pipe: Any, callback_status: Optional[bytes]) -> None:
             pipe.zrem(f"{PREFIX}unfinished", job_id)
             pipe.zadd(f"{PREFIX}finished", {job_id: outcome.finished_at})
             if callback_status == CallbackStatus.PENDING.value.encode():
                 pipe.sadd(f"{PREFIX}callbacks:pending", job_id)
 
-        return await self._update(job_id, values, moves_to=outcome.status, also=indexes)
+        return await self._update(job_id, outcome_columns(outcome), moves_to=outcome.status, also=indexes)
 
     @guarded
     async def claim_callback(self, job_id: str) -> bool:
@@ -123,31 +126,35 @@ class RedisJobStore:
 
     @guarded
     async def set_callback(self, job_id: str, record: CallbackRecord) -> None:
-        values = {"callback_status": record.status.value, "callback_status_code": record.status_code,
-                  "callback_attempted_at": record.attempted_at.timestamp() if record.attempted_at else None,
-                  "callback_error": record.error,
-                  "callback_payload_status": record.payload_status.value if record.payload_status else None}
+        await self._set_callback(job_id, record)
 
+    async def _set_callback(self, job_id: str, record: CallbackRecord) -> bool:
         def indexes(pipe: Any, callback_status: Optional[bytes]) -> None:
             pipe.zrem(f"{PREFIX}callbacks:sending", job_id)
             pipe.srem(f"{PREFIX}callbacks:pending", job_id)
 
-        await self._update(job_id, values, also=indexes)
+        return await self._update(job_id, callback_columns(record), also=indexes)
 
     @guarded
     async def fail_interrupted_callbacks(self, error: str, attempted_at: float,
                                          claimed_before: Optional[float] = None) -> list[str]:
         """Callbacks claimed before ``claimed_before`` and never recorded: their sender stopped mid-POST. They
-        keep their claim time (the zset's score) as the attempt's time."""
+        keep their claim time (the zset's score) as the attempt's time. A claim whose job is gone (forgotten
+        after its retention) is dropped."""
         cutoff: Any = "+inf" if claimed_before is None else claimed_before
         claims = await self.redis.zrangebyscore(f"{PREFIX}callbacks:sending", 0, cutoff, withscores=True)
+        failed = []
         for raw, claimed_at in claims:
             job_id = raw.decode()
             status = await self.redis.hget(_key(job_id), "status")
-            await self.set_callback(job_id, CallbackRecord(
-                status=CallbackStatus.FAILED, error=error, attempted_at=datetime.fromtimestamp(claimed_at, timezone.utc),
-                payload_status=JobStatus(status.decode()) if status else None))
-        return [raw.decode() for raw, _ in claims]
+            if await self._set_callback(job_id, CallbackRecord(
+                    status=CallbackStatus.FAILED, error=error,
+                    attempted_at=datetime.fromtimestamp(claimed_at, timezone.utc),
+                    payload_status=JobStatus(status.decode()) if status else None)):
+                failed.append(job_id)
+            else:
+                await self.redis.zrem(f"{PREFIX}callbacks:sending", job_id)
+        return failed
 
     @guarded
     async def unfinished(self) -> list[JobRecord]:
@@ -163,17 +170,20 @@ class RedisJobStore:
     @guarded
     async def expire_finished_before(self, cutoff: float, swept_at: float) -> list[str]:
         ids = [raw.decode() for raw in await self.redis.zrangebyscore(f"{PREFIX}finished", 0, cutoff)]
+        swept = []
         for job_id in ids:
-            status = await self.redis.hget(_key(job_id), "status")
-            async with self.redis.pipeline(transaction=True) as pipe:
+            def sweep(pipe: Any, status: bytes, callback_status: Optional[bytes], job_id: str = job_id) -> None:
                 pipe.hset(_key(job_id), "swept_at", str(swept_at))
                 pipe.hdel(_key(job_id), "request")
                 pipe.zrem(f"{PREFIX}finished", job_id)
                 pipe.zadd(f"{PREFIX}swept", {job_id: swept_at})
-                if status:
-                    pipe.srem(f"{PREFIX}status:{status.decode()}", job_id)
-                await pipe.execute()
-        return ids
+                pipe.srem(f"{PREFIX}status:{status.decode()}", job_id)
+
+            if await self._when(job_id, lambda status: True, sweep):
+                swept.append(job_id)
+            else:
+                await self.redis.zrem(f"{PREFIX}finished", job_id)  # its record is gone: nothing to sweep
+        return swept
 
     @guarded
     async def forget_swept_before(self, cutoff: float) -> int:
@@ -191,32 +201,48 @@ class RedisJobStore:
         return {status: count for status, count in counts.items() if count}
 
     async def _update(self, job_id: str, values: dict[str, Any], *, moves_to: Optional[JobStatus] = None,
-                      also: Any = None) -> bool:
-        """Write ``values`` (and ``also(pipe, callback_status)``'s index changes) in one transaction. A write
-        that moves the status is checked and made under WATCH: a finished job is never moved again (a late
-        worker whose lease another took over cannot flip a completed job); False when nothing was written."""
+                      also: Optional[Callable[[Any, Optional[bytes]], None]] = None) -> bool:
+        """Write ``values`` (and ``also(pipe, callback_status)``'s index changes) in one transaction, if the job
+        is there. A write that moves the status is made only while the job is unfinished: a finished job is
+        never moved again (a late worker whose lease another took over cannot flip a completed job)."""
         key = _key(job_id)
         fields, cleared = _encode(values)
+
+        def allowed(status: bytes) -> bool:
+            return moves_to is None or not JobStatus(status.decode()).finished
+
+        def write(pipe: Any, status: bytes, callback_status: Optional[bytes]) -> None:
+            pipe.hset(key, mapping=fields)
+            if cleared:
+                pipe.hdel(key, *cleared)
+            if moves_to is not None:
+                pipe.srem(f"{PREFIX}status:{status.decode()}", job_id)
+                pipe.sadd(f"{PREFIX}status:{moves_to.value}", job_id)
+            if also is not None:
+                also(pipe, callback_status)
+
+        return await self._when(job_id, allowed, write)
+
+    async def _when(self, job_id: str, allowed: Callable[[bytes], bool],
+                    write: Callable[[Any, bytes, Optional[bytes]], Any]) -> bool:
+        """Make ``write(pipe, status, callback_status)`` in one transaction if the job's hash exists and
+        ``allowed(status)``, checked under WATCH (another process's write meanwhile: read again). False, and
+        nothing written, otherwise: a write to a job that is gone (deleted, forgotten) never leaves a partial
+        hash behind, which a later read would choke on."""
+        key = _key(job_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     await pipe.watch(key)
-                    old_status, callback_status = await pipe.hmget(key, ["status", "callback_status"])
-                    if moves_to is not None and (old_status is None or JobStatus(old_status.decode()).finished):
+                    status, callback_status = await pipe.hmget(key, ["status", "callback_status"])
+                    if status is None or not allowed(status):
                         await pipe.unwatch()
                         return False
                     pipe.multi()
-                    pipe.hset(key, mapping=fields)
-                    if cleared:
-                        pipe.hdel(key, *cleared)
-                    if moves_to is not None:
-                        pipe.srem(f"{PREFIX}status:{old_status.decode()}", job_id)
-                        pipe.sadd(f"{PREFIX}status:{moves_to.value}", job_id)
-                    if also is not None:
-                        also(pipe, callback_status)
+                    write(pipe, status, callback_status)
                     await pipe.execute()
                     return True
-                except WatchError:  # another process wrote this job meanwhile: read it again
+                except WatchError:
                     continue
 
 
@@ -225,5 +251,5 @@ def _decode(raw: dict[bytes, bytes]) -> JobRecord:
     for name, value in raw.items():
         column = name.decode()
         if column in row:
-            row[column] = typed_column(column, value.decode())
+            row[column] = value.decode()
     return from_row(row)

@@ -159,16 +159,16 @@ class EditService:
                 if input_bytes is not None:
                     await self.files.write_input(job_id, input_bytes)
                 await self.store.insert(job)
-            except (OSError, StorageUnavailable) as exc:  # either store's failure, or the upload's own write
-                with contextlib.suppress(OSError, StorageUnavailable):
+            except StorageUnavailable as exc:  # either store's failure, or the upload's own write
+                with contextlib.suppress(StorageUnavailable):
                     await self.files.remove_input(job_id)
-                log.error("cannot store job %s: %s", job_id, exc)
-                message = exc.message if isinstance(exc, StorageUnavailable) else str(exc)
-                raise StorageUnavailable(f"the miner cannot store new jobs right now ({message}); retry later") from None
+                log.error("cannot store job %s: %s", job_id, exc.message)
+                raise StorageUnavailable(
+                    f"the miner cannot store new jobs right now ({exc.message}); retry later") from None
             try:
                 await self._enqueue(job)
             except StorageUnavailable as exc:  # stored but not queued: undo, so the caller's retry is not a 409
-                with contextlib.suppress(OSError, StorageUnavailable):  # (if this fails too, requeue_orphans)
+                with contextlib.suppress(StorageUnavailable):  # (if this fails too, requeue_orphans)
                     await self.store.delete(job_id)
                     await self.files.remove_input(job_id)
                 log.error("cannot queue job %s: %s", job_id, exc.message)
@@ -182,8 +182,7 @@ class EditService:
         """The deadline check (ADMISSION_DEADLINE_SECONDS) over the work ahead: queued and deferred jobs of this
         priority band or above, jobs whose input is downloading (they run next, whatever their priority), and
         what the running jobs have left."""
-        ahead = await self.queue.ahead_of(priority)
-        queued = ahead if isinstance(ahead, list) else [steps] * ahead
+        queued = await self.queue.ahead_of(priority)
         downloading = self.prefetcher.pending_steps() if self.prefetcher is not None else []
         running = self.workers.running_work() if self.workers is not None else []
         serving = self.workers.serving() if self.workers is not None else 1
@@ -214,7 +213,7 @@ class EditService:
             self.prefetcher.schedule(job.id, job.request.image_url, job.priority,
                                      steps=job.request.num_inference_steps)
         else:
-            await self.queue.put(job.id, job.priority)
+            await self.queue.put(job.id, job.priority, steps=job.request.num_inference_steps)
 
     def capacity(self) -> dict[str, bool]:
         """``GET /capacity``: each claimed job type is true only while the engine is ready and accepting."""
@@ -358,7 +357,7 @@ class EditService:
         orphans = [job for job in await self.store.unfinished()
                    if job.id not in open_entries and job.queued_at < cutoff]
         for job in orphans:
-            await self.queue.put(job.id, job.priority)
+            await self.queue.put(job.id, job.priority, steps=job.request.num_inference_steps)
         if orphans:
             log.warning("queued again %d job(s) that had no queue entry: %s", len(orphans),
                         ", ".join(job.id for job in orphans))

@@ -298,8 +298,8 @@ class Worker:
             output = await self._run_engine(job, image)
             try:
                 await self.files.write_result(job.id, output.png)
-            except OSError as exc:  # disk full, read-only: the temp file is already gone
-                raise JobFailure(f"could not store the result PNG: {exc.strerror or exc}") from None
+            except StorageUnavailable as exc:  # disk full, read-only (the temp file is already gone), Redis away
+                raise JobFailure(f"could not store the result PNG: {exc.message}") from None
         except JobFailure as failure:
             await self.finisher.fail(job, str(failure))
         except asyncio.CancelledError:

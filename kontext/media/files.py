@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Any, Callable, Iterator, Optional, Protocol, TypeVar
 
+from kontext.errors import StorageUnavailable
+
+T = TypeVar("T")
 
 
 class ImageStore(Protocol):
-    """Where a job's input and result images live: files on one host, or Redis for many."""
+    """Where a job's input and result images live: files on one host, or Redis for many. Either raises
+    ``StorageUnavailable`` when its storage fails (disk full, read-only, Redis away); a missing image is None."""
 
     def prepare(self) -> int: ...
     async def write_input(self, job_id: str, data: bytes) -> None: ...
@@ -39,9 +44,10 @@ class ImageFiles:
 
     def prepare(self) -> int:
         """Create the directories and remove temp files a crash left; returns how many."""
-        self.inputs_dir.mkdir(parents=True, exist_ok=True)
-        self.results_dir.mkdir(parents=True, exist_ok=True)
-        return remove_stale_temp_files(self.inputs_dir) + remove_stale_temp_files(self.results_dir)
+        with refused("made ready"):
+            self.inputs_dir.mkdir(parents=True, exist_ok=True)
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+            return remove_stale_temp_files(self.inputs_dir) + remove_stale_temp_files(self.results_dir)
 
     def result_path(self, job_id: str) -> Path:
         return self.results_dir / f"{job_id}.png"
@@ -50,25 +56,25 @@ class ImageFiles:
         return self.inputs_dir / job_id
 
     async def write_input(self, job_id: str, data: bytes) -> None:
-        await asyncio.to_thread(write_atomic, self.input_path(job_id), data)
+        await _off_loop("written", write_atomic, self.input_path(job_id), data)
 
     async def read_input(self, job_id: str) -> Optional[bytes]:
-        return await asyncio.to_thread(read_if_exists, self.input_path(job_id))
+        return await _off_loop("read", read_if_exists, self.input_path(job_id))
 
     async def has_input(self, job_id: str) -> bool:
-        return await asyncio.to_thread(self.input_path(job_id).is_file)
+        return await _off_loop("read", self.input_path(job_id).is_file)
 
     async def write_result(self, job_id: str, png: bytes) -> None:
-        await asyncio.to_thread(write_atomic, self.result_path(job_id), png)
+        await _off_loop("written", write_atomic, self.result_path(job_id), png)
 
     async def read_result(self, job_id: str) -> Optional[bytes]:
-        return await asyncio.to_thread(read_if_exists, self.result_path(job_id))
+        return await _off_loop("read", read_if_exists, self.result_path(job_id))
 
     async def has_result(self, job_id: str) -> bool:
-        return await asyncio.to_thread(self.result_path(job_id).is_file)
+        return await _off_loop("read", self.result_path(job_id).is_file)
 
     async def remove_input(self, job_id: str) -> None:
-        await asyncio.to_thread(remove_quietly, self.input_path(job_id))
+        await _off_loop("written", remove_quietly, self.input_path(job_id))
 
     async def older_than(self, cutoff: float) -> list[str]:
         """Job ids with an input or result file last written before ``cutoff`` (epoch seconds)."""
@@ -82,11 +88,26 @@ class ImageFiles:
                         found.add(path.name.removesuffix(suffix) if suffix else path.name)
             return sorted(found)
 
-        return await asyncio.to_thread(scan)
+        return await _off_loop("read", scan)
 
     async def remove_all(self, job_id: str) -> None:
-        await asyncio.to_thread(remove_quietly, self.input_path(job_id))
-        await asyncio.to_thread(remove_quietly, self.result_path(job_id))
+        await _off_loop("written", remove_quietly, self.input_path(job_id))
+        await _off_loop("written", remove_quietly, self.result_path(job_id))
+
+
+@contextlib.contextmanager
+def refused(doing: str) -> Iterator[None]:
+    """The disk's refusal (full, read-only, no permission, I/O error) as ``StorageUnavailable``, with its reason."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageUnavailable(f"the data directory cannot be {doing} ({exc.strerror or exc})") from exc
+
+
+async def _off_loop(doing: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a thread (large files never block the event loop), its OSError a ``StorageUnavailable``."""
+    with refused(doing):
+        return await asyncio.to_thread(fn, *args)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

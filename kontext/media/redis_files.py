@@ -7,7 +7,6 @@ from typing import Any, Optional
 from kontext.redis_client import guarded
 
 
-
 PREFIX = "kontext:"
 
 

@@ -119,9 +119,9 @@ async def test_a_store_retry_keeps_priority_and_is_not_a_crash(tmp_path: Path, m
         requeued = []
         real_put = runtime.queue.put
 
-        async def spy(job_id: str, priority: float = 0.0) -> bool:
+        async def spy(job_id: str, priority: float = 0.0, **options: float) -> bool:
             requeued.append((job_id, priority))
-            return await real_put(job_id, priority)
+            return await real_put(job_id, priority, **options)
 
         monkeypatch.setattr(runtime.queue, "put", spy)
         job_id = (await runtime.service.submit(_request(4), priority=77.0)).job_id
@@ -344,7 +344,7 @@ async def test_a_chained_job_is_capped_at_its_references_priority_and_never_over
         await until(lambda: _is(runtime, blocker, JobStatus.PROCESSING))
         reference = (await runtime.service.submit(_request(41), priority=1.0)).job_id
         chained = (await runtime.service.submit(_request(42, reference_job_id=reference), priority=500.0)).job_id
-        other = (await runtime.service.submit(_request(43), priority=5.0)).job_id
+        other = (await runtime.service.submit(_request(43), priority=50.0)).job_id  # a higher stake band
         assert (await runtime.store.get(chained)).priority == 1.0  # type: ignore[union-attr]
         assert [await runtime.queue.position(j) for j in (other, reference, chained)] == [1, 2, 3]
         gate.set()

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import errno
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +95,8 @@ async def test_disk_full_while_writing_the_result_fails_the_job_cleanly(tmp_path
             await asyncio.sleep(0.02)
         monkeypatch.setattr(os, "fsync", real_fsync)
         assert status.status is JobStatus.FAILED
-        assert status.error == "could not store the result PNG: No space left on device"
+        assert status.error == ("could not store the result PNG: the data directory cannot be written "
+                                "(No space left on device)")
         assert list(runtime.files.results_dir.iterdir()) == []  # no half-written PNG, no temp file
     finally:
         await runtime.stop()
@@ -115,7 +115,7 @@ async def test_a_store_failure_while_running_keeps_the_worker_alive(tmp_path: Pa
         async def flaky_mark_started(job_id, **kwargs):  # marking it processing hits a full disk once
             if failures["left"]:
                 failures["left"] -= 1
-                raise sqlite3.OperationalError("database or disk is full")
+                raise StorageUnavailable("the job database cannot be written (database or disk is full)")
             return await real_mark_started(job_id, **kwargs)
 
         monkeypatch.setattr(runtime.store, "mark_started", flaky_mark_started)
@@ -151,3 +151,40 @@ async def test_a_store_that_refuses_the_insert_leaves_no_upload_behind(tmp_path:
         assert list(runtime.files.inputs_dir.iterdir()) == []
     finally:
         await runtime.stop()
+
+
+async def test_a_downloaded_image_the_disk_refuses_fails_the_job_with_the_reason(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """The image store says StorageUnavailable (it said OSError): the prefetcher fails the job with the disk's
+    reason instead of retrying the write for ever."""
+    from tests.unit.test_hardening import _image_server
+    from tests.waiting import until
+
+    server = _image_server()
+    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
+    await runtime.start()
+    try:
+        real_fsync = os.fsync
+        inputs = str(runtime.files.inputs_dir)
+
+        def no_space(fd: int) -> None:  # the disk is full for downloaded inputs
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(inputs):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", no_space)
+        request = EditRequest.model_validate({"prompt": "p", "seed": 1, "num_inference_steps": 2,
+                                              "image_url": f"{server.url}/img.png"})
+        job_id = (await runtime.service.submit(request)).job_id
+
+        async def finished() -> bool:
+            return (await runtime.service.status(job_id)).status.finished
+
+        await until(finished)
+        status = await runtime.service.status(job_id)
+        assert status.status is JobStatus.FAILED
+        assert status.error == ("could not store the downloaded image: the data directory cannot be written "
+                                "(No space left on device)")
+    finally:
+        await runtime.stop()
+        server.stop()
