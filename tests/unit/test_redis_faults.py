@@ -41,11 +41,11 @@ def _refuse(monkeypatch: Any, queue: Any, method: str, times: int) -> dict[str, 
     real = getattr(queue, method)
     failures = {"left": times}
 
-    async def refusing(*args: Any) -> bool:
+    async def refusing(*args: Any, **kwargs: Any) -> bool:
         if failures["left"]:
             failures["left"] -= 1
             raise StorageUnavailable("the job store (Redis) is unreachable: test")
-        return await real(*args)
+        return await real(*args, **kwargs)
 
     monkeypatch.setattr(queue, method, refusing)
     return failures
