@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from client import conformance
+from kontext.client import conformance
 
 DEFAULT_SIDECAR = "http://127.0.0.1:8091"
 
@@ -42,7 +42,7 @@ class Transport:
             return exc.code, exc.read()
 
     def _synapse(self, name: str, payload: dict) -> dict:
-        from client.signing import btauth_headers
+        from kontext.client.signing import btauth_headers
 
         body = json.dumps(payload).encode()
         headers = {"Content-Type": "application/json",
