@@ -1,134 +1,124 @@
-"""`kontext-client` (alias `kontext-miner`): try a miner from the shell (sidecar or signed door), replay conformance cases."""
+"""`kontext-client`: try a miner from the shell (the sidecar, or the signed public door), check it as the subnet's
+validator would (`preflight`), and compare its bytes with the engine's or another miner's (`conformance`).
+Every error is one line on stderr and a non-zero exit."""
 
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
-import os
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from kontext.client import conformance
+from kontext.client.http import Http
+from kontext.client.miner import Miner, PlainMiner, SynapseMiner, show_progress, wait
+from kontext.client.oneline import ClientError, OneLineParser, run_in_one_line
+from neurons.config import OFFLINE, add_chain_args, chain_network
 
+PROG = "kontext-client"
 DEFAULT_SIDECAR = "http://127.0.0.1:8091"
 
 
-class Transport:
-    """The sidecar's HTTP contract, or the public door's synapses signed with a wallet (btauth/1)."""
+def load_signer(args: argparse.Namespace) -> Any:
+    """The wallet's hotkey keypair (the coldkey is never read); one line when it cannot be loaded."""
+    from kontext.errors import StartupError
+    from neurons.keys import load_hotkey
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.signer: Any = None
-        if args.axon:
-            if not args.miner_hotkey:
-                raise SystemExit("--axon needs --miner-hotkey (the ss58 address the request is signed for)")
-            import bittensor as bt
-
-            wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, path=os.path.expanduser(args.wallet_path))
-            self.signer = wallet.hotkey
-
-    def _send(self, method: str, url: str, body: Optional[bytes], headers: dict[str, str]) -> tuple[int, bytes]:
-        request = urllib.request.Request(url, data=body, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    def _synapse(self, name: str, payload: dict) -> dict:
-        from kontext.client.signing import btauth_headers
-
-        body = json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json",
-                   **btauth_headers(self.signer, path=f"/{name}", body=body, receiver=self.args.miner_hotkey)}
-        return _ok(*self._send("POST", f"{self.args.axon.rstrip('/')}/{name}", body, headers))
-
-    def submit(self, payload: dict) -> str:
-        if self.signer is not None:
-            return self._synapse("EditSynapse", payload)["accepted"]["job_id"]
-        body = json.dumps(payload).encode()
-        reply = _ok(*self._send("POST", f"{self.args.url}/edit", body, {"Content-Type": "application/json"}))
-        return reply["job_id"]
-
-    def status(self, job_id: str) -> dict:
-        if self.signer is not None:
-            return self._synapse("StatusSynapse", {"job_id": job_id})["status"]
-        return _ok(*self._send("GET", f"{self.args.url}/edit/status/{job_id}", None, {}))
-
-    def result(self, job_id: str) -> bytes:
-        if self.signer is not None:
-            return base64.b64decode(self._synapse("ResultSynapse", {"job_id": job_id})["image_b64"])
-        status, body = self._send("GET", f"{self.args.url}/edit/result/{job_id}", None, {})
-        if status != 200:
-            _ok(status, body)
-        return body
-
-
-def _ok(status: int, body: bytes) -> Any:
     try:
-        data = json.loads(body)
-    except ValueError:
-        data = {"message": body[:200].decode(errors="replace")}
-    if status >= 400:
-        raise SystemExit(f"miner answered {status}: {data.get('message', data)}")
-    return data
+        return load_hotkey(args)[1]
+    except StartupError as exc:
+        raise ClientError(str(exc)) from None
 
 
-def _progress_line(status: dict) -> str:
-    progress = status.get("progress") or {}
-    if status["status"] == "queued":
-        return f"queued (position {status.get('queue_position') or '?'})"
-    if progress:
-        done = int(30 * progress["step"] / progress["total"])
-        return f"[{'#' * done}{'.' * (30 - done)}] step {progress['step']}/{progress['total']}"
-    return status["status"]
+def miner_hotkey(args: argparse.Namespace) -> str:
+    if not args.miner_hotkey:
+        raise ClientError("--axon needs --miner-hotkey (the miner's ss58 hotkey: requests are signed for it)")
+    return str(args.miner_hotkey)
 
 
-def wait(transport: Transport, job_id: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = transport.status(job_id)
-        print(f"\r{job_id}: {_progress_line(status):60}", end="", file=sys.stderr, flush=True)
-        if status["status"] in ("completed", "failed"):
-            print(file=sys.stderr)
-            return status
-        time.sleep(0.25)
-    raise SystemExit(f"\n{job_id} did not finish within {timeout:g}s")
+def this_miner(args: argparse.Namespace, http: Http, *, synapses: bool) -> Miner:
+    """The miner named by the flags: the sidecar (--url), or the public door (--axon) signed with the wallet,
+    through its synapses (btauth/1) or its HTTP routes (Epistula, as the validator)."""
+    if not args.axon:
+        return PlainMiner(http, args.url)
+    receiver = miner_hotkey(args)
+    signer = load_signer(args)
+    if synapses:
+        return SynapseMiner(http, args.axon, signer=signer, receiver=receiver)
+    return PlainMiner(http, args.axon, signer=signer, receiver=receiver)
 
 
-def cmd_edit(args: argparse.Namespace, transport: Transport) -> None:
-    payload: dict[str, Any] = {"prompt": args.prompt, "seed": args.seed,
-                               "image_b64": base64.b64encode(Path(args.image).read_bytes()).decode()}
+def cmd_edit(args: argparse.Namespace, miner: Miner) -> None:
+    import base64
+
+    try:
+        image = Path(args.image).read_bytes()
+    except OSError as exc:
+        raise ClientError(f"cannot read the input image {args.image}: {exc.strerror or exc}") from None
+    payload: dict[str, Any] = {"prompt": args.prompt, "seed": args.seed, "image_b64": base64.b64encode(image).decode()}
     for key in ("guidance_scale", "num_inference_steps", "width", "height", "reference_job_id"):
         if getattr(args, key) is not None:
             payload[key] = getattr(args, key)
-    job_id = transport.submit(payload)
-    status = wait(transport, job_id, args.timeout)
+    job_id = miner.submit(payload)
+    status = wait(miner, job_id, args.timeout, show_progress)
     if status["status"] == "failed":
-        raise SystemExit(f"{job_id} failed: {status.get('error')}")
-    save_result(transport, job_id, args.out or f"{job_id}.png")
+        raise ClientError(f"{job_id} failed: {status.get('error')}")
+    save_result(miner, job_id, args.out or f"{job_id}.png")
 
 
-def save_result(transport: Transport, job_id: str, out: str) -> None:
-    png = transport.result(job_id)
-    Path(out).write_bytes(png)
+def save_result(miner: Miner, job_id: str, out: str) -> None:
+    png = miner.result(job_id)
+    try:
+        Path(out).write_bytes(png)
+    except OSError as exc:
+        raise ClientError(f"cannot write {out}: {exc.strerror or exc}") from None
     print(json.dumps({"job_id": job_id, "sha256": hashlib.sha256(png).hexdigest(), "path": out}))
 
 
+def cmd_preflight(args: argparse.Namespace, http: Http) -> int:
+    from kontext.client.preflight import ChainTarget, Preflight
+
+    if not args.axon:
+        raise ClientError("preflight needs --axon https://HOST:PORT (the address validators reach) and "
+                          "--miner-hotkey")
+    receiver = miner_hotkey(args)
+    chain, why = None, "no --subtensor.network given: the commitment was not read"
+    if args.network is not None or args.chain_endpoint:
+        network = chain_network(args)
+        if network is None:
+            why = f"--subtensor.network {OFFLINE}: no chain to read the commitment from"
+        else:
+            chain = ChainTarget(network, args.netuid)
+    preflight = Preflight(axon=args.axon, miner_hotkey=receiver, keypair=load_signer(args), http=http,
+                          image_url=args.image_url, callback_url=args.callback_url, chain=chain, chain_skip=why)
+    return preflight.run(sys.stdout)
+
+
+def cmd_compare(args: argparse.Namespace, http: Http) -> int:
+    from kontext.client.compare import compare, load
+    from kontext.conformance import CaseError
+
+    try:
+        cases = load(args.cases)
+    except (OSError, CaseError) as exc:
+        print(f"{PROG}: cannot read cases: {exc}", file=sys.stderr)
+        return 2
+    this = this_miner(args, http, synapses=False)
+    return compare(cases, this, PlainMiner(http, args.against), names=(args.axon or args.url, args.against),
+                   timeout=args.timeout, out=sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kontext-client", description=__doc__)
+    parser = OneLineParser(prog=PROG, description=__doc__)
     parser.add_argument("--url", default=DEFAULT_SIDECAR, help=f"sidecar base URL (default {DEFAULT_SIDECAR})")
-    parser.add_argument("--axon", help="axon base URL: talk synapses, signed with the wallet below")
+    parser.add_argument("--axon", help="the public door's base URL (https://HOST:PORT): requests are signed with "
+                        "the wallet below")
     parser.add_argument("--miner-hotkey", help="the miner's ss58 hotkey (with --axon)")
-    parser.add_argument("--wallet.name", dest="wallet_name", default="default")
-    parser.add_argument("--wallet.hotkey", dest="wallet_hotkey", default="default")
-    parser.add_argument("--wallet.path", dest="wallet_path", default="~/.bittensor/wallets")
+    parser.add_argument("--cacert", help="PEM file of a private CA to trust besides the system's (a test door)")
+    add_chain_args(parser)  # the wallet flags, and the chain preflight reads the commitment from
+    parser.set_defaults(network=None)  # no chain unless --subtensor.network is given
     commands = parser.add_subparsers(dest="command", required=True)
     edit = commands.add_parser("edit", help="submit an edit, wait with progress, save the PNG, print its sha256")
     edit.add_argument("image", help="input PNG/JPEG file")
@@ -147,21 +137,38 @@ def build_parser() -> argparse.ArgumentParser:
     result.add_argument("job_id")
     result.add_argument("--out")
     conformance.add_parser(commands)
+    preflight = commands.add_parser(
+        "preflight", help="play the subnet's validator against the miner at --axon (TLS, /, /check, /capacity, "
+        "a signed /edit, its timing, /sync/edit, an unsigned /edit, the chain commitment): one line per check; "
+        "exit 0 when all pass")
+    preflight.add_argument("--image-url", help="public https URL of an input image, as the validator sends "
+                           "(default: a generated image, sent inline as image_b64)")
+    preflight.add_argument("--callback-url", help="a public receiver for the job's callback (default: none)")
     return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "conformance" and not args.against:  # runs the engine here: no miner to talk to
+        return conformance.run(args)
+    args.url = args.url.rstrip("/")
+    http = Http(args.cacert)
+    if args.command == "conformance":
+        return cmd_compare(args, http)
+    if args.command == "preflight":
+        return cmd_preflight(args, http)
+    miner = this_miner(args, http, synapses=True)
+    if args.command == "edit":
+        cmd_edit(args, miner)
+    elif args.command == "status":
+        print(json.dumps(miner.status(args.job_id), indent=2))
+    else:
+        save_result(miner, args.job_id, args.out or f"{args.job_id}.png")
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.command == "conformance":  # runs the engine here: no miner to talk to
-        raise SystemExit(conformance.run(args))
-    args.url = args.url.rstrip("/")
-    transport = Transport(args)
-    if args.command == "edit":
-        cmd_edit(args, transport)
-    elif args.command == "status":
-        print(json.dumps(transport.status(args.job_id), indent=2))
-    else:
-        save_result(transport, args.job_id, args.out or f"{args.job_id}.png")
+    run_in_one_line(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`kontext-client conformance CASES.jsonl`: replay recorded requests through this machine's engine."""
+"""`kontext-client conformance CASES.jsonl`: replay recorded requests through this machine's engine (with
+``--against URL``: on two miners instead, kontext/client/compare.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,15 @@ from typing import Any
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "conformance", help="replay cases (a validator request + the expected PNG SHA256 per line) through the "
-        "engine; print match/mismatch, hashes and the environment; exit 1 on any mismatch")
-    parser.add_argument("cases", type=Path, help="JSON Lines case file (kontext/conformance.py describes it)")
+        "engine; print match/mismatch, hashes and the environment; exit 1 on any mismatch. With --against URL: "
+        "run them on this miner (--url, or --axon signed) and on the miner at URL, and compare the PNG bytes")
+    parser.add_argument("cases", type=Path, nargs="?",
+                        help="JSON Lines case file (kontext/conformance.py describes it); with --against it may be "
+                        "left out: one built-in validator-like case")
+    parser.add_argument("--against", metavar="URL",
+                        help="another miner speaking the seed's HTTP contract (POST /edit, GET /edit/status/{id}, "
+                        "GET /edit/result/{id}), e.g. the subnet's reference miner")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds each job may take (with --against)")
     parser.add_argument("--env-file", default=".env", help="miner settings (model, device, dtype, engine options)")
     parser.add_argument("--model", help="KONTEXT_MODEL_PATH")
     parser.add_argument("--recipe", help="KONTEXT_RECIPE for cases that name none")
@@ -23,6 +31,9 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """0 when every case matches, 1 on any mismatch, 2 when the cases or the engine cannot be used."""
+    if args.cases is None:
+        print("kontext-client conformance: give a case file (CASES.jsonl), or --against URL", file=sys.stderr)
+        return 2
     from kontext.engine import determinism
 
     try:
