@@ -68,7 +68,7 @@ def timing_checks(status: dict[str, Any], profile: Optional[dict[str, Any]], *, 
 
 
 def _completion(status: dict[str, Any], waited: float) -> Check:
-    name = "timing: job done before 15 s"
+    name = "timing (done by 15 s)"
     if status.get("status") == "failed":
         return failed(name, f"the job failed: {status.get('error')}", "see the miner's log for this job")
     elapsed = _after_arrival(status, status.get("completed_at"))
@@ -85,7 +85,7 @@ def _completion(status: dict[str, Any], waited: float) -> Check:
 
 def _not_before(profile: Optional[dict[str, Any]], elapsed: float, pending: Optional[dict[str, Any]],
                 status: dict[str, Any]) -> Check:
-    name = "timing: callback not before 8 s"
+    name = "timing (callback not before 8 s)"
     if profile is not None:
         label = f"profile {profile.get('name', '?')}"
         not_before = profile.get("callback_not_before_seconds")
@@ -124,7 +124,7 @@ def _callback(status: dict[str, Any], waited: float) -> Check:
         return failed(name, f"{outcome}{when}: {record.get('error') or '-'} (HTTP {code or '-'})",
                       "--callback-url must be public and answer 2xx to the miner's POST")
     if sent is not None and not CALLBACK_NOT_BEFORE_S - 0.05 <= sent <= CALLBACK_DEADLINE_S:
-        fix = NOT_BEFORE_FIX if sent < CALLBACK_NOT_BEFORE_S else "finish sooner (see 'timing: job done')"
+        fix = NOT_BEFORE_FIX if sent < CALLBACK_NOT_BEFORE_S else "finish sooner (see 'timing (done by 15 s)')"
         return failed(name, f"delivered (HTTP {code}){when}: outside the validator's "
                             f"{CALLBACK_NOT_BEFORE_S:g}-{CALLBACK_DEADLINE_S:g} s window", fix)
     return passed(name, f"delivered (HTTP {code}){when}, as the status says (its arrival is not seen from here)")

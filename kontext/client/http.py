@@ -64,13 +64,13 @@ def describe(url: str, reason: object, timeout: float) -> tuple[str, str]:
     if isinstance(reason, ssl.SSLCertVerificationError):
         seen = reason.verify_message or one_line(reason)
         if "hostname" in seen.lower() or "ip address mismatch" in seen.lower():
-            return (f"TLS: the certificate of {where} does not verify: {seen}",
+            return (f"the TLS certificate of {where} does not verify: {seen}",
                     f"use a certificate that names {parts.hostname}, the host name validators connect to")
-        return (f"TLS: the certificate of {where} does not verify: {seen}",
+        return (f"the TLS certificate of {where} does not verify: {seen}",
                 "a private CA: pass --cacert CA.pem (validators trust only public CAs: use one for the live door)")
     if isinstance(reason, ssl.SSLError):
         plain = "WRONG_VERSION_NUMBER" in str(reason)
-        return (f"TLS handshake with {where} failed: {one_line(reason)}",
+        return (f"the TLS handshake with {where} failed: {one_line(reason)}",
                 "is the port serving plain HTTP? then use http://" if plain else "")
     if isinstance(reason, ConnectionRefusedError):
         return f"cannot connect to {where}: connection refused", "is the miner running and listening on this port?"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Callable, NoReturn, Optional
 
 
@@ -40,6 +42,9 @@ def run_in_one_line(prog: str, body: Callable[[], Optional[int]]) -> None:
         raise SystemExit(f"{prog}: {one_line(exc)}") from None
     except KeyboardInterrupt:
         raise SystemExit(f"{prog}: interrupted") from None
+    except BrokenPipeError:  # the reader went away (`| head`): nothing left to say, and nowhere to say it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
     except Exception as exc:  # noqa: BLE001 - said in one line, as every error of the tool
         raise SystemExit(f"{prog}: {type(exc).__name__}: {one_line(exc)}") from None
     if code:

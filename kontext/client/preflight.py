@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import socket
 import ssl
 import time
@@ -77,7 +78,7 @@ class Preflight:
             ("signed POST /edit", self.edit), ("timing", self.timing), ("POST /sync/edit", self.sync),
             ("unsigned POST /edit", self.unsigned)]
         for name, step in steps:
-            yield from self._guard(name, step) if reachable else [skipped(name, "no verified TLS connection")]
+            yield from self._guard(name, step) if reachable else [skipped(name, "not tried: TLS failed (above)")]
         yield from self._guard("chain commitment", self.commitment)
 
     @staticmethod
@@ -154,12 +155,12 @@ class Preflight:
             return failed(name, f"{reply.status}: {reply.message}", self._signed_fix(reply))
         claims = reply.json()
         if not isinstance(claims, dict) or not all(isinstance(value, bool) for value in claims.values()):
-            return failed(name, f"200 but not job type -> boolean: {one_line(claims)}",
+            return failed(name, f"200 but not job type -> boolean: {json.dumps(claims)}",
                           "the validator discards an answer with a non-boolean value")
         if claims.get(JOB_TYPE_KONTEXT_EDIT) is not True:
-            return failed(name, f"200 {one_line(claims)}: {JOB_TYPE_KONTEXT_EDIT} not claimed",
+            return failed(name, f"200 {json.dumps(claims)}: {JOB_TYPE_KONTEXT_EDIT} not claimed",
                           "set CAPACITY_JOB_TYPES to include it, and have the engine loaded (ENABLE_KONTEXT_EDIT)")
-        return passed(name, f"200 {one_line(claims)}")
+        return passed(name, f"200 {json.dumps(claims)}")
 
     def edit(self) -> Check:
         name = "signed POST /edit"
