@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, TextIO
 from urllib.parse import urlsplit
 
+from kontext.client.checks import Check, failed, passed, skipped, timing_checks
 from kontext.client.http import Http, Reply, describe
 from kontext.client.oneline import ClientError, one_line
-from kontext.client.checks import Check, failed, passed, skipped, timing_checks
 from kontext.client.signing import uuid7
 from kontext.client.validator import CHECK_TIMEOUT_S, SignedDoor, edit_payload, random_seed, sample_image_b64
 from protocol.limits import JOB_TYPE_KONTEXT_EDIT
@@ -192,18 +192,21 @@ class Preflight:
         status: dict[str, Any] = {}
         pending: Optional[dict[str, Any]] = None
         while time.monotonic() - self.dispatched < JOB_WAIT_S:
-            status = self.door.get(f"/edit/status/{job_id}").json()
+            reply = self.door.read(f"/edit/status/{job_id}")
+            if reply.status != 200:
+                return [failed("timing", f"GET /edit/status answered {reply.status}: {reply.message}",
+                               "see the miner's log for this job")]
+            status = reply.json()
             pending = status.get("callback_pending") or pending
             finished = status.get("status") in ("completed", "failed")
             if finished and (not wait_callback or "callback" in status
                              or time.monotonic() - self.dispatched > CALLBACK_WAIT_S):
                 break
             time.sleep(0.25)
-        profile = self.door.get("/health").json().get("profile")
+        profile = self.door.read("/health").json().get("profile")
         self.job_done = status.get("status") == "completed"
-        return timing_checks(status, profile if isinstance(profile, dict) else None,
-                                 callback_requested=wait_callback, pending=pending,
-                                 waited=time.monotonic() - self.dispatched)
+        return timing_checks(status, profile if isinstance(profile, dict) else None, callback_requested=wait_callback,
+                             pending=pending, waited=time.monotonic() - self.dispatched)
 
     def sync(self) -> Check:
         name = "POST /sync/edit"
@@ -212,7 +215,7 @@ class Preflight:
         reply = self.door.signed("POST", "/sync/edit", {**self.payload, "job_id": uuid7()}, timeout=60)
         if reply.status != 200:
             return failed(name, f"{reply.status}: {reply.message}", self._signed_fix(reply))
-        first = self.door.get(f"/edit/result/{self.payload['job_id']}", timeout=30)
+        first = self.door.read(f"/edit/result/{self.payload['job_id']}", timeout=30)
         if first.status != 200:
             return failed(name, f"GET /edit/result answered {first.status}: {first.message}", "see the miner's log")
         sync_hash, first_hash = (hashlib.sha256(data).hexdigest() for data in (reply.body, first.body))

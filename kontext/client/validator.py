@@ -76,6 +76,11 @@ class SignedDoor:
         """Unsigned, as the validator's reachability checks."""
         return self.http.get(self.base_url + path, timeout=timeout)
 
+    def read(self, path: str, *, timeout: float = CHECK_TIMEOUT_S) -> Reply:
+        """A GET the validator never makes (status, result, health): unsigned, and signed where the door asks."""
+        reply = self.get(path, timeout=timeout)
+        return self.signed("GET", path, {}, timeout=timeout) if reply.status == 401 else reply
+
     def signed(self, method: str, path: str, payload: Any, *, timeout: float = 60.0) -> Reply:
         body = compact(payload)
         headers = {"Content-Type": "application/json",
