@@ -19,15 +19,13 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["protocol", "protocol.*", "kontext", "kontext.*", "neurons", "neurons.*", "client",
-                                    "client.*"]),
+    packages=find_packages(include=["protocol", "protocol.*", "kontext", "kontext.*", "neurons", "neurons.*"]),
     install_requires=requirements(),
     entry_points={
         "console_scripts": [
             "kontext-sidecar=kontext.main:main",
             "kontext-worker=kontext.worker_main:main",
-            "kontext-client=client.cli:main",
-            "kontext-miner=client.cli:main",  # the client's old name, kept as an alias for one release
+            "kontext-client=kontext.client.cli:main",
             "kontext-neuron=neurons.miner:main",
             "kontext-commit=neurons.commit:main",
         ]

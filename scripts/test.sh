@@ -26,7 +26,7 @@ older_log="$(mktemp)"
 bash scripts/test_older_stack.sh > "$older_log" 2>&1 &
 older=$!
 trap 'kill "$older" 2>/dev/null || true; rm -f "$older_log"' EXIT
-echo "[test] mypy (kontext, protocol, neurons, client, tools)"
+echo "[test] mypy (kontext, protocol, neurons, tools)"
 python -m mypy
 # Two pytest workers, a test file each at a time (pytest-xdist): most end-to-end tests wait on servers.
 # schemathesis generates its tests lazily, which xdist does not collect: that file runs on its own after.

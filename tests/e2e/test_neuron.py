@@ -13,7 +13,7 @@ import pytest
 import requests
 from bittensor.sp_core import Keypair
 
-from client.signing import btauth_headers, epistula_headers
+from kontext.client.signing import btauth_headers, epistula_headers
 from tests.e2e.kontext_determinism.conftest import MinerClient, image_b64
 from tests.e2e.servers import NeuronProcess, stored_job
 
@@ -155,11 +155,11 @@ def test_client_command_through_sidecar_and_axon(neuron, tmp_path: Path) -> None
     common = ["edit", str(image), "--prompt", "Add a red hat", "--seed", "77", "--steps", "2", "--width", "64",
               "--height", "64"]
     via_sidecar = subprocess.run(
-        [sys.executable, "-m", "client.cli", "--url", process.url, *common, "--out", str(tmp_path / "a.png")],
+        [sys.executable, "-m", "kontext.client.cli", "--url", process.url, *common, "--out", str(tmp_path / "a.png")],
         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
     wallet_path = str(process.wallet_path)
     via_axon = subprocess.run(
-        [sys.executable, "-m", "client.cli", "--axon", process.axon_url, "--miner-hotkey", miner_hotkey,
+        [sys.executable, "-m", "kontext.client.cli", "--axon", process.axon_url, "--miner-hotkey", miner_hotkey,
          "--wallet.name", "vali", "--wallet.path", wallet_path, *common, "--out", str(tmp_path / "b.png")],
         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
     first, second = json.loads(via_sidecar.stdout), json.loads(via_axon.stdout)

@@ -37,7 +37,7 @@ OUTCOME = re.compile(r"^(MATCH|MISMATCH).*? (?P<name>\S+) \[(?P<recipe>[^\]]+)\]
 
 def _conformance(cases: Path, model: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "client.cli", "conformance", str(cases), "--model", str(model),
+    return subprocess.run([sys.executable, "-m", "kontext.client.cli", "conformance", str(cases), "--model", str(model),
                            "--device", "cpu", "--env-file", os.devnull],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
 

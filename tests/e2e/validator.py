@@ -13,22 +13,14 @@ import os
 import ssl
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import requests
 from aiohttp import web
 
+from kontext.client.signing import uuid7
 from tests.e2e.servers import ThreadedApp
-
-
-def uuid7() -> str:
-    """A UUIDv7 (48-bit millisecond timestamp, version 7, variant 10), as the validator's job ids are."""
-    value = int(time.time() * 1000) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = (value & ~(0xF << 76)) | (0x7 << 76)
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)
-    return str(uuid.UUID(int=value))
 
 
 class Validator:

@@ -12,7 +12,7 @@ from kontext.errors import Forbidden, Unauthorized
 from neurons.auth import SignatureGate
 from protocol.headers import epistula_message
 from neurons.registry import Blacklist, Member, ValidatorRegistry, load_offline_members
-from client.signing import btauth_headers, epistula_headers
+from kontext.client.signing import btauth_headers, epistula_headers
 
 MINER = Keypair.create_from_uri("//Miner")
 VALIDATOR = Keypair.create_from_uri("//Validator")

@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from bittensor.sp_core import Keypair
 
-from client.signing import btauth_headers, epistula_headers
+from kontext.client.signing import btauth_headers, epistula_headers
 from kontext.http.app import Door, create_app
 from kontext.http.gate import Gate
 from kontext.runtime import Runtime

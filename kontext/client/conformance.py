@@ -1,4 +1,5 @@
-"""`kontext-client conformance CASES.jsonl`: replay recorded requests through this machine's engine."""
+"""`kontext-client conformance CASES.jsonl`: replay recorded requests through this machine's engine (with
+``--against URL``: on two miners instead, kontext/client/compare.py)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,28 @@ from typing import Any
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "conformance", help="replay cases (a validator request + the expected PNG SHA256 per line) through the "
-        "engine; print match/mismatch, hashes and the environment; exit 1 on any mismatch")
-    parser.add_argument("cases", type=Path, help="JSON Lines case file (kontext/conformance.py describes it)")
+        "engine; print match/mismatch, hashes and the environment; exit 1 on any mismatch. With --against URL: "
+        "run them on this miner (--url, or --axon signed) and on the miner at URL, and compare the PNG bytes")
+    parser.add_argument("cases", type=Path, nargs="?",
+                        help="JSON Lines case file (kontext/conformance.py describes it); with --against it may be "
+                        "left out: one built-in validator-like case")
+    parser.add_argument("--against", metavar="URL",
+                        help="another miner speaking the seed's HTTP contract (POST /edit, GET /edit/status/{id}, "
+                        "GET /edit/result/{id}), e.g. the subnet's reference miner")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds each job may take (with --against)")
     parser.add_argument("--env-file", default=".env", help="miner settings (model, device, dtype, engine options)")
     parser.add_argument("--model", help="KONTEXT_MODEL_PATH")
     parser.add_argument("--recipe", help="KONTEXT_RECIPE for cases that name none")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="KONTEXT_DEVICE")
+    parser.add_argument("--device", help="KONTEXT_DEVICES: auto, cuda, cpu or e.g. cuda:0")
     parser.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], help="KONTEXT_DTYPE")
     parser.add_argument("--record", type=Path, help="write the cases again with the hashes made here")
 
 
 def run(args: argparse.Namespace) -> int:
     """0 when every case matches, 1 on any mismatch, 2 when the cases or the engine cannot be used."""
+    if args.cases is None:
+        print("kontext-client conformance: give a case file (CASES.jsonl), or --against URL", file=sys.stderr)
+        return 2
     from kontext.engine import determinism
 
     try:
@@ -41,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.load(args.env_file, kontext_model_path=args.model, kontext_recipe=args.recipe,
-                                 kontext_device=args.device, kontext_dtype=args.dtype, kontext_self_check=False)
+                                 kontext_devices=args.device, kontext_dtype=args.dtype, kontext_self_check=False)
     except StartupError as exc:
         print(exc, file=sys.stderr)
         return 2
