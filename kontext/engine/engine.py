@@ -60,11 +60,12 @@ class EngineConfig:
 
     @classmethod
     def from_settings(cls, settings: "Settings", device: Optional[str] = None) -> "EngineConfig":
-        """``device``: the one this engine runs on (``kontext.engine.devices.resolve_devices``); default auto."""
+        """``device``: the one this engine runs on (``kontext.engine.devices.resolve_devices``); default the one
+        KONTEXT_DEVICES names (auto when it lists several)."""
         return cls(
             model_path=settings.kontext_model_path,
             recipe=settings.kontext_recipe,
-            device=device or "auto",
+            device=device or ("auto" if "," in settings.kontext_devices else settings.kontext_devices),
             dtype=settings.kontext_dtype,
             num_threads=settings.kontext_cpu_threads,
             local_files_only=settings.kontext_local_files_only,

@@ -140,12 +140,12 @@ def hotkey_only(tmp_path: Path) -> tuple[list[str], str]:
 def test_commit_dry_run_without_a_chain(capsys, hotkey_only) -> None:
     flags, hotkey = hotkey_only
     commit.main(["commit", "--dry-run", "--subtensor.network", "offline", "--netuid", "7", *flags,
-                 "--commit.address", "miner.example.com", "--commit.port", "443"])
+                 "--commit.address", "miner.kontext.test", "--commit.port", "443"])
     assert capsys.readouterr().out.splitlines() == [
-        f"netuid 7, hotkey {hotkey}: dry run: would write commitment 'miner.example.com:443' (on chain now: not "
+        f"netuid 7, hotkey {hotkey}: dry run: would write commitment 'miner.kontext.test:443' (on chain now: not "
         "read: --subtensor.network offline); nothing written",
-        "would submit Commitments.set_commitment({'netuid': 7, 'info': {'fields': [{'Raw21': "
-        f"b'miner.example.com:443'}}]}}}}) signed by the hotkey {hotkey}",
+        "would submit Commitments.set_commitment({'netuid': 7, 'info': {'fields': [{'Raw22': "
+        f"b'miner.kontext.test:443'}}]}}}}) signed by the hotkey {hotkey}",
     ]
 
 
