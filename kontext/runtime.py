@@ -29,7 +29,9 @@ from kontext.jobs.queue import JobQueue, RunQueue
 from kontext.jobs.record import JobRecord
 from kontext.jobs.service import EditService
 from kontext.jobs.store import JobStore, SqliteJobStore
-from kontext.jobs.worker import QUEUE_RETRY_MAX, Engine, Worker, WorkerPool
+from kontext.jobs.pool import WorkerPool
+from kontext.jobs.runner import Engine
+from kontext.jobs.worker import QUEUE_RETRY_MAX, Worker
 from kontext.media.files import ImageFiles, ImageStore
 from kontext.metrics import Metrics
 from kontext.settings import Settings
@@ -84,14 +86,18 @@ class Runtime:
         self.metrics = Metrics()
         self._queue_depth = 0
         local = self.queue if isinstance(self.queue, JobQueue) else None
-        self.metrics.watch_queue(lambda: len(local) if local is not None else self._queue_depth)
         self._session: Optional[aiohttp.ClientSession] = None
         self._tasks: list[asyncio.Task[None]] = []
         self.workers: Optional[WorkerPool] = None
+        self.metrics.watch_queue(lambda: (len(local) if local is not None else self._queue_depth)
+                                 + (len(self.workers.waiting_for_device()) if self.workers is not None else 0))
         self.remote: Optional[RemoteWorkers] = None
         self.heartbeat: Optional[Heartbeat] = None
         self.prefetcher: Optional[InputPrefetcher] = None
         self.notifier: Optional[CallbackNotifier] = None
+        self.restart = asyncio.Event()
+        """Set when the process must be restarted by its supervisor (a hung device); ``restart_reason`` says why."""
+        self.restart_reason: Optional[str] = None
         self.backend_error: Optional[str] = None
         """Why the shared store cannot be reached (a worker keeps trying), or None."""
         self._service: Optional[EditService] = None
@@ -199,7 +205,8 @@ class Runtime:
         prefix = f"{self.process}/" if self.role == "worker" else ""  # names unique across hosts
         self.workers = WorkerPool([
             Worker(f"{prefix}w{index}", engine, self.store, self.queue, self.files, finisher, self.prefetcher,
-                   max_pixels=settings.max_image_pixels, max_attempts=settings.max_attempts, metrics=self.metrics)
+                   max_pixels=settings.max_image_pixels, max_attempts=settings.max_attempts,
+                   run_deadline=settings.run_deadline, metrics=self.metrics, on_hung=self._hung)
             for index, engine in enumerate(self.engines)])
 
     async def _bring_up_worker(self) -> None:
@@ -230,6 +237,11 @@ class Runtime:
             self._spawn(self.heartbeat.run(), "heartbeat")
             self.workers.start(eager=self.settings.kontext_load == "eager")
         self._spawn(self._resend_forever(), "callback-resend")
+
+    def _hung(self, reason: str) -> None:
+        """A worker's device overran the run deadline: no code here can free it, so the process asks to restart."""
+        self.restart_reason = reason
+        self.restart.set()
 
     def _job_finished(self, job: JobRecord) -> None:
         if self._service is not None:

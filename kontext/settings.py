@@ -19,6 +19,8 @@ from protocol.limits import (
 )
 
 S = TypeVar("S", bound="Settings")
+RUN_DEADLINE_FIXED_SECONDS = 120.0
+RUN_DEADLINE_PER_STEP_SECONDS = 10.0
 Profile = Literal["local", "subnet"]
 PROFILES: dict[str, dict[str, Any]] = {
     "local": {"callback_not_before_seconds": 0.0, "admission_deadline_seconds": 0.0},
@@ -142,6 +144,9 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=256, ge=1)
     max_attempts: int = Field(default=2, ge=1)
     """A job interrupted by a crash this many times is failed instead of run again."""
+    run_deadline_seconds: Optional[float] = Field(default=None, gt=0)
+    """How long one pipeline call may take before its device is taken as hung: the job fails, the worker leaves the
+    rotation and the process exits 1 for its supervisor to restart it (unset: 120 s + 10 s a step)."""
 
     # Outbound traffic: callbacks and image_url downloads.
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -185,6 +190,10 @@ class Settings(BaseSettings):
     def image_url(self, job_id: str) -> str:
         """The public URL of a job's result PNG, as the status record and the callback both give it."""
         return f"{self.public_base_url}/images/edits/{job_id}.png"
+
+    def run_deadline(self, steps: int) -> float:
+        """RUN_DEADLINE_SECONDS, or generous for ``steps`` (a 28-step edit takes well under 30 s on an H100)."""
+        return self.run_deadline_seconds or RUN_DEADLINE_FIXED_SECONDS + RUN_DEADLINE_PER_STEP_SECONDS * steps
 
     def timing(self) -> dict[str, Any]:
         """The profile and its rules in force, as ``/health`` and the start-up log say them."""

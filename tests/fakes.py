@@ -34,6 +34,8 @@ class FakeEngine:
         self.fail_load = fail_load
         self.gate = gate
         self.calls: list[tuple[bytes, object]] = []
+        self.on_device = False
+        self._device = threading.Lock()
 
     def load(self) -> None:
         self.state = EngineState.LOADING
@@ -47,6 +49,9 @@ class FakeEngine:
 
     def edit(self, image_bytes: bytes, params: object, *, max_pixels: int,
              on_step: Optional[Callable[[int, int], None]] = None) -> EditOutput:
+        return self.encode(self.denoise(self.prepare(image_bytes, params, max_pixels=max_pixels), on_step=on_step))
+
+    def prepare(self, image_bytes: bytes, params: object, *, max_pixels: int) -> tuple[bytes, object]:
         try:
             with Image.open(io.BytesIO(image_bytes)) as source:
                 source.load()
@@ -54,6 +59,21 @@ class FakeEngine:
             raise ValueError(f"not an image: {exc}") from None
         if getattr(params, "prompt", "") == FAIL_PROMPT:
             raise ValueError("this prompt always fails (test double)")
+        return image_bytes, params
+
+    def denoise(self, prepared: tuple[bytes, object], *,
+                on_step: Optional[Callable[[int, int], None]] = None) -> tuple[bytes, object]:
+        with self._device:
+            assert not self.on_device, "two edits on one engine at once"
+            self.on_device = True
+            try:
+                return self._steps(prepared, on_step)
+            finally:
+                self.on_device = False
+
+    def _steps(self, prepared: tuple[bytes, object],
+               on_step: Optional[Callable[[int, int], None]]) -> tuple[bytes, object]:
+        image_bytes, params = prepared
         self.calls.append((image_bytes, params))
         total = getattr(params, "num_inference_steps", 1)
         for step in range(1, total + 1):
@@ -64,6 +84,10 @@ class FakeEngine:
                 while not self.gate.wait(0.05) and time.monotonic() < deadline:
                     if on_step:  # a real engine keeps reporting steps: an interrupt can stop it meanwhile
                         on_step(step, total)
+        return prepared
+
+    def encode(self, denoised: tuple[bytes, object]) -> EditOutput:
+        image_bytes, params = denoised
         digest = hashlib.sha256(image_bytes + repr(params).encode()).digest()
         image = Image.new("RGB", (16, 16), tuple(digest[:3]))
         buffer = io.BytesIO()

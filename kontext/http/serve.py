@@ -97,7 +97,13 @@ async def serve(runtime: Runtime, listeners: Sequence[Listener], *, stop: Option
             runners.append(runner)
             await web.SockSite(runner, listener.sock, ssl_context=listener.ssl_context).start()  # type: ignore[arg-type]
             log.info("%s serving on %s", listener.name, listener.url)
-        await stop.wait()
+        stopping = asyncio.ensure_future(stop.wait())
+        restarting = asyncio.ensure_future(runtime.restart.wait())
+        await asyncio.wait([stopping, restarting], return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (stopping, restarting):
+            waiter.cancel()
+        if runtime.restart.is_set():
+            log.error("restarting: %s", runtime.restart_reason)
         grace = runtime.settings.shutdown_grace_seconds
         log.info("stopping: no new jobs; the running one may finish (up to %gs)", grace)
         await runtime.quiesce(grace)
@@ -110,13 +116,23 @@ async def serve(runtime: Runtime, listeners: Sequence[Listener], *, stop: Option
         await runtime.stop(grace_seconds=0)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    if runtime.restart.is_set():
+        raise RestartRequired(runtime.restart_reason or "restart required")
     log.info("stopped")
 
 
+class RestartRequired(RuntimeError):
+    """The process stopped so its supervisor restarts it (pm2 restarts a process that exits non-zero)."""
+
+
 def run(main: Coroutine[Any, Any, None]) -> None:
-    """Run an entry point: exit 0 after a graceful stop, 2 with one plain line when it cannot start."""
+    """Run an entry point: exit 0 after a graceful stop, 2 with one plain line when it cannot start, 1 when it
+    stopped to be restarted (a hung device)."""
     try:
         asyncio.run(main)
     except StartupError as exc:
         logging.getLogger("kontext").error("cannot start: %s", exc)
         raise SystemExit(2) from None
+    except RestartRequired as exc:
+        logging.getLogger("kontext").error("stopped to be restarted: %s", exc)
+        raise SystemExit(1) from None

@@ -91,5 +91,5 @@ async def input_at_run(job: JobRecord, reference: Optional[JobRecord], files: Im
     fallback = fallback_source(job.request)
     if fallback is ImageSource.URL_FALLBACK:
         return RunInput(fallback)
-    state = reference.status.value if reference else "gone"
-    raise ChainBroken(f"reference_job_id {reference_id} did not complete ({state}) and no fallback image was given")
+    problem = await reference_problem(reference, files) or "did not complete"
+    raise ChainBroken(f"reference_job_id {reference_id} {problem}, and no fallback image was given")

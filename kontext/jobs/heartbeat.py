@@ -12,7 +12,7 @@ import time
 from typing import Any, Optional
 
 from kontext.engine.engine import EngineState
-from kontext.jobs.worker import WorkerPool, combined_state
+from kontext.jobs.pool import WorkerPool, combined_state
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class RemoteWorkers:
         return "; ".join(errors) or None
 
     def running(self) -> int:
+        """Jobs on a device now."""
         return sum(1 for worker in self._workers if worker.get("current_job"))
 
     def serving(self) -> int:
@@ -111,7 +112,10 @@ class RemoteWorkers:
         return None  # a remote worker's steps are not published; status still says processing
 
     def running_work(self) -> list[tuple[int, int]]:
-        return [(int(w["running"][0]), int(w["running"][1])) for w in self._workers if w.get("running")]
+        return [(int(steps), int(done)) for w in self._workers for steps, done in w.get("running") or ()]
+
+    def waiting_for_device(self) -> list[str]:
+        return [job_id for w in self._workers for job_id in w.get("next_jobs") or ()]
 
     def edit_samples(self) -> list[tuple[int, float]]:
         """Every fresh worker's recent edits (steps, seconds): what the doors' admission estimate is fitted to."""

@@ -81,9 +81,14 @@ class WorkersView(Protocol):
     def state(self) -> EngineState: ...
     @property
     def error(self) -> Optional[str]: ...
-    def running(self) -> int: ...
+    def running(self) -> int:
+        """Jobs on a device now."""
+        ...
     def running_work(self) -> list[tuple[int, int]]:
-        """(steps, steps done) of each job being edited."""
+        """(steps, steps done) of each job a worker holds (on the device, or taken and prepared ahead)."""
+        ...
+    def waiting_for_device(self) -> list[str]:
+        """Jobs a worker took ahead that have not reached the device: still queued, next in line, in order."""
         ...
     def serving(self) -> int: ...
     def progress(self, job_id: str) -> Optional[tuple[int, int]]: ...
@@ -203,8 +208,14 @@ class EditService:
         return "ready" if self.workers is None else self.workers.state.value
 
     async def waiting(self) -> int:
-        """Jobs accepted and not yet taken by a worker: queued, or their input still downloading."""
-        return await self.queue.size() + (len(self.prefetcher) if self.prefetcher is not None else 0)
+        """Jobs accepted that no device runs yet: queued (deferred ones too), taken ahead by a worker, or their
+        input still downloading. What MAX_QUEUE bounds."""
+        return await self.depth() + (len(self.prefetcher) if self.prefetcher is not None else 0)
+
+    async def depth(self) -> int:
+        """Queued jobs: in the queue (deferred ones too), or taken ahead by a worker and not on its device yet."""
+        ahead = len(self.workers.waiting_for_device()) if self.workers is not None else 0
+        return await self.queue.size() + ahead
 
     async def _enqueue(self, job: JobRecord) -> None:
         """Runnable now, or once its image_url is downloaded (a slow URL holds up no other job)."""
@@ -225,8 +236,15 @@ class EditService:
 
     async def status(self, job_id: str) -> StatusRecord:
         job = await self._get(job_id)
-        position = await self.queue.position(job.id) if job.status is JobStatus.QUEUED else None
-        return self.status_record(job, position)
+        return self.status_record(job, await self._position(job) if job.status is JobStatus.QUEUED else None)
+
+    async def _position(self, job: JobRecord) -> Optional[int]:
+        """1-based place in the run order: the jobs workers took ahead come first, then the queue's."""
+        taken = self.workers.waiting_for_device() if self.workers is not None else []
+        if job.id in taken:
+            return taken.index(job.id) + 1
+        position = await self.queue.position(job.id)
+        return None if position is None else position + len(taken)
 
     async def result(self, job_id: str) -> ResultImage:
         job = await self._get(job_id)
@@ -307,7 +325,7 @@ class EditService:
             worker=job.worker,
             queue_position=queue_position,
             progress=Progress(step=current[0], total=current[1]) if current else None,
-            queued_ms=_ms((job.started_at or clock) - job.queued_at),
+            queued_ms=_ms((job.started_at or job.finished_at or clock) - job.queued_at),
             run_ms=None if job.run_seconds is None else _ms(job.run_seconds),
             request=RequestSummary(
                 **request.model_dump(include=set(RequestSummary.model_fields) - {"image_source", "callback_url"}),
@@ -384,7 +402,7 @@ class EditService:
 
     async def health(self) -> dict[str, Any]:
         counts = await self.store.count_by_status()
-        depth = await self.queue.size()
+        depth = await self.depth()
         edit_state = self.engine_state()
         if edit_state == "unloaded":  # lazy loading: accepting, the first job loads the model
             edit_state = "ready"

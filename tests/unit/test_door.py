@@ -139,7 +139,7 @@ async def test_signed_edit_carries_the_callers_stake_as_priority(door, tmp_path:
     gate = threading.Event()
     client, runtime = await door(make_settings(tmp_path), engine=FakeEngine(gate=gate), gate=signed_gate())
     jobs = {}
-    for name, key in (("blocker", VALIDATOR), ("low", VALIDATOR), ("high", RICH)):
+    for name, key in (("blocker", VALIDATOR), ("ahead", VALIDATOR), ("low", VALIDATOR), ("high", RICH)):
         raw = json.dumps({**EDIT, "job_id": f"job-{name}"}).encode()
         response = await client.post("/edit", data=raw,
                                      headers=epistula_headers(key, body=raw, receiver=MINER.ss58_address))
@@ -147,6 +147,12 @@ async def test_signed_edit_carries_the_callers_stake_as_priority(door, tmp_path:
         jobs[name] = (await response.json())["job_id"]
         if name == "blocker":  # running (not waiting) before the others come
             await until(workers_running(runtime, 1), what="the blocker running")
+        if name == "ahead":  # taken ahead by the worker's second slot: the queue holds what comes after
+
+            async def taken() -> bool:
+                return runtime.workers is not None and jobs["ahead"] in runtime.workers.waiting_for_device()
+
+            await until(taken, what="the next job taken ahead")
     assert (await runtime.store.get(jobs["high"])).priority == 9000.0  # type: ignore[union-attr]
     assert (await runtime.store.get(jobs["low"])).priority == 10.0  # type: ignore[union-attr]
     # the richer validator's job overtakes the earlier, poorer one in the queue

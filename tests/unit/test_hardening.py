@@ -8,7 +8,6 @@ import asyncio
 import base64
 import io
 import os
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from PIL import Image
 
 from kontext.delivery.callbacks import CallbackSender
 from kontext.delivery.guard import make_guarded_session
+from kontext.errors import StorageUnavailable
 from kontext.runtime import Runtime
 from protocol import CallbackPayload, CallbackStatus, EditRequest, ImageSource, JobStatus
 from tests.e2e.servers import ThreadedApp
@@ -100,7 +100,7 @@ def _refuse_one_result_write(monkeypatch, runtime: Runtime, then=None) -> None: 
             refusals["left"] -= 1
             if then is not None:
                 then()
-            raise sqlite3.OperationalError("database or disk is full")
+            raise StorageUnavailable("the job database cannot be written (database or disk is full)")
         return await real(job_id, outcome)
 
     monkeypatch.setattr(runtime.store, "mark_finished", full_once)
@@ -109,9 +109,9 @@ def _refuse_one_result_write(monkeypatch, runtime: Runtime, then=None) -> None: 
 async def test_a_store_retry_keeps_priority_and_is_not_a_crash(tmp_path: Path, monkeypatch) -> None:
     """MAX_ATTEMPTS counts runs cut off by a stopped process; a write the store refused is retried
     with the job's own priority and never fails the job as 'the miner process stopped'."""
-    import kontext.jobs.worker
+    import kontext.jobs.runner
 
-    monkeypatch.setattr(kontext.jobs.worker, "RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(kontext.jobs.runner, "RETRY_SECONDS", 0.05)
     runtime = Runtime(make_settings(tmp_path, max_attempts=1), engine=FakeEngine())
     await runtime.start()
     try:
@@ -136,9 +136,9 @@ async def test_a_store_retry_keeps_priority_and_is_not_a_crash(tmp_path: Path, m
 async def test_a_store_retry_then_one_stop_is_one_interruption_not_two(tmp_path: Path, monkeypatch) -> None:
     """MAX_ATTEMPTS=2: a run ended by a refused write (retried), then a run cut off by a stop. The job was
     failed as 'interrupted 2 time(s)': the store retry counted as a stopped process."""
-    import kontext.jobs.worker
+    import kontext.jobs.runner
 
-    monkeypatch.setattr(kontext.jobs.worker, "RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(kontext.jobs.runner, "RETRY_SECONDS", 0.05)
     gate = threading.Event()
     settings = make_settings(tmp_path, max_attempts=2)
     engine = FakeEngine()
@@ -334,6 +334,15 @@ async def test_image_url_inputs_and_url_fallbacks_work(tmp_path: Path) -> None:
         server.stop()
 
 
+async def _taken_ahead(runtime: Runtime, job_id: str) -> None:
+    """Wait until a worker has taken ``job_id`` ahead (prepared, waiting for the device): the queue's order is
+    what comes after it."""
+    async def taken() -> bool:
+        return runtime.workers is not None and job_id in runtime.workers.waiting_for_device()
+
+    await until(taken, what=f"{job_id} taken ahead")
+
+
 async def test_a_chained_job_is_capped_at_its_references_priority_and_never_overtakes_it(tmp_path: Path) -> None:
     gate = threading.Event()
     engine = FakeEngine(gate=gate)
@@ -342,6 +351,7 @@ async def test_a_chained_job_is_capped_at_its_references_priority_and_never_over
     try:
         blocker = (await runtime.service.submit(_request(40))).job_id
         await until(lambda: _is(runtime, blocker, JobStatus.PROCESSING))
+        await _taken_ahead(runtime, (await runtime.service.submit(_request(39))).job_id)  # the worker's lookahead
         reference = (await runtime.service.submit(_request(41), priority=1.0)).job_id
         chained = (await runtime.service.submit(_request(42, reference_job_id=reference), priority=500.0)).job_id
         other = (await runtime.service.submit(_request(43), priority=50.0)).job_id  # a higher stake band

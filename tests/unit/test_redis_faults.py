@@ -238,8 +238,8 @@ async def test_a_redis_older_than_6_2_is_refused_at_start_with_the_reason(redis_
 
 async def test_a_requeue_that_meets_an_outage_is_tried_until_it_works(tmp_path: Path, redis_server,
                                                                       monkeypatch) -> None:
-    """A chained job waits for its reference in a helper task; when the reference ended, that task's put
-    met the outage and died, leaving the entry held (and renewed) for ever: the job never ran."""
+    """A chained job waits for its reference as a deferred entry; a defer that meets an outage is tried until it
+    works (a helper task's put once died there, leaving the entry held, and renewed, for ever: the job never ran)."""
     import kontext.jobs.persist
 
     monkeypatch.setattr(kontext.jobs.persist, "FIRST_WAIT_SECONDS", 0.05)
@@ -250,15 +250,14 @@ async def test_a_requeue_that_meets_an_outage_is_tried_until_it_works(tmp_path: 
     await door.start()
     await worker.start()
     try:
+        failures = _refuse(monkeypatch, worker.queue, "defer", 3)  # an outage as it defers the chained job
         reference = (await door.service.submit(_request(1))).job_id
         chained = (await door.service.submit(_request(2, reference_job_id=reference))).job_id
 
-        async def waiting_for_reference() -> bool:
-            assert isinstance(worker.queue, RedisJobQueue)
-            return await worker.queue.size() == 0 and worker.workers is not None and worker.workers.running() == 1
+        async def outage_met() -> bool:
+            return failures["left"] == 0
 
-        await until(waiting_for_reference)
-        failures = _refuse(monkeypatch, worker.queue, "requeue", 3)  # an outage as it queues it again
+        await until(outage_met, what="the chained job's defers meeting the outage")
         gate.set()
 
         async def chained_done() -> bool:

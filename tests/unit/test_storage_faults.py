@@ -103,9 +103,9 @@ async def test_disk_full_while_writing_the_result_fails_the_job_cleanly(tmp_path
 
 
 async def test_a_store_failure_while_running_keeps_the_worker_alive(tmp_path: Path, monkeypatch) -> None:
-    import kontext.jobs.worker
+    import kontext.jobs.runner
 
-    monkeypatch.setattr(kontext.jobs.worker, "RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(kontext.jobs.runner, "RETRY_SECONDS", 0.05)
     runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
     await runtime.start()
     try:
