@@ -1,12 +1,12 @@
 """KontextEngine: loads FluxKontextPipeline and turns image bytes + parameters into PNG bytes.
 
-It knows nothing of HTTP or jobs. One edit at a time per engine (a lock), never batched:
-batching changes the numbers, and the audit compares bytes.
+It knows nothing of HTTP or jobs. An edit is three stages (kontext/engine/stages.py): ``prepare`` and
+``encode`` run on the CPU in any thread, ``denoise`` holds the engine's device lock, so one pipeline call at a
+time runs per engine, never batched: batching changes the numbers, and the audit compares bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -16,11 +16,16 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pathlib import Path
 
-from kontext.engine import acceleration, selfcheck
+from kontext.engine import acceleration, selfcheck, stages
 from kontext.engine.acceleration import EngineOptions
+from kontext.engine.device_log import device_log
 from kontext.engine.devices import check_available, is_cuda
 from kontext.engine.determinism import pin_threads
 from kontext.engine.recipes import DEFAULT_RECIPE, EditParams, Recipe, get_recipe
+from kontext.engine.stages import DenoisedEdit, EditOutput, PreparedEdit, pixels_sha256
+
+__all__ = ["DenoisedEdit", "EditOutput", "EngineConfig", "EngineState", "KontextEngine", "PreparedEdit",
+           "pixels_sha256"]
 
 if TYPE_CHECKING:
     from kontext.settings import Settings
@@ -81,19 +86,6 @@ class EngineConfig:
         )
 
 
-@dataclass(frozen=True)
-class EditOutput:
-    png: bytes
-    sha256: str
-    """Of the PNG bytes: what the subnet's audit compares."""
-    pixels_sha256: str
-    """Of the raw RGB pixels: equal here but not above means another PNG encoder, not other numbers."""
-    width: int
-    height: int
-    recipe: str
-    seconds: float
-
-
 class KontextEngine:
     def __init__(self, config: EngineConfig, loader: Optional[PipelineLoader] = None) -> None:
         self.config = config
@@ -110,7 +102,10 @@ class KontextEngine:
         self.warnings: list[str] = []
         """Known differences from the stack the recipe is audited against (logged, and in /health)."""
         self.pipe: Any = None
-        self._lock = threading.Lock()
+        self.device_log = device_log()
+        """(start, end) of each served pipeline call, for the busy fraction (``device_log.busy_fraction``)."""
+        self._device_lock = threading.Lock()
+        """Held for the recipe's torch switches, seeding and pipeline call: one pipeline call at a time."""
 
     def load(self) -> None:
         """Blocking: load, place, accelerate, warm up and self-check. Never raises: a failure
@@ -164,7 +159,9 @@ class KontextEngine:
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
         # 4. warm-up (compiles, if compiling) and the golden-hash self-check
-        warm = self._run(selfcheck.self_check_image(), selfcheck.SELF_CHECK_PARAMS, max_pixels=1 << 24)
+        prepared = self.prepare(selfcheck.self_check_image(), selfcheck.SELF_CHECK_PARAMS, max_pixels=1 << 24)
+        with self._device_lock:
+            warm = self.encode(self._denoise(prepared, None))
         if self.config.golden_file is not None:
             key, details = selfcheck.environment_key(recipe=self.recipe.id, profile=self.profile,
                                                      device_name=self.device_name(torch),
@@ -192,47 +189,61 @@ class KontextEngine:
 
     def edit(self, image_bytes: bytes, params: EditParams, *, max_pixels: int,
              on_step: Optional[StepCallback] = None) -> EditOutput:
-        """Blocking. Raises ``ValueError`` for an unusable input image."""
-        with self._lock:
-            if self.state is not EngineState.READY:
-                raise RuntimeError(f"engine is {self.state.value}: {self.error or 'not loaded'}")
-            return self._run(image_bytes, params, max_pixels=max_pixels, on_step=on_step)
+        """Blocking: the three stages in this thread. Raises ``ValueError`` for an unusable input image."""
+        self._check_ready()
+        return self.encode(self.denoise(self.prepare(image_bytes, params, max_pixels=max_pixels), on_step=on_step))
 
-    def _run(self, image_bytes: bytes, params: EditParams, *, max_pixels: int,
-             on_step: Optional[StepCallback] = None) -> EditOutput:
+    def prepare(self, image_bytes: bytes, params: EditParams, *, max_pixels: int) -> PreparedEdit:
+        """CPU only, any thread, no lock: decode and the recipe's preprocessing. ``ValueError`` for an unusable
+        image."""
+        started = time.perf_counter()
+        image = self.recipe.preprocess(image_bytes, max_pixels=max_pixels)
+        return PreparedEdit(image=image, params=params, recipe=self.recipe.id,
+                            seconds=time.perf_counter() - started)
+
+    def denoise(self, prepared: PreparedEdit, *, on_step: Optional[StepCallback] = None) -> DenoisedEdit:
+        """Blocking, under the device lock: the recipe's torch switches, its seeding and the pipeline call,
+        logged in ``device_log``."""
+        with self._device_lock:
+            self._check_ready()
+            denoised = self._denoise(prepared, on_step)
+            self.device_log.append(denoised.pipeline_call)
+        return denoised
+
+    def encode(self, denoised: DenoisedEdit) -> EditOutput:
+        """CPU only, any thread, no lock: the recipe's PNG and both hashes."""
+        if denoised.recipe != self.recipe.id:
+            raise ValueError(f"denoised by recipe {denoised.recipe}, not this engine's {self.recipe.id}")
+        return stages.encode(self.recipe, denoised)
+
+    def _check_ready(self) -> None:
+        if self.state is not EngineState.READY:
+            raise RuntimeError(f"engine is {self.state.value}: {self.error or 'not loaded'}")
+
+    def _denoise(self, prepared: PreparedEdit, on_step: Optional[StepCallback]) -> DenoisedEdit:
+        """One pipeline call; the caller holds the device lock."""
         import torch
 
         started = time.perf_counter()
         recipe = self.recipe
-        # 0. the recipe's process-wide torch switches, again: another engine in this process (the
+        if prepared.recipe != recipe.id:
+            raise ValueError(f"prepared by recipe {prepared.recipe}, not this engine's {recipe.id}")
+        params = prepared.params
+        # 1. the recipe's process-wide torch switches, again: another engine in this process (the
         #    conformance CLI holds one per recipe) may have set its own since this one loaded
         recipe.configure_torch()
-        # 1. decode and normalise the input (the recipe's preprocessing)
-        image = recipe.preprocess(image_bytes, max_pixels=max_pixels)
         # 2. the recipe's seeding and call arguments, plus progress reporting
         generator = recipe.seed(params.seed, self.device)
-        kwargs = recipe.pipeline_kwargs(image, params, generator)
+        kwargs = recipe.pipeline_kwargs(prepared.image, params, generator)
         if on_step is not None:
             kwargs["callback_on_step_end"] = _step_reporter(on_step, params.num_inference_steps)
         # 3. run the pipeline
         with torch.inference_mode(), acceleration.call_context(self.pipe, self.config.options):
+            call_started = time.perf_counter()
             result = self.pipe(**kwargs).images[0]
-        # 4. encode deterministically
-        png = recipe.encode_png(result)
-        return EditOutput(
-            png=png,
-            sha256=hashlib.sha256(png).hexdigest(),
-            pixels_sha256=pixels_sha256(result),
-            width=result.width,
-            height=result.height,
-            recipe=recipe.id,
-            seconds=time.perf_counter() - started,
-        )
-
-
-def pixels_sha256(image: Any) -> str:
-    """SHA256 of an image's raw RGB bytes (row-major, 8 bits a channel)."""
-    return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
+            call_ended = time.perf_counter()
+        return DenoisedEdit(image=result, recipe=recipe.id, pipeline_call=(call_started, call_ended),
+                            seconds=prepared.seconds + call_ended - started)
 
 
 def _step_reporter(on_step: StepCallback, total: int) -> Callable[..., dict]:

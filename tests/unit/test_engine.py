@@ -6,6 +6,8 @@ import hashlib
 import io
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,75 @@ def test_a_fresh_process_gives_the_same_sha256(engine: KontextEngine, tiny_model
     here = engine.edit(png_bytes((48, 40), (30, 160, 90)), EditParams("add a red hat", 7, 2.5, 2, 64, 64),
                        max_pixels=1 << 24)
     assert len(fresh) == 64 and fresh == here.sha256
+
+
+class _TrackedLock:
+    """The engine's device lock, counting who holds it: never two at once, one hold per pipeline call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = threading.Lock()
+        self.holders = 0
+        self.most_holders = 0
+        self.holds = 0
+
+    def __enter__(self) -> "_TrackedLock":
+        self._lock.acquire()
+        with self._count:
+            self.holders += 1
+            self.holds += 1
+            self.most_holders = max(self.most_holders, self.holders)
+        time.sleep(0.01)  # widen the window in which a second holder would show
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._count:
+            self.holders -= 1
+        self._lock.release()
+
+
+def test_two_threads_through_the_stages_give_edits_bytes_one_pipeline_call_at_a_time(
+        engine: KontextEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare and encode run in any thread; denoise holds the device lock, so two threads' pipeline calls
+    never overlap, and every PNG is the one ``edit()`` makes for the same request."""
+    jobs = [[_params(seed=seed, prompt=prompt) for seed in (11, 12, 13)] for prompt in ("add a hat", "make it blue")]
+    expected = {(p.prompt, p.seed): engine.edit(IMAGE, p, max_pixels=MAX_PIXELS).png for job in jobs for p in job}
+    lock = _TrackedLock()
+    monkeypatch.setattr(engine, "_device_lock", lock)
+    logged_before = len(engine.device_log)
+    both_prepared = threading.Barrier(2)
+    got: dict[tuple[str, int], bytes] = {}
+
+    def drive(params: list[EditParams]) -> None:
+        for p in params:
+            prepared = engine.prepare(IMAGE, p, max_pixels=MAX_PIXELS)
+            both_prepared.wait(timeout=60)  # both threads reach the device at once
+            got[(p.prompt, p.seed)] = engine.encode(engine.denoise(prepared)).png
+
+    threads = [threading.Thread(target=drive, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert got == expected
+    assert lock.holds == 6 and lock.most_holders == 1
+    calls = sorted(list(engine.device_log)[logged_before:])
+    assert len(calls) == 6
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(calls, calls[1:]))  # no overlap
+
+
+def test_busy_fraction_of_the_logged_pipeline_calls(engine: KontextEngine) -> None:
+    from kontext.engine.device_log import busy_fraction
+
+    assert busy_fraction([(10.0, 11.0), (12.0, 13.0)]) == pytest.approx(2 / 3)
+    assert busy_fraction([(1.0, 2.0)]) == 1.0 and busy_fraction([]) == 0.0
+    denoised = engine.denoise(engine.prepare(IMAGE, _params(), max_pixels=MAX_PIXELS))
+    assert engine.device_log[-1] == denoised.pipeline_call and denoised.pipeline_call[0] < denoised.pipeline_call[1]
+
+
+def test_a_stage_refuses_another_recipes_edit(engine: KontextEngine, reference_engine: KontextEngine) -> None:
+    prepared = reference_engine.prepare(IMAGE, _params(), max_pixels=MAX_PIXELS)
+    with pytest.raises(ValueError, match="prepared by recipe reference-v1"):
+        engine.denoise(prepared)
+    with pytest.raises(ValueError, match="not a readable image"):
+        engine.prepare(b"garbage", _params(), max_pixels=MAX_PIXELS)

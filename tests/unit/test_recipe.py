@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import subprocess
 import sys
@@ -179,3 +180,80 @@ def test_reference_warns_when_the_engine_options_differ_from_the_auditors_on_a_g
         assert profile in said[0] and "bfloat16/attn=native" in said[0]
     assert not [w for w in reference.stack_warnings("cpu", profile) if w.startswith("engine profile")]  # no audit on CPU
     assert get_recipe("kontext-v1").stack_warnings("cuda:0", profile) == []
+
+
+# -- PNG bytes and the auditor's stack ---------------------------------------------------------
+
+PINNED_PNG_SHA256 = "89323998ddb4525ff68e8d20b4ac1a6c0bcf423bea9b2a272034748dbdb065c4"
+"""Both recipes' PNG of ``_fixed_image()``, written by classic zlib (1.2.11, 1.2.13 and 1.3.1 agree: the
+auditor's Ubuntu 22.04 has 1.2.11) with Pillow's PNG filters."""
+
+
+def _fixed_image() -> Image.Image:
+    """1024x1024, built from bytes (no PIL drawing or resampling): noise, a ramp, a pattern and a flat band."""
+    size, band = 1024, 256
+    noise = hashlib.shake_256(b"kontext png golden").digest(size * band * 3)
+    ramp = bytes(v for x in range(size) for v in (x // 4, 255 - x // 4, x * 7 % 256)) * band
+    pattern = bytes(v for y in range(band) for x in range(size) for v in ((x ^ y) & 255, (x + 2 * y) & 255, y))
+    flat = bytes((200, 30, 90)) * (size * band)
+    return Image.frombytes("RGB", (size, size), noise + ramp + pattern + flat)
+
+
+@pytest.mark.parametrize("recipe_id", ["reference-v1", "kontext-v1"])
+def test_the_png_bytes_of_a_fixed_image_are_pinned(recipe_id: str) -> None:
+    """The audit compares PNG bytes: a Pillow or deflate library that writes other bytes for the same pixels
+    fails here, naming the library in use."""
+    from PIL import features
+
+    from kontext.engine.environment import png_deflate
+
+    got = hashlib.sha256(get_recipe(recipe_id).encode_png(_fixed_image())).hexdigest()
+    assert got == PINNED_PNG_SHA256, (
+        f"{recipe_id}: the PNG of the fixed image moved ({got[:16]}…): written by {png_deflate()} (Pillow "
+        f"{Image.__version__}, built against zlib-ng {features.version_feature('zlib_ng')}); pinned with classic "
+        "zlib, as the auditor's Ubuntu 22.04 zlib 1.2.11 writes it")
+
+
+@pytest.mark.parametrize("runtime, built_with_ng, system, library", [
+    ("1.2.13", "2.3.3", "Linux", "zlib"),        # Pillow's Linux wheel: zlib-ng headers, the host's libz writes
+    ("1.2.11", None, "Linux", "zlib"),           # the auditor's Ubuntu 22.04
+    ("1.3.1", None, "Linux", "zlib"),            # classic, not 1.2.11: the same bytes (§8), no warning
+    ("1.3.1.zlib-ng", None, "Linux", "zlib-ng"),  # Fedora 40+: zlib-ng as the system's libz.so.1
+    ("1.3.1.zlib-ng", "2.2.4", "Darwin", "zlib-ng"),  # Pillow's macOS wheel bundles it
+    ("1.3.1", "2.2.4", "Windows", "zlib-ng"),    # bundled, whatever it calls itself
+])
+def test_which_library_writes_the_png(runtime: str, built_with_ng: str | None, system: str, library: str) -> None:
+    from kontext.engine.environment import deflate_library
+
+    assert deflate_library(runtime, built_with_ng, system) == library
+
+
+def test_reference_warns_only_where_zlib_ng_writes_the_png_naming_both_stacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kontext.engine import environment
+    from kontext.engine.recipes.reference_v1 import png_warnings
+
+    assert png_warnings(environment.PngDeflate("zlib", "1.3.1"), "3.12.3") == []
+    (said,) = png_warnings(environment.PngDeflate("zlib-ng", "1.3.1.zlib-ng"), "3.12.3")
+    assert "zlib-ng 1.3.1.zlib-ng (Python 3.12.3)" in said and "zlib 1.2.11 (Ubuntu 22.04, Python 3.10)" in said
+    here = [w for w in reference.stack_warnings("cpu", "float32/attn=native") if w.startswith("PNG deflate")]
+    assert bool(here) == (environment.png_deflate().library == "zlib-ng")
+    monkeypatch.setattr(environment, "png_deflate", lambda: environment.PngDeflate("zlib-ng", "2.2.4"))
+    assert [w for w in reference.stack_warnings("cuda:0", "bfloat16/attn=native") if "zlib-ng 2.2.4" in w]
+
+
+def test_preparing_an_input_leaves_the_process_warning_filters_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One thread prepares a job while others decode: a filter set for one call is the whole process's, and
+    another thread's exit would drop it mid-decode. PIL's bomb warning is still a refusal."""
+    import warnings
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the process-wide warning filters were changed")
+
+    monkeypatch.setattr(warnings, "catch_warnings", forbidden)
+    monkeypatch.setattr(warnings, "simplefilter", forbidden)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL warns between 1000 and 2000 pixels, refuses above
+    for each in (recipe, reference):
+        assert each.preprocess(_encode(Image.new("RGB", (30, 30))), max_pixels=10**9).size == (30, 30)
+        for side in (40, 50):
+            with pytest.raises(ValueError, match="decompression bomb"):
+                each.preprocess(_encode(Image.new("RGB", (side, side))), max_pixels=10**9)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
@@ -62,15 +61,18 @@ class Recipe(Protocol):
 def open_image(image_bytes: bytes, *, max_pixels: int) -> Image.Image:
     """Open and decode, refusing decompression bombs from the header before any pixel is decoded.
 
-    ``ValueError`` for bytes that are not a readable image or are over ``max_pixels``.
+    ``ValueError`` for bytes that are not a readable image or are over ``max_pixels``. Safe in any thread
+    (an engine prepares one job's input while another denoises): no process-wide warning filter is touched.
+    PIL only warns between its limit (``Image.MAX_IMAGE_PIXELS``) and twice that; this refuses there too.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(io.BytesIO(image_bytes))
-            if image.width * image.height > max_pixels:
-                raise ValueError(f"image is {image.width}x{image.height}, over the limit of {max_pixels} pixels")
-            image.load()
+        image: Image.Image = Image.open(io.BytesIO(image_bytes))
+        pixels = image.width * image.height
+        if pixels > max_pixels:
+            raise ValueError(f"image is {image.width}x{image.height}, over the limit of {max_pixels} pixels")
+        if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(f"{pixels} pixels")
+        image.load()
     except ValueError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

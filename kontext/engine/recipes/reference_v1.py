@@ -16,19 +16,22 @@ Read from the reference miner's code (../shared/docs/subnet.md §8):
 * Call: prompt, image, generator, guidance_scale, num_inference_steps, ``output_type="pil"``;
   **no width, height or max_area** (the request's are recorded and ignored), so the output is the
   pipeline's default size (1024x1024 for FLUX.1-Kontext-dev) whatever the input's aspect ratio.
-* PNG: PIL's defaults (``image.save(..., "PNG")``: compress level 6, no optimize, no metadata).
+* PNG: PIL's defaults (``image.save(..., "PNG")``: compress level 6, no optimize, no metadata),
+  deflated by the host's zlib on Linux (the auditor's: Ubuntu 22.04's zlib 1.2.11); where zlib-ng
+  writes it instead, the bytes differ and a stack warning says so.
 * Weights in bf16 on CUDA (the engine's ``KONTEXT_DTYPE=auto``).
 """
 
 from __future__ import annotations
 
 import io
+import platform
 import random
 from typing import Any
 
 from PIL import Image
 
-from kontext.engine import determinism
+from kontext.engine import determinism, environment
 from kontext.engine.devices import is_cuda
 from kontext.engine.recipes.base import EditParams, open_image
 
@@ -49,11 +52,12 @@ class ReferenceV1:
         determinism.configure_torch_like_reference()
 
     def stack_warnings(self, device: str, profile: str) -> list[str]:
-        """Where this process's versions or engine options are known to make other numbers than the auditor's."""
+        """Where this process's versions, engine options or PNG deflate library are known to make other bytes
+        than the auditor's."""
         import torch
         import transformers
 
-        warnings = []
+        warnings: list[str] = []
         if is_cuda(device) and profile != AUDITOR_PROFILE:
             warnings.append(f"engine profile {profile}: the auditor runs {AUDITOR_PROFILE} (bf16, native attention, "
                             "no compile, fp8 or first-block cache); these options change the pixels, so every "
@@ -66,7 +70,7 @@ class ReferenceV1:
         if is_cuda(device) and not torch.__version__.startswith(AUDITOR_TORCH):
             warnings.append(f"torch {torch.__version__}: the auditor runs torch {AUDITOR_TORCH}0+cu124; other "
                             "kernels can give other pixels; install with -c constraints/reference.txt")
-        return warnings
+        return warnings + png_warnings(environment.png_deflate(), platform.python_version())
 
     def preprocess(self, image_bytes: bytes, *, max_pixels: int) -> Image.Image:
         image = open_image(image_bytes, max_pixels=max_pixels)
@@ -103,6 +107,17 @@ class ReferenceV1:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         return buffer.getvalue()
+
+
+def png_warnings(deflate: environment.PngDeflate, python: str) -> list[str]:
+    """Where this host's PNGs would differ from the auditor's for the same pixels: only where zlib-ng writes
+    them (classic zlib 1.2.11, 1.2.13 and 1.3.1 write the same bytes)."""
+    if deflate.library != "zlib-ng":
+        return []
+    return [f"PNG deflate {deflate} (Python {python}): the auditor's PNGs are written by zlib "
+            f"{environment.AUDITOR_ZLIB} ({environment.AUDITOR_OS}, Python {environment.AUDITOR_PYTHON}); zlib-ng "
+            "compresses the same pixels into other bytes, so every audited job would fail: run on Linux with a "
+            "classic zlib as the host's libz.so.1 (1.2.11, 1.2.13 and 1.3.1 write the auditor's bytes)"]
 
 
 RECIPE = ReferenceV1()
