@@ -149,6 +149,7 @@ class Proof:
         self.report = report
         self.tiny_dir = tiny_dir
         self.started = time.monotonic()
+        self._child_out: tuple[Path, Path] = (Path(os.devnull), Path(os.devnull))
 
     def step(self, section: str, key: Optional[str], run: Callable[[], Any], *, cheap: bool = False) -> Any:
         """``run()``'s result under ``section``/``key``; its error, or why it did not run, instead. A ``cheap`` step
@@ -175,59 +176,79 @@ class Proof:
 
         plan, device = self.plan, self.device
         self.step("environment", None, lambda: proof.environment(device), cheap=True)
-        tiny = proof.Model("tiny", tiny_model(self.tiny_dir), device)
-        full_problem = "dry run: the tiny model only (no full-size build)" if plan.dry_run \
+        models: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        try:
+            models["tiny"] = proof.Model("tiny", tiny_model(self.tiny_dir), device)
+        except Exception as exc:  # noqa: BLE001 - the full-size model's sections still run
+            traceback.print_exc()
+            problems["tiny"] = f"the tiny model could not be built: {type(exc).__name__}: {exc}"[:1000]
+        problem = "dry run: the tiny model only (no full-size build)" if plan.dry_run \
             else proof.full_size_problem(device)
-        full = proof.Model("full", "synthetic:full", device) if full_problem is None else None
-        # 1. the fresh process starts now and works beside this one (two full copies fit on the lent card)
-        fresh_models = ["tiny"] + (["full"] if full is not None and proof.full_size_problem(device, 2) is None else [])
-        child = self._start_fresh_child(tiny.model_path, fresh_models) if "determinism" in plan.only else None
-        # 2. determinism in this process, and the reference comparison: the tiny model, then the full-size one
-        self.step("determinism", "tiny", lambda: proof.repeat_in_process(tiny, plan.determinism_steps))
-        self.step("reference", "tiny", lambda: proof.against_reference(tiny, self._golden_cases()))
-        if full is None:
-            for section in ("determinism", "reference"):
-                self.report.put(section, "full", {"not_run": full_problem})
+        if problem is None:
+            models["full"] = proof.Model("full", "synthetic:full", device)
         else:
-            self.step("determinism", "full", lambda: proof.repeat_in_process(full, plan.determinism_steps))
-            self.step("reference", "full", lambda: proof.against_reference(full, self._full_size_payloads()))
+            problems["full"] = problem
+        # 1. the fresh process starts now and works beside this one (two full copies fit on the lent card)
+        fresh = [name for name in models if name == "tiny" or proof.full_size_problem(device, 2) is None]
+        child = self._start_fresh_child(models, fresh) if fresh and "determinism" in plan.only else None
+        # 2. determinism in this process, and the reference comparison: the tiny model, then the full-size one
+        for name in ("tiny", "full"):
+            model = models.get(name)
+            if model is None:
+                for section in ("determinism", "reference"):
+                    self.report.put(section, name, {"not_run": problems[name]})
+                continue
+            self.step("determinism", name, lambda: proof.repeat_in_process(model, plan.determinism_steps))
+            self.step("reference", name, lambda: proof.against_reference(model, self._cases(name)))
         if child is not None:
-            self._finish_determinism(child, fresh_models)
+            self._finish_determinism(child, fresh)
         # 3. the timed sections on the largest model here, the card to itself
-        timed = full or tiny
-        self.report.put("latency", "model", timed.name)
-        self.report.put("pipeline", "model", timed.name)
+        timed = models.get("full") or models.get("tiny")
+        self.report.put("latency", "model", timed.name if timed else None)
+        self.report.put("pipeline", "model", timed.name if timed else None)
         first, *more = plan.latency_steps
-        self.step("latency", f"steps_{first}",
-                  lambda: proof.edit_latency(timed, plan.recipe, plan.size, first, plan.repeats))
-        self.step("latency", "load", lambda: proof.load_times(timed), cheap=True)
-        self.step("latency", "engine_over_bare",
-                  lambda: proof.engine_over_bare(timed, plan.recipe, plan.size, first, plan.repeats))
-        self.step("latency", "callback_overhead", lambda: self._callback_overhead(timed))
-        self.step("pipeline", "busy", lambda: self._busy(timed))
+        self._timed_step("latency", f"steps_{first}", timed,
+                         lambda m: proof.edit_latency(m, plan.recipe, plan.size, first, plan.repeats))
+        self._timed_step("latency", "load", timed, proof.load_times, cheap=True)
+        self._timed_step("latency", "engine_over_bare", timed,
+                         lambda m: proof.engine_over_bare(m, plan.recipe, plan.size, first, plan.repeats))
+        self._timed_step("latency", "callback_overhead", timed, self._callback_overhead)
+        self._timed_step("pipeline", "busy", timed, self._busy)
         for steps in more:
-            self.step("latency", f"steps_{steps}",
-                      lambda: proof.edit_latency(timed, plan.recipe, plan.size, steps, plan.repeats))
-        self.step("memory", None, lambda: proof.memory([m for m in (tiny, full) if m is not None]), cheap=True)
+            self._timed_step("latency", f"steps_{steps}", timed,
+                             lambda m: proof.edit_latency(m, plan.recipe, plan.size, steps, plan.repeats))
+        self.step("memory", None, lambda: proof.memory(list(models.values())), cheap=True)
         self.report.data["wall_s"] = round(time.monotonic() - self.started, 1)
         self.report.write()
 
-    def _golden_cases(self) -> list[tuple[str, bytes, Any]]:
+    def _timed_step(self, section: str, key: str, model: Any, run: Callable[[Any], Any], *,
+                    cheap: bool = False) -> None:
+        if model is None:
+            self.report.put(section, key, {"not_run": "no model could be built"})
+        else:
+            self.step(section, key, lambda: run(model), cheap=cheap)
+
+    def _cases(self, model: str) -> list[tuple[str, bytes, Any]]:
+        """The tiny model's golden cases, or the full-size model's two validator-like payloads."""
         from kontext.engine.recipes import EditParams
         from tools import proof
 
+        if model == "full":
+            return [(name, *proof.case_named(name, self.plan.reference_steps)) for name in proof.FULL_SIZE_PAYLOADS]
         return [(case.name, case.image_file.read_bytes(), EditParams.from_request(case.request))
                 for case in proof.golden_cases(self.plan.reference_cases)]
 
-    def _full_size_payloads(self) -> list[tuple[str, bytes, Any]]:
-        from tools import proof
-
-        return [(name, *proof.case_named(name, self.plan.reference_steps)) for name in proof.FULL_SIZE_PAYLOADS]
-
-    def _start_fresh_child(self, tiny_dir: str, models: list[str]) -> subprocess.Popen[str]:
-        spec = {"device": self.device, "tiny": tiny_dir, "models": models, "steps": self.plan.determinism_steps}
-        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--fresh-child", json.dumps(spec)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    def _start_fresh_child(self, models: dict[str, Any], names: list[str]) -> subprocess.Popen[str]:
+        """This script again, as ``--fresh-child``: its output goes to files (a full pipe would stall it)."""
+        tiny = models.get("tiny")
+        spec = {"device": self.device, "tiny": tiny.model_path if tiny else "", "models": names,
+                "steps": self.plan.determinism_steps}
+        folder = Path(tempfile.mkdtemp(prefix="gpu-proof-fresh-"))
+        self._child_out = (folder / "stdout", folder / "stderr")
+        with self._child_out[0].open("w") as stdout, self._child_out[1].open("w") as stderr:
+            return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--fresh-child", json.dumps(spec)],
+                                    stdout=stdout, stderr=stderr, text=True, cwd=ROOT)
 
     def _finish_determinism(self, child: subprocess.Popen[str], models: list[str]) -> None:
         """The fresh process's hashes beside this process's: identical, for each model?"""
@@ -235,12 +256,13 @@ class Proof:
 
         left = max(5.0, self.plan.budget_s - (time.monotonic() - self.started))
         try:
-            stdout, stderr = child.communicate(timeout=left)
+            child.wait(timeout=left)
+            stdout, stderr = (path.read_text() for path in self._child_out)
             fresh = proof.child_result(stdout) if child.returncode == 0 else {}
             why = None if child.returncode == 0 else f"the fresh process failed: {stderr.strip()[-1500:]}"
         except subprocess.TimeoutExpired:
             child.kill()
-            child.communicate()
+            child.wait()
             fresh, why = {}, f"the fresh process did not finish in the time budget ({self.plan.budget_s:g} s)"
         except RuntimeError as exc:
             fresh, why = {}, str(exc)

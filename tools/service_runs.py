@@ -17,10 +17,9 @@ def service_settings(model: str, data: Path, recipe: str, **extra: Any) -> Any:
     from kontext.settings import Settings
 
     values: dict[str, Any] = dict(data_dir=data, kontext_model_path=model, kontext_local_files_only=True,
-                                  kontext_recipe=recipe, kontext_device="cpu", kontext_self_check=False,
+                                  kontext_recipe=recipe, kontext_devices="cpu", kontext_self_check=False,
                                   max_queue=10_000, retention_sweep_seconds=3600)
-    values.update(extra)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **{**values, **extra})  # type: ignore[call-arg]
 
 
 async def wait_finished(service: Any, ids: list[str], timeout: float = 600) -> list[Any]:
