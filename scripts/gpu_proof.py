@@ -330,10 +330,11 @@ def summary(data: dict[str, Any]) -> list[tuple[str, str]]:
 
     env = data["environment"]
     gpu = env.get("gpu", {})
+    card = f"{gpu['name']} ({gpu['sm_count']} SMs, driver {gpu['driver']})" if "sm_count" in gpu else "no GPU"
     rows = [("environment", said(env) or (
-        f"{gpu.get('name', 'no GPU')}{' (' + str(gpu['sm_count']) + ' SMs, driver ' + gpu['driver'] + ')' if 'sm_count' in gpu else ''}, "
-        f"torch {env['torch']} (CUDA {env['cuda']}), diffusers {env['diffusers']}, transformers {env['transformers']}, "
-        f"Pillow {env['pillow']}, {env['png_deflate']} (auditor {env['auditor_png_deflate']}), Python {env['python']}"))]
+        f"{card}, torch {env['torch']} (CUDA {env['cuda']}), diffusers {env['diffusers']}, "
+        f"transformers {env['transformers']}, Pillow {env['pillow']}, {env['png_deflate']} "
+        f"(auditor {env['auditor_png_deflate']}), Python {env['python']}"))]
     for section in ("determinism", "reference"):
         parts = []
         for name in ("tiny", "full"):
@@ -362,7 +363,8 @@ def summary(data: dict[str, Any]) -> list[tuple[str, str]]:
     vram = memory.get("vram", {})
     rows.append(("memory", said(memory) or ", ".join(
         [f"{name} weights {memory[name]['weights_gib']:.2f} GiB" for name in ("tiny", "full") if name in memory]
-        + [said(vram) or f"peak VRAM {vram['peak_allocated_gib']:.1f} GiB", f"host RSS {memory['host_peak_rss_gib']} GiB"])))
+        + [said(vram) or f"peak VRAM {vram['peak_allocated_gib']:.1f} GiB",
+           f"host RSS {memory['host_peak_rss_gib']} GiB"])))
     busy = data["pipeline"].get("busy", {})
     rows.append(("pipeline", said(busy) or (
         f"busy fraction {busy['busy_fraction']:.3f} over {busy['jobs']} queued jobs of {busy['steps']} steps "

@@ -1,5 +1,7 @@
-"""The GPU proof's measurements (scripts/gpu_proof.py): models, determinism, the reference comparison, latency,
-memory. Each returns a JSON-friendly dict; the script decides what runs, in what order, within its budget."""
+"""The GPU proof's measurements (scripts/gpu_proof.py), each a JSON-friendly dict.
+
+Models, determinism, the reference comparison, latency, memory; the script decides what runs, in what
+order, within its budget."""
 
 from __future__ import annotations
 
@@ -83,7 +85,8 @@ def environment(device: str) -> dict[str, Any]:
     if device.startswith("cuda"):
         properties = torch.cuda.get_device_properties(0)
         gpu = {"name": properties.name, "sm_count": properties.multi_processor_count,
-               "memory_gib": round(properties.total_memory / GIB, 1), "capability": f"{properties.major}.{properties.minor}",
+               "memory_gib": round(properties.total_memory / GIB, 1),
+               "capability": f"{properties.major}.{properties.minor}",
                "driver": _driver_version()}
     return {"gpu": gpu, "torch": torch.__version__, "cuda": str(torch.version.cuda), "cudnn": stack["cudnn"],
             "diffusers": stack["diffusers"], "transformers": stack["transformers"], "pillow": stack["pillow"],

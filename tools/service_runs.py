@@ -1,5 +1,6 @@
-"""Measurements through the real service path (a Runtime with its real worker): the engine busy fraction of a
-queue of jobs, and request-to-callback overhead through a real sidecar on loopback."""
+"""Measurements through the real service path: a Runtime with its real worker, and a real sidecar on loopback.
+
+The engine busy fraction of a queue of jobs, and request-to-callback overhead beyond the edit's own time."""
 
 from __future__ import annotations
 

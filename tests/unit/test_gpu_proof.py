@@ -52,7 +52,8 @@ def test_the_dry_run_writes_every_section_measured_or_saying_why_not(tiny_model_
     assert not _errors(report), _errors(report)
     environment, determinism, reference = report["environment"], report["determinism"], report["reference"]
     assert "not_run" in environment["gpu"] and environment["torch"] and environment["diffusers"]
-    assert environment["png_deflate"].startswith("zlib") and environment["auditor_png_deflate"].startswith("zlib 1.2.11")
+    assert environment["png_deflate"].startswith("zlib")
+    assert environment["auditor_png_deflate"].startswith("zlib 1.2.11")
     tiny = determinism["tiny"]
     assert tiny["identical"] is True and len(tiny["fresh_process"]) == SHA256 and len(tiny["in_process"]) == 2
     assert reference["tiny"]["matched"] == reference["tiny"]["of"] == 1
@@ -76,7 +77,8 @@ def _wheel(folder: Path, name: str, version: str) -> Path:
     with zipfile.ZipFile(path, "w") as wheel:
         wheel.writestr(f"{name}.py", f"VERSION = {version!r}\n")
         wheel.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{info}/WHEEL",
+                       "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         wheel.writestr(f"{info}/RECORD", "")
     return path
 
@@ -121,3 +123,34 @@ def test_a_failing_step_and_a_spent_budget_are_recorded_and_the_report_is_always
     assert written["latency"]["c"]["not_run"] == "the time budget (60 s) was spent before this step"
     assert written["memory"]["host_peak_rss_gib"] == 1.0
     assert set(proof.SECTIONS) <= set(written) and written["plan"]["budget_s"] == 60
+
+
+def test_the_printed_table_of_a_gpu_report() -> None:
+    """The lines a lent machine prints (the dry run never reaches the GPU's branches)."""
+    sha = "a" * SHA256
+    data = {
+        "environment": {"gpu": {"name": "NVIDIA H200", "sm_count": 132, "driver": "580.159.04"}, "torch": "2.11.0",
+                        "cuda": "13.0", "diffusers": "0.36.0", "transformers": "5.17.0", "pillow": "12.0.0",
+                        "png_deflate": "zlib 1.3", "auditor_png_deflate": "zlib 1.2.11 (Ubuntu 22.04)",
+                        "python": "3.12.3"},
+        "determinism": {"tiny": {"in_process": [sha, sha], "fresh_process": sha, "identical": True},
+                        "full": {"in_process": [sha, sha], "fresh_process": {"not_run": "no room"},
+                                 "identical_in_process": True}},
+        "reference": {"tiny": {"matched": 11, "of": 11}, "full": {"error": "RuntimeError: CUDA out of memory"}},
+        "latency": {"model": "full", "load": {"load_s": 41.5}, "steps_10": {"steps": 10, "p50_s": 5.4,
+                                                                             "output": "1024x1024"},
+                    "engine_over_bare": {"ratio": 1.012}, "callback_overhead": {"overhead_ms_p50": 14.0},
+                    "steps_28": {"not_run": "the time budget (240 s) was spent before this step"}},
+        "memory": {"tiny": {"weights_gib": 0.001}, "full": {"weights_gib": 31.42},
+                   "vram": {"peak_allocated_gib": 38.2}, "host_peak_rss_gib": 3.1},
+        "pipeline": {"model": "full", "busy": {"busy_fraction": 0.9951, "jobs": 6, "steps": 10,
+                                               "longest_gap_s": 0.021}},
+    }
+    rows = dict(_script().summary(data))
+    assert rows["environment"].startswith("NVIDIA H200 (132 SMs, driver 580.159.04), torch 2.11.0 (CUDA 13.0)")
+    assert rows["determinism"] == "tiny: identical; full: identical (in this process only)"
+    assert rows["reference"] == "tiny: 11/11 match; full: error (RuntimeError: CUDA out of memory)"
+    assert rows["latency"] == ("full model, load 41.5 s, 10 steps p50 5.40 s (1024x1024), not run (the time budget "
+                               "(240 s) was spent before this step), engine/bare 1.012, callback overhead p50 14 ms")
+    assert rows["memory"] == "tiny weights 0.00 GiB, full weights 31.42 GiB, peak VRAM 38.2 GiB, host RSS 3.1 GiB"
+    assert rows["pipeline"] == "busy fraction 0.995 over 6 queued jobs of 10 steps (full model; longest gap 21 ms)"
