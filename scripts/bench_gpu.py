@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tools.bench import Loader, gradient_png, percentile, synthetic_fit_problem, timed, tiny_model  # noqa: E402
 
 COMBOS: dict[str, dict[str, Any]] = {
     "baseline": {},
@@ -44,28 +44,6 @@ COMBOS: dict[str, dict[str, Any]] = {
 }
 CPU_COMBOS = ("baseline", "math-attention", "first-block-cache", "fp8-layerwise", "group-offload")
 """What runs without CUDA (flash attention, compile warm-up cost and model offload need a GPU)."""
-ACTIVATIONS_GIB = 6.0
-"""VRAM beyond the bf16 weights for a 1024x1024 edit: an estimate with margin (on CPU, full widths with one
-block of each kind peaked 2.2 GiB above their weights; CUDA kernels and the caching allocator add some).
-Math attention upcasts to fp32 and materialises 24x8704x8704 scores, ~14 GiB more: that combo may run out."""
-Loader = Callable[[Any, str], Any]
-
-
-def input_png(size: int) -> bytes:
-    from PIL import Image
-
-    image = Image.new("RGB", (size, size))
-    image.putdata([((x * 255) // size, (y * 255) // size, 128) for y in range(size) for x in range(size)])
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
 def bench_combo(name: str, model: str, recipe: str, sizes: list[int], steps: list[int], repeats: int, device: str,
                 loader: Optional[Loader] = None) -> dict:
     """One fresh engine with this combo's options; its memory is given back before the next combo."""
@@ -78,7 +56,7 @@ def bench_combo(name: str, model: str, recipe: str, sizes: list[int], steps: lis
     options = EngineOptions(**COMBOS[name])
     build_s: list[float] = []
     engine = KontextEngine(EngineConfig(model_path=model, recipe=recipe, device=device, local_files_only=True,
-                                        options=options), loader=_timed(loader, build_s) if loader else None)
+                                        options=options), loader=timed(loader, build_s) if loader else None)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     engine.load()
@@ -90,7 +68,7 @@ def bench_combo(name: str, model: str, recipe: str, sizes: list[int], steps: lis
             row["error"] = engine.error
             return row
         for size in sizes:
-            image = input_png(size)
+            image = gradient_png(size)
             for step_count in steps:
                 params = EditParams(prompt="add a red hat", seed=42, guidance_scale=2.5,
                                     num_inference_steps=step_count, width=size, height=size)
@@ -115,17 +93,6 @@ def bench_combo(name: str, model: str, recipe: str, sizes: list[int], steps: lis
     return row
 
 
-def _timed(loader: Loader, seconds: list[float]) -> Loader:
-    """``loader`` that appends its own duration to ``seconds`` (the build, apart from placement and warm-up)."""
-    def load(dtype: Any, device: str) -> Any:
-        started = time.perf_counter()
-        pipe = loader(dtype, device)
-        seconds.append(time.perf_counter() - started)
-        return pipe
-
-    return load
-
-
 def _release_memory(torch: Any, device: str, compiled: bool) -> None:
     """Drop compiled graphs and cached blocks, so the next combo starts from an empty card."""
     if compiled:
@@ -133,23 +100,6 @@ def _release_memory(torch: Any, device: str, compiled: bool) -> None:
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-
-
-def synthetic_fit_problem(free_vram: Optional[int], weight_bytes: int) -> Optional[str]:
-    """Why the full-size synthetic model cannot be benchmarked here (one line), or None when it fits.
-
-    ``free_vram`` is None when this run has no CUDA GPU.
-    """
-    gib = 1024**3
-    needed = weight_bytes / gib + ACTIVATIONS_GIB
-    what = (f"--synthetic-full builds FLUX.1-Kontext-dev at full size on a CUDA GPU in bf16 and needs about "
-            f"{needed:.0f} GiB free there ({weight_bytes / gib:.1f} GiB of weights + {ACTIVATIONS_GIB:.0f} GiB for a "
-            "1024x1024 edit)")
-    if free_vram is None:
-        return f"{what}; this run has no CUDA GPU (--synthetic-full --quick builds a reduced copy for CPU)"
-    if free_vram < needed * gib:
-        return f"{what}; this GPU has {free_vram / gib:.1f} GiB free"
-    return None
 
 
 def print_table(rows: list[dict], baseline: str = "baseline") -> None:
@@ -219,9 +169,7 @@ def choose_model(args: argparse.Namespace, device: str) -> tuple[str, Optional[L
         return f"synthetic:{scale.name}", lambda dtype, dev: build_synthetic_kontext(scale, dtype, dev)
     if args.model is not None:
         return args.model, None
-    from tools.tiny_kontext import build_tiny_kontext
-
-    return str(build_tiny_kontext(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny-kontext")), None
+    return tiny_model(), None
 
 
 def main() -> None:

@@ -25,11 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, int(round(q / 100 * (len(ordered) - 1)))))
-    return ordered[index]
+from tools.bench import percentile, tiny_model  # noqa: E402
 
 
 def test_image(size: int) -> bytes:
@@ -156,11 +152,7 @@ def main() -> None:
     from kontext.engine.recipes import EditParams
 
     prepare("WARNING")  # PYTHONHASHSEED=0 (re-executing when unset) and the cuBLAS workspace, or one line
-    model = args.model
-    if model is None:
-        from tools.tiny_kontext import build_tiny_kontext
-
-        model = str(build_tiny_kontext(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny-kontext"))
+    model = tiny_model(args.model)
     image = test_image(64)
     params = EditParams(prompt="add a hat", seed=1, guidance_scale=2.5, num_inference_steps=4, width=64, height=64)
     engine_s, bare_s = bench_engine_vs_bare(model, args.recipe, image, params, args.repeats)

@@ -29,6 +29,14 @@ class ReferenceKontextEditor:
                                                             use_safetensors=True).to(device)
         self.pipeline.set_progress_bar_config(disable=True)
 
+    @classmethod
+    def around(cls, pipeline: Any, *, device: str) -> "ReferenceKontextEditor":
+        """Around a pipeline built in this process (the GPU proof's full-size model has no files to load)."""
+        editor = cls.__new__(cls)
+        editor.device = device
+        editor.pipeline = pipeline
+        return editor
+
     @staticmethod
     def preprocess(image: Image.Image) -> Image.Image:
         if image.mode != "RGB":

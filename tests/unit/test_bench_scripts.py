@@ -105,3 +105,21 @@ def test_bench_scale_quick_prints_both_figures(tiny_model_dir: Path, tmp_path: P
     assert re.search(r"SQLite p50 [\d.]+ ms / p95 [\d.]+ ms; Redis p50 [\d.]+ ms", run.stdout), run.stdout
     figures = json.loads(out.read_text())
     assert figures["ratio"] > 0 and figures["redis_submit_to_start_ms"]["p95"] >= figures["redis_submit_to_start_ms"]["p50"]
+
+
+def test_bench_scale_busy_prints_the_engine_busy_fraction_of_a_queue(tiny_model_dir: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """In process (the figure's own code path), on the fewest, smallest jobs: 2 of 1 step at 64x64."""
+    import argparse
+
+    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "scripts" / "bench_scale.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "busy.json"
+    bench.busy(str(tiny_model_dir), argparse.Namespace(recipe="kontext-v1", size=64, jobs=2, steps=1, json=out))
+    printed = capsys.readouterr().out
+    assert "recipe kontext-v1, 64x64 input, 1 steps, 2 queued jobs (2 completed)" in printed
+    assert re.search(r"engine busy fraction [01]\.\d{3} \(pipeline [\d.]+ s of [\d.]+ s; longest gap \d+ ms", printed)
+    figures = json.loads(out.read_text())
+    assert figures["pipeline_calls"] == 2 and 0 < figures["busy_fraction"] <= 1
