@@ -1,39 +1,31 @@
-"""Runtime: the composition root that builds, starts and stops the long-lived parts of one process.
+"""Runtime: the composition root that builds, starts and stops the long-lived parts of one process, by role.
 
-Roles: ``all`` (one host, JOB_BACKEND=sqlite: doors and workers in one process), ``door`` (JOB_BACKEND=
-redis: the doors, with the workers elsewhere) and ``worker`` (``kontext-worker``: workers only).
+Roles: ``all`` (one host, JOB_BACKEND=sqlite: doors and workers in one process), ``door`` (JOB_BACKEND=redis: the
+doors, with the workers elsewhere) and ``worker`` (``kontext-worker``: workers only). Each role is a short list of
+parts (kontext/parts.py), started in order and stopped in reverse.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
-from pathlib import Path
-from typing import Any, Coroutine, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
-import aiohttp
-
-from kontext.delivery.callbacks import CallbackSender
-from kontext.delivery.fetch import fetch_image
-from kontext.delivery.guard import make_guarded_session
 from kontext.delivery.notifier import CallbackNotifier, Deliverer
 from kontext.errors import StartupError, StorageUnavailable
 from kontext.jobs.admission import AdmissionControl
-from kontext.jobs.finish import JobFinisher
 from kontext.jobs.heartbeat import Heartbeat, RemoteWorkers
 from kontext.jobs.inputs import InputPrefetcher
-from kontext.jobs.queue import JobQueue, RunQueue
-from kontext.jobs.record import JobRecord
-from kontext.jobs.service import EditService
-from kontext.jobs.store import JobStore, SqliteJobStore
 from kontext.jobs.pool import WorkerPool
+from kontext.jobs.record import JobRecord
 from kontext.jobs.runner import Engine
+from kontext.jobs.service import EditService, WorkersView
+from kontext.jobs.upkeep import Upkeep
 from kontext.jobs.worker import QUEUE_RETRY_MAX, Worker
-from kontext.media.files import ImageFiles, ImageStore
 from kontext.metrics import Metrics
+from kontext.parts import Delivery, Parts, build_delivery, build_storage, open_storage
 from kontext.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,20 +34,16 @@ Role = Literal["all", "door", "worker"]
 RESEND_SECONDS = 30.0
 ORPHAN_CHECK_SECONDS = 30.0
 """How often a door of a shared queue looks for stored jobs that were never queued."""
-PREFETCH_CONCURRENCY = 4
-"""image_url downloads at once (each bounded by IMAGE_URL_TIMEOUT_SECONDS and MAX_IMAGE_BYTES)."""
 
 
 class Runtime:
     """Owns everything the doors and workers of one process share.
 
-    ``engine``/``engines`` and ``sender`` may be injected (tests use fakes); by default one real
-    ``KontextEngine`` per device of KONTEXT_DEVICES and a ``CallbackSender`` are built from the
-    settings. Shutdown (``stop``), in order: stop accepting (503) -> the workers drain (no new job;
-    the running one gets the grace period, then is interrupted) -> downloads and background tasks
-    stop -> callbacks under way finish (bounded) -> the HTTP session and the store close. Nothing
-    touches the store after that. With editing disabled there is no worker: queued jobs wait (and
-    their status answers) until editing is enabled again.
+    ``engine``/``engines`` and ``sender`` may be injected (tests use fakes); by default one real ``KontextEngine`` per
+    device of KONTEXT_DEVICES and a ``CallbackSender``. Shutdown (``stop``): stop accepting (503) -> the workers
+    drain (the running job gets the grace period, then is interrupted) -> background tasks stop -> downloads stop
+    and callbacks under way finish (bounded) -> the HTTP session and the store close. With editing disabled there
+    is no worker: queued jobs wait (and their status answers) until editing is enabled again.
     """
 
     def __init__(self, settings: Settings, *, engine: Optional[Engine] = None, engines: Optional[list[Engine]] = None,
@@ -65,42 +53,25 @@ class Runtime:
         self.engines: list[Engine] = engines or ([engine] if engine is not None else [])
         self._sender = sender
         self.process = settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
-        self.redis: Any = None
-        self.store: JobStore
-        self.files: ImageStore
-        self.queue: RunQueue
-        if settings.job_backend == "redis":
-            from kontext.jobs.redis_queue import RedisJobQueue
-            from kontext.jobs.redis_store import RedisJobStore
-            from kontext.media.redis_files import RedisImageStore
-            from kontext.redis_client import connect
-
-            self.redis = connect(settings.redis_url)
-            self.store = RedisJobStore(self.redis)
-            self.files = RedisImageStore(self.redis, retention_seconds=settings.retention_hours * 3600)
-            self.queue = RedisJobQueue(self.redis, consumer=self.process, lease_seconds=settings.redis_lease_seconds)
-        else:
-            self.store = SqliteJobStore(settings.database_path)
-            self.files = ImageFiles(settings.inputs_dir, settings.edits_dir)
-            self.queue = JobQueue()
+        self.storage = build_storage(settings, self.process)
+        self.store, self.files, self.queue, self.redis = (self.storage.store, self.storage.files,
+                                                          self.storage.queue, self.storage.redis)
         self.metrics = Metrics()
-        self._queue_depth = 0
-        local = self.queue if isinstance(self.queue, JobQueue) else None
-        self._session: Optional[aiohttp.ClientSession] = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.delivery: Optional[Delivery] = None
         self.workers: Optional[WorkerPool] = None
-        self.metrics.watch_queue(lambda: (len(local) if local is not None else self._queue_depth)
-                                 + (len(self.workers.waiting_for_device()) if self.workers is not None else 0))
         self.remote: Optional[RemoteWorkers] = None
-        self.heartbeat: Optional[Heartbeat] = None
-        self.prefetcher: Optional[InputPrefetcher] = None
-        self.notifier: Optional[CallbackNotifier] = None
+        self.upkeep = Upkeep(settings, self.store, self.queue, self.files)
         self.restart = asyncio.Event()
         """Set when the process must be restarted by its supervisor (a hung device); ``restart_reason`` says why."""
         self.restart_reason: Optional[str] = None
         self.backend_error: Optional[str] = None
         """Why the shared store cannot be reached (a worker keeps trying), or None."""
         self._service: Optional[EditService] = None
+        self._parts = Parts()
+        self._queue_depth = 0
+        local = self.queue if self.role == "all" else None
+        self.metrics.watch_queue(lambda: (len(local) if local is not None else self._queue_depth)  # type: ignore[arg-type]
+                                 + (len(self.workers.waiting_for_device()) if self.workers is not None else 0))
 
     @property
     def service(self) -> EditService:
@@ -108,90 +79,73 @@ class Runtime:
             raise RuntimeError("runtime is not started")
         return self._service
 
+    @property
+    def notifier(self) -> Optional[CallbackNotifier]:
+        return self.delivery.notifier if self.delivery is not None else None
+
+    @property
+    def prefetcher(self) -> Optional[InputPrefetcher]:
+        return self.delivery.prefetcher if self.delivery is not None else None
+
     # -- start ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Doors fail fast (exit 2) when the store is unusable; a worker keeps trying in the background."""
+        """Doors fail fast (exit 2) when the store is unusable; a worker keeps trying in the background. A start
+        that fails stops what it started (the store always closes)."""
+        log.info("%s", describe_rules(self.settings))
+        try:
+            if self.role == "all":
+                await self._start_one_host()
+            elif self.role == "door":
+                await self._start_door()
+            else:
+                self._start_worker()
+        except BaseException:
+            await self._parts.close()
+            raise
+
+    async def _start_one_host(self) -> None:
+        await open_storage(self.storage, self.settings, self._parts)
+        self.delivery = self._delivery()
+        self._build_workers(self.delivery)
+        self._serve(self.workers)
+        await self.upkeep.recover()  # a shared queue recovers by leases instead (kontext/jobs/redis_queue.py)
+        await self.delivery.notifier.resend_pending()
+        self._start_workers()
+        self._parts.task("retention-sweep", self._every(self.settings.retention_sweep_seconds, self.upkeep.sweep))
+
+    async def _start_door(self) -> None:
+        await open_storage(self.storage, self.settings, self._parts)
+        self.remote = RemoteWorkers(self.redis)
+        self._parts.task("remote-workers", self.remote.run())
+        self._serve(self.remote)
+        self._parts.task("retention-sweep", self._every(self.settings.retention_sweep_seconds, self.upkeep.sweep))
+        self._parts.task("queue-depth", self._watch_queue())
+        self._parts.task("orphan-requeue", self._every(ORPHAN_CHECK_SECONDS, self._requeue_orphans))
+
+    def _start_worker(self) -> None:
+        self._parts.on_stop("storage", self._close_storage)
+        self.delivery = self._delivery(shared=True)
+        self._build_workers(self.delivery)
+        self._parts.task("bring-up", self._bring_up_worker())
+
+    def _delivery(self, *, shared: bool = False) -> Delivery:
+        return build_delivery(self.settings, self.storage, self.metrics, self._parts, on_finished=self._job_finished,
+                              sender=self._sender, shared=shared)
+
+    def _serve(self, workers: Optional[WorkersView]) -> None:
+        """The service every door shares; its admission learns edit times here, or from other hosts' heartbeats."""
         settings = self.settings
-        log.info("%s", describe_rules(settings))
-        if self.role == "worker":
-            self._build_workers()
-            self._spawn(self._bring_up_worker(), "bring-up")
-            return
-        await self._open_backend()
-        finisher = self._build_delivery() if self.role == "all" else None
-        if self.role == "all":
-            assert finisher is not None
-            self._build_workers(finisher)
-        else:
-            self.remote = RemoteWorkers(self.redis)
-            self._spawn(self.remote.run(), "remote-workers")
         admission = AdmissionControl(settings.admission_deadline_seconds, settings.admission_window,
                                      margin_seconds=settings.admission_margin_seconds,
                                      samples_source=self.remote.edit_samples if self.remote else None)
-        self._service = EditService(settings, self.store, self.queue, self.files,
-                                    workers=self.workers or self.remote, prefetcher=self.prefetcher,
-                                    finisher=finisher, metrics=self.metrics, admission=admission)
-        if self.role == "all":  # a shared queue recovers by leases instead (kontext/jobs/redis_queue.py)
-            await self._service.recover()
-        if self.notifier is not None:
-            await self.notifier.resend_pending()
-        if self.workers is not None:
-            self.workers.start(eager=settings.kontext_load == "eager")
-        self._spawn(self._sweep_forever(), "retention-sweep")
-        if self.queue.shared:
-            self._spawn(self._watch_queue(), "queue-depth")
-        if self.role == "door":
-            self._spawn(self._requeue_orphans_forever(), "orphan-requeue")
+        self._service = EditService(settings, self.store, self.queue, self.files, workers=workers,
+                                    prefetcher=self.prefetcher, metrics=self.metrics, admission=admission)
 
-    async def _open_backend(self) -> None:
-        settings = self.settings
-        if settings.job_backend == "redis":
-            try:
-                await self.store.open()
-                await self.queue.open()
-            except StorageUnavailable as exc:
-                raise StartupError(f"{exc.message}. Check REDIS_URL ({settings.redis_url}) and that Redis runs") from None
-            return
-        try:
-            removed = await asyncio.to_thread(self.files.prepare)
-            await asyncio.to_thread(_probe_writable, settings.data_dir)
-            await self.store.open()
-        except (OSError, StorageUnavailable) as exc:
-            raise StartupError(f"data directory {settings.data_dir} is not usable: {exc}. Fix DATA_DIR (it must be "
-                               "a writable directory with free space).") from None
-        if removed:
-            log.warning("removed %d half-written file(s) left by an earlier crash", removed)
-
-    def _build_delivery(self) -> JobFinisher:
-        """Outbound traffic (one guarded session), callbacks, how jobs end, and downloads ahead of workers."""
-        settings = self.settings
-        self._session = session = make_guarded_session(
-            allow_private=settings.outbound_allow_private,
-            timeout=max(settings.callback_timeout_seconds, settings.image_url_timeout_seconds),
-        )
-        sender = self._sender or CallbackSender(session, timeout=settings.callback_timeout_seconds,
-                                                allow_private=settings.outbound_allow_private)
-        self.notifier = CallbackNotifier(
-            self.store, self.files, sender, image_url=settings.image_url, metrics=self.metrics,
-            not_before_seconds=settings.callback_not_before_seconds,
-            interrupted_after=None if self.role == "all" else settings.callback_timeout_seconds + 30,
-        )
-
-        async def download(url: str) -> bytes:
-            return await fetch_image(session, url, max_bytes=settings.max_image_bytes,
-                                     timeout=settings.image_url_timeout_seconds,
-                                     allow_private=settings.outbound_allow_private)
-
-        finisher = JobFinisher(self.store, self.files, self.metrics, self._job_finished)
-        self.prefetcher = InputPrefetcher(download, self.store, self.files, self.queue, finisher,
-                                          concurrency=PREFETCH_CONCURRENCY, max_bytes=settings.max_image_bytes,
-                                          max_pixels=settings.max_image_pixels)
-        return finisher
-
-    def _build_workers(self, finisher: Optional[JobFinisher] = None) -> None:
+    def _build_workers(self, delivery: Delivery) -> None:
         """One worker per engine, one engine per device (none with editing disabled)."""
         settings = self.settings
+        self.upkeep.finisher, self.upkeep.prefetcher = delivery.finisher, delivery.prefetcher
         if not self.engines and settings.enable_kontext_edit:
             from kontext.engine.devices import resolve_devices  # torch is heavy: import on demand
             from kontext.engine.engine import EngineConfig, KontextEngine
@@ -200,14 +154,18 @@ class Runtime:
             self.engines = [KontextEngine(EngineConfig.from_settings(settings, device)) for device in devices]
         if not self.engines:
             return
-        finisher = finisher or self._build_delivery()
-        assert self.prefetcher is not None
         prefix = f"{self.process}/" if self.role == "worker" else ""  # names unique across hosts
         self.workers = WorkerPool([
-            Worker(f"{prefix}w{index}", engine, self.store, self.queue, self.files, finisher, self.prefetcher,
-                   max_pixels=settings.max_image_pixels, max_attempts=settings.max_attempts,
+            Worker(f"{prefix}w{index}", engine, self.store, self.queue, self.files, delivery.finisher,
+                   delivery.prefetcher, max_pixels=settings.max_image_pixels, max_attempts=settings.max_attempts,
                    run_deadline=settings.run_deadline, metrics=self.metrics, on_hung=self._hung)
             for index, engine in enumerate(self.engines)])
+
+    def _start_workers(self) -> None:
+        if self.workers is not None:
+            workers = self.workers
+            workers.start(eager=self.settings.kontext_load == "eager")
+            self._parts.on_stop("workers", lambda: workers.drain(0))  # (``quiesce`` drained them with the grace)
 
     async def _bring_up_worker(self) -> None:
         """kontext-worker: reach Redis (retrying, and saying why), then load the engines and take jobs."""
@@ -229,14 +187,21 @@ class Runtime:
             log.info("Redis reachable: starting the workers")
         self.backend_error = None
         self.queue.start_renewing()
-        self._spawn(self._watch_queue(), "queue-depth")  # this worker's /metrics shows the shared queue too
-        if self.notifier is not None:
-            await self.notifier.resend_pending()
+        self._parts.task("queue-depth", self._watch_queue())  # this worker's /metrics shows the shared queue too
+        assert self.delivery is not None
+        await self.delivery.notifier.resend_pending()
         if self.workers is not None:
-            self.heartbeat = Heartbeat(self.redis, self.process, self.workers)
-            self._spawn(self.heartbeat.run(), "heartbeat")
-            self.workers.start(eager=self.settings.kontext_load == "eager")
-        self._spawn(self._resend_forever(), "callback-resend")
+            heartbeat = Heartbeat(self.redis, self.process, self.workers)
+            self._start_workers()
+            # (after its task ended, so no late beat writes the fields back)
+            self._parts.task("heartbeat", heartbeat.run(), then=heartbeat.withdraw)
+        self._parts.task("callback-resend", self._every(RESEND_SECONDS, self.delivery.notifier.resend_pending,
+                                                        first_after=RESEND_SECONDS))
+
+    async def _close_storage(self) -> None:
+        from kontext.parts import close_storage
+
+        await close_storage(self.storage)
 
     def _hung(self, reason: str) -> None:
         """A worker's device overran the run deadline: no code here can free it, so the process asks to restart."""
@@ -246,8 +211,6 @@ class Runtime:
     def _job_finished(self, job: JobRecord) -> None:
         if self._service is not None:
             self._service.finished(job)
-        if self.notifier is not None:
-            self.notifier.schedule(job)
 
     def count_rejection(self, code: str) -> None:
         """Every refused request, from any door, by error code (the metrics' one entry point)."""
@@ -257,8 +220,9 @@ class Runtime:
         """kontext-worker's /health: the store connection and every worker."""
         workers = self.workers.describe()["workers"] if self.workers else []
         problem = self.backend_error or next((w["queue_error"] for w in workers if w.get("queue_error")), None)
-        return {"status": "degraded" if problem else "ok", "role": self.role, "process": self.process,
-                "redis": {"reachable": problem is None, "error": problem}, "workers": workers}
+        return {"status": "degraded" if problem or self.restart.is_set() else "ok", "role": self.role,
+                "process": self.process, "redis": {"reachable": problem is None, "error": problem},
+                "workers": workers, "profile": self.settings.timing()}
 
     # -- stop -----------------------------------------------------------------------------
 
@@ -271,25 +235,7 @@ class Runtime:
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
         await self.quiesce(grace_seconds)
-        if self.prefetcher is not None:
-            await self.prefetcher.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
-        if self.heartbeat is not None:  # after its task ended, so no late beat writes the fields back
-            await self.heartbeat.withdraw()
-        if self.notifier is not None:
-            await self.notifier.drain(timeout=self.settings.callback_timeout_seconds)
-        if self._session is not None:
-            await self._session.close()
-        await self.queue.close()
-        await self.store.close()
-        if self.redis is not None:
-            with contextlib.suppress(Exception):
-                await self.redis.aclose()
+        await self._parts.close()
 
     async def __aenter__(self) -> "Runtime":
         await self.start()
@@ -298,42 +244,24 @@ class Runtime:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
+    # -- background work --------------------------------------------------------------------
 
-    async def _sweep_forever(self) -> None:
+    async def _every(self, seconds: float, work: Any, *, first_after: float = 0.0) -> None:
+        """``work()`` every ``seconds``; a round that fails is logged, and the next one runs all the same."""
+        await asyncio.sleep(first_after)
         while True:
             try:
-                await self.service.sweep()
-            except Exception:  # noqa: BLE001 - a failed sweep must not stop the next one
-                log.exception("retention sweep failed")
-            await asyncio.sleep(self.settings.retention_sweep_seconds)
+                await work()
+            except Exception:  # noqa: BLE001 - the store or Redis away: the next round tries again
+                log.warning("%s failed; trying again in %.0fs", getattr(work, "__name__", "a periodic task"), seconds,
+                            exc_info=True)
+            await asyncio.sleep(seconds)
 
-    async def _requeue_orphans_forever(self) -> None:
+    async def _requeue_orphans(self) -> None:
         """Doors of a shared queue, one at a time: jobs stored but never queued are queued again."""
-        from kontext.jobs.redis_queue import RedisJobQueue
-
-        queue = self.queue
-        assert isinstance(queue, RedisJobQueue)
-        while True:
-            try:
-                if await queue.lead("orphan-requeue", ORPHAN_CHECK_SECONDS * 0.9):
-                    await self.service.requeue_orphans(await queue.job_ids())
-            except Exception:  # noqa: BLE001 - Redis away: the next round tries again
-                log.exception("the orphan check failed")
-            await asyncio.sleep(ORPHAN_CHECK_SECONDS)
-
-    async def _resend_forever(self) -> None:
-        """A worker that stopped while its callback waited (CALLBACK_NOT_BEFORE_SECONDS) leaves it pending:
-        any worker process sends it; the store's claim makes sure only one POSTs."""
-        while True:
-            await asyncio.sleep(RESEND_SECONDS)
-            if self.notifier is not None:
-                try:
-                    await self.notifier.resend_pending()
-                except Exception:  # noqa: BLE001 - Redis away: the next round tries again
-                    log.warning("resending pending callbacks failed; trying again in %.0fs", RESEND_SECONDS,
-                                exc_info=True)
+        queue: Any = self.queue
+        if await queue.lead("orphan-requeue", ORPHAN_CHECK_SECONDS * 0.9):
+            await self.upkeep.requeue_orphans(await queue.job_ids())
 
     async def _watch_queue(self) -> None:
         """A shared queue's size is a network call: the queue-depth gauge reads this copy, kept current here
@@ -353,12 +281,3 @@ def describe_rules(settings: Settings) -> str:
             f"after arrival; admission deadline " + (f"{deadline:g}s (+{settings.admission_margin_seconds:g}s upload "
             "margin)" if deadline else "off") + f"; recipe {settings.kontext_recipe}; model "
             f"{settings.kontext_model_path} on {settings.kontext_devices}; jobs in {settings.job_backend}")
-
-
-def _probe_writable(directory: Union[str, "os.PathLike[str]"]) -> None:
-    """Write, sync and remove a small file: catches read-only mounts and full disks at start."""
-    from kontext.media.files import remove_quietly, write_atomic
-
-    probe = Path(directory) / ".write-probe"
-    write_atomic(probe, b"kontext-miner" * 64)
-    remove_quietly(probe)

@@ -113,7 +113,7 @@ async def callback_overhead(settings: Any, image: bytes, *, jobs: int, steps: in
 
     receiver = web.Application(client_max_size=64 * 1024 * 1024)
     receiver.router.add_post("/callback", receive)
-    settings = settings.model_copy(update={"kontext_load": "lazy", "callback_allow_private": True,
+    settings = settings.model_copy(update={"kontext_load": "lazy", "outbound_allow_private": True,
                                            "miner_server_host": "127.0.0.1"})
     engine.encode = timed_encode
     runners = [web.AppRunner(create_app(Runtime(settings, engine=engine), manage_runtime=True), access_log=None),

@@ -10,9 +10,11 @@ from typing import Awaitable, Callable, Optional
 
 from kontext.delivery.fetch import ImageFetchError
 from kontext.errors import EditError, StorageUnavailable
+from kontext.jobs.chaining import URL_SOURCES
 from kontext.jobs.finish import JobFinisher
 from kontext.jobs.persist import keep_trying
 from kontext.jobs.queue import QueuedJob, RunQueue
+from kontext.jobs.record import JobRecord
 from kontext.jobs.store import JobStore
 from kontext.media.files import ImageStore
 from kontext.media.images import check_image_bytes
@@ -113,3 +115,12 @@ class InputPrefetcher:
         job = await self.store.get(job_id)
         if job is not None and not job.status.finished:
             await self.finisher.fail(job, error)
+
+
+async def enqueue(job: JobRecord, queue: RunQueue, files: ImageStore, prefetcher: Optional[InputPrefetcher]) -> None:
+    """Queue ``job``, runnable now, or once its image_url is downloaded (a slow URL holds up no other job)."""
+    if job.image_source in URL_SOURCES and prefetcher is not None and job.request.image_url \
+            and not await files.has_input(job.id):
+        prefetcher.schedule(job.id, job.request.image_url, job.priority, steps=job.request.num_inference_steps)
+    else:
+        await queue.put(job.id, job.priority, steps=job.request.num_inference_steps)

@@ -54,6 +54,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE jobs ADD COLUMN store_retries INTEGER NOT NULL DEFAULT 0",
     ),
+    # 5 - the request's digest: the same job_id sent again with the same request is the same job (idempotent).
+    (
+        "ALTER TABLE jobs ADD COLUMN request_digest TEXT",
+    ),
 )
 
 LATEST = len(MIGRATIONS)

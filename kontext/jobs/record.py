@@ -50,6 +50,9 @@ class JobRecord:
     callback_error: Optional[str] = None
     callback_payload_status: Optional[JobStatus] = None
     swept_at: Optional[float] = None
+    request_digest: Optional[str] = None
+    """SHA256 of the request as received (image bytes included): a retry of the same request under the same
+    ``job_id`` is recognised (``EditService.submit`` answers it as the first time)."""
 
     def callback_not_before(self, delay_seconds: float) -> Optional[float]:
         """The earliest time its callback may be sent (CALLBACK_NOT_BEFORE_SECONDS after arrival), or None."""

@@ -1,14 +1,14 @@
-"""EditService: the business rules of the edit contract (submit, status, results, recovery, retention), once."""
+"""EditService: the business rules of the edit contract (submit, status, results, health), once, for every door."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Optional, Protocol
 
 from kontext.errors import (
@@ -24,42 +24,26 @@ from kontext.errors import (
     StorageUnavailable,
     SyncTimeout,
 )
-from kontext.delivery.guard import without_credentials
 from kontext.engine.engine import EngineState
-from kontext.engine.recipes import ignored_fields
 from kontext.jobs import chaining
 from kontext.jobs.admission import AdmissionControl
 from kontext.jobs.events import JobEvents
-from kontext.jobs.finish import JobFinisher
-from kontext.jobs.inputs import InputPrefetcher
+from kontext.jobs.inputs import InputPrefetcher, enqueue
 from kontext.jobs.queue import RunQueue
-from kontext.jobs.record import JobRecord, now
+from kontext.jobs.record import JobRecord
+from kontext.jobs.status import result_url, status_record
 from kontext.jobs.store import JobStore
 from kontext.media.files import ImageStore
 from kontext.media.images import decode_base64_image
 from kontext.metrics import Metrics
 from kontext.settings import Settings
-from protocol import (
-    CallbackPending,
-    CallbackRecord,
-    CallbackStatus,
-    EditAccepted,
-    EditRequest,
-    JobStatus,
-    Progress,
-    RequestSummary,
-    StatusRecord,
-)
+from protocol import CallbackStatus, EditAccepted, EditRequest, JobStatus, StatusRecord
 from protocol.limits import JOB_ID_PATTERN, JOB_ID_PREFIX, KNOWN_JOB_TYPES
 
 log = logging.getLogger(__name__)
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
-ORPHAN_AFTER_SECONDS = 60.0
-"""A stored job with no queue entry this long after it arrived was never queued (``requeue_orphans``)."""
-TOMBSTONE_DAYS = 7
-"""How long a swept job still answers 410 (then 404)."""
 WAIT_POLL_SECONDS = 0.5
 """A waiter re-reads the store this often (a worker in another process wakes no local event)."""
 
@@ -74,8 +58,8 @@ class ResultImage:
 
 
 class WorkersView(Protocol):
-    """What the service reads of the workers (``WorkerPool`` in this process): their engines' state,
-    how many serve and run, and a running job's progress."""
+    """What the service reads of the workers (``WorkerPool`` in this process, ``RemoteWorkers`` on a shared queue):
+    their engines' state, how many serve and run, the jobs they took ahead, and a running job's progress."""
 
     @property
     def state(self) -> EngineState: ...
@@ -95,41 +79,38 @@ class WorkersView(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+def request_digest(request: EditRequest) -> str:
+    """SHA256 of the request as received, image bytes included: what makes a retry "the same request"."""
+    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+
+
 class EditService:
     """Business rules of the edit contract, shared by every door: the public door, the sidecar and the synapses."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: JobStore,
-        queue: RunQueue,
-        files: ImageStore,
-        *,
-        workers: Optional[WorkersView] = None,
-        prefetcher: Optional[InputPrefetcher] = None,
-        finisher: Optional[JobFinisher] = None,
-        metrics: Optional[Metrics] = None,
-        events: Optional[JobEvents] = None,
-        admission: Optional[AdmissionControl] = None,
-    ) -> None:
+    def __init__(self, settings: Settings, store: JobStore, queue: RunQueue, files: ImageStore, *,
+                 workers: Optional[WorkersView] = None, prefetcher: Optional[InputPrefetcher] = None,
+                 metrics: Optional[Metrics] = None, events: Optional[JobEvents] = None,
+                 admission: Optional[AdmissionControl] = None) -> None:
         self.settings = settings
         self.store = store
         self.queue = queue
         self.files = files
         self.workers = workers
         self.prefetcher = prefetcher
-        self.finisher = finisher
         self.metrics = metrics
         self.events = events or JobEvents()
         self.admission = admission or AdmissionControl(settings.admission_deadline_seconds, settings.admission_window,
                                                        margin_seconds=settings.admission_margin_seconds)
         self.accepting = True
-        self._submit_lock = asyncio.Lock()
+        self._claims = asyncio.Lock()
+        """Serialises the bound check and the id's claim (a quick insert), never an image's write."""
 
     # -- submit ---------------------------------------------------------------------------
 
     async def submit(self, request: EditRequest, *, priority: float = 0.0) -> EditAccepted:
-        """Validate, persist and queue one job. Raises an ``EditError`` for every refusal."""
+        """Validate, claim the id, store the input and queue one job. Raises an ``EditError`` for every refusal.
+        The same ``job_id`` with the same request again answers as the first time (a retry after a lost reply);
+        another request under that ``job_id`` is a ``JobConflict``."""
         self._check_accepting()
         if not request.has_image_source:
             raise InvalidRequest(
@@ -138,55 +119,70 @@ class EditService:
             )
         input_bytes = None
         if request.image_b64 is not None:
-            input_bytes = await asyncio.to_thread(
-                decode_base64_image,
-                request.image_b64,
-                field="image_b64",
-                max_bytes=self.settings.max_image_bytes,
-                max_pixels=self.settings.max_image_pixels,
-            )
-        async with self._submit_lock:
+            input_bytes = await asyncio.to_thread(decode_base64_image, request.image_b64, field="image_b64",
+                                                  max_bytes=self.settings.max_image_bytes,
+                                                  max_pixels=self.settings.max_image_pixels)
+        digest = request_digest(request)
+        job = await self._claim(request, priority, digest)
+        if job is None:  # the same request again: the job it made already answers for it
+            return _accepted(request.job_id or "")
+        try:
+            if input_bytes is not None:
+                await self.files.write_input(job.id, input_bytes)
+            await enqueue(job, self.queue, self.files, self.prefetcher)
+        except StorageUnavailable as exc:  # claimed but not stored or queued: undo, so the caller's retry is new
+            with contextlib.suppress(StorageUnavailable):  # (if this fails too: recovery, or requeue_orphans)
+                await self.store.delete(job.id)
+                await self.files.remove_input(job.id)
+            log.error("cannot store or queue job %s: %s", job.id, exc.message)
+            raise _cannot_take(exc) from None
+        if self.metrics is not None:
+            self.metrics.jobs_submitted.inc()
+        log.info("accepted %s (source=%s, priority=%s)", job.id, job.image_source.value if job.image_source else "-",
+                 job.priority)
+        return _accepted(job.id)
+
+    async def _claim(self, request: EditRequest, priority: float, digest: str) -> Optional[JobRecord]:
+        """Check the bound and the deadline, then claim the job id with the record's insert (unique: of two doors
+        inserting one id, one wins). None when the id holds this very request already."""
+        async with self._claims:
+            if request.job_id is not None and await self._same_again(request.job_id, digest):
+                return None
             if await self.waiting() >= self.settings.max_queue:
-                raise ServiceBusy(
-                    f"the queue is full ({self.settings.max_queue} jobs waiting); retry later",
-                )
-            job_id = request.job_id or f"{JOB_ID_PREFIX}{uuid.uuid4()}"
-            if await self.store.get(job_id) is not None:
-                raise JobConflict(f"job_id {job_id!r} already exists",
-                                  fields=[{"field": "job_id", "message": "already exists"}])
+                raise ServiceBusy(f"the queue is full ({self.settings.max_queue} jobs waiting); retry later")
             reference = await self.store.get(request.reference_job_id) if request.reference_job_id else None
             source, priority = await chaining.source_at_submit(request, reference, self.files, priority)
             await self._admit(request.num_inference_steps, priority)
-            callback = CallbackStatus.PENDING if request.callback_url else CallbackStatus.SKIPPED
-            job = JobRecord(id=job_id, request=request, priority=priority, image_source=source,
-                            callback_status=callback, recipe=self.settings.kontext_recipe)
+            job = JobRecord(id=request.job_id or f"{JOB_ID_PREFIX}{uuid.uuid4()}", request=request, priority=priority,
+                            image_source=source, recipe=self.settings.kontext_recipe, request_digest=digest,
+                            callback_status=CallbackStatus.PENDING if request.callback_url else CallbackStatus.SKIPPED)
             try:
-                if input_bytes is not None:
-                    await self.files.write_input(job_id, input_bytes)
                 await self.store.insert(job)
-            except StorageUnavailable as exc:  # either store's failure, or the upload's own write
-                with contextlib.suppress(StorageUnavailable):
-                    await self.files.remove_input(job_id)
-                log.error("cannot store job %s: %s", job_id, exc.message)
-                raise StorageUnavailable(
-                    f"the miner cannot store new jobs right now ({exc.message}); retry later") from None
-            try:
-                await self._enqueue(job)
-            except StorageUnavailable as exc:  # stored but not queued: undo, so the caller's retry is not a 409
-                with contextlib.suppress(StorageUnavailable):  # (if this fails too, requeue_orphans)
-                    await self.store.delete(job_id)
-                    await self.files.remove_input(job_id)
-                log.error("cannot queue job %s: %s", job_id, exc.message)
-                raise StorageUnavailable(f"the miner cannot queue new jobs right now ({exc.message}); retry later") from None
-        if self.metrics is not None:
-            self.metrics.jobs_submitted.inc()
-        log.info("accepted %s (source=%s, priority=%s)", job_id, source.value, priority)
-        return EditAccepted(job_id=job_id, status_url=f"/edit/status/{job_id}", result_url=_result_url(job_id))
+            except JobConflict:  # another door claimed it a moment ago
+                if await self._same_again(job.id, digest):
+                    return None
+                raise
+            except StorageUnavailable as exc:
+                log.error("cannot store job %s: %s", job.id, exc.message)
+                raise _cannot_take(exc) from None
+            return job
+
+    async def _same_again(self, job_id: str, digest: str) -> bool:
+        """True when ``job_id`` holds this request already; ``JobConflict`` when it holds another (or has expired)."""
+        existing = await self.store.get(job_id)
+        if existing is None:
+            return False
+        if existing.swept_at is None and existing.request_digest == digest:
+            log.info("job %s sent again with the same request: answered as the first time", job_id)
+            return True
+        raise JobConflict(f"job_id {job_id!r} already exists with another request"
+                          if existing.swept_at is None else f"job_id {job_id!r} was used by a job that has expired",
+                          fields=[{"field": "job_id", "message": "already exists"}])
 
     async def _admit(self, steps: int, priority: float) -> None:
         """The deadline check (ADMISSION_DEADLINE_SECONDS) over the work ahead: queued and deferred jobs of this
         priority band or above, jobs whose input is downloading (they run next, whatever their priority), and
-        what the running jobs have left."""
+        what the jobs workers hold have left."""
         queued = await self.queue.ahead_of(priority)
         downloading = self.prefetcher.pending_steps() if self.prefetcher is not None else []
         running = self.workers.running_work() if self.workers is not None else []
@@ -217,15 +213,6 @@ class EditService:
         ahead = len(self.workers.waiting_for_device()) if self.workers is not None else 0
         return await self.queue.size() + ahead
 
-    async def _enqueue(self, job: JobRecord) -> None:
-        """Runnable now, or once its image_url is downloaded (a slow URL holds up no other job)."""
-        if job.image_source in chaining.URL_SOURCES and self.prefetcher is not None and job.request.image_url \
-                and not await self.files.has_input(job.id):
-            self.prefetcher.schedule(job.id, job.request.image_url, job.priority,
-                                     steps=job.request.num_inference_steps)
-        else:
-            await self.queue.put(job.id, job.priority, steps=job.request.num_inference_steps)
-
     def capacity(self) -> dict[str, bool]:
         """``GET /capacity``: each claimed job type is true only while the engine is ready and accepting."""
         ready = self.accepting and self.engine_state() == "ready"
@@ -236,7 +223,9 @@ class EditService:
 
     async def status(self, job_id: str) -> StatusRecord:
         job = await self._get(job_id)
-        return self.status_record(job, await self._position(job) if job.status is JobStatus.QUEUED else None)
+        position = await self._position(job) if job.status is JobStatus.QUEUED else None
+        progress = self.workers.progress(job.id) if self.workers is not None else None
+        return status_record(job, self.settings, queue_position=position, progress=progress)
 
     async def _position(self, job: JobRecord) -> Optional[int]:
         """1-based place in the run order: the jobs workers took ahead come first, then the queue's."""
@@ -286,7 +275,7 @@ class EditService:
         self.admission.record(job)
 
     async def _get(self, job_id: str) -> JobRecord:
-        if not _valid_job_id(job_id):
+        if not _JOB_ID.fullmatch(job_id):
             raise JobNotFound(f"no job {job_id!r}: not a valid job id",
                               fields=[{"field": "job_id", "message": "invalid"}])
         job = await self.store.get(job_id)
@@ -298,111 +287,8 @@ class EditService:
             )
         return job
 
-    def status_record(self, job: JobRecord, queue_position: Optional[int] = None) -> StatusRecord:
-        request = job.request
-        # Progress is a running job's: a finished one never shows it, whatever a worker (or its last heartbeat,
-        # on a shared queue) still says.
-        current = self.workers.progress(job.id) if self.workers and not job.status.finished else None
-        clock = now()
-        completed = job.status is JobStatus.COMPLETED
-        return StatusRecord(
-            id=job.id,
-            status=job.status,
-            queued_at=datetime.fromtimestamp(job.queued_at, tz=timezone.utc),
-            started_at=_dt(job.started_at),
-            completed_at=_dt(job.finished_at) if completed else None,
-            failed_at=_dt(job.finished_at) if job.status is JobStatus.FAILED else None,
-            error=job.error,
-            result_url=_result_url(job.id),
-            image_url=self.settings.image_url(job.id) if completed else None,
-            result_sha256=job.result_sha256,
-            result_pixels_sha256=job.result_pixels_sha256,
-            result_width=job.result_width,
-            result_height=job.result_height,
-            recipe=job.recipe,
-            ignored_fields=ignored_fields(job.recipe, request.width),
-            attempts=job.attempts,
-            worker=job.worker,
-            queue_position=queue_position,
-            progress=Progress(step=current[0], total=current[1]) if current else None,
-            queued_ms=_ms((job.started_at or job.finished_at or clock) - job.queued_at),
-            run_ms=None if job.run_seconds is None else _ms(job.run_seconds),
-            request=RequestSummary(
-                **request.model_dump(include=set(RequestSummary.model_fields) - {"image_source", "callback_url"}),
-                callback_url=without_credentials(request.callback_url),
-                image_source=job.image_source,
-            ),
-            **self._callback_fields(job),
-        )
-
-    def _callback_fields(self, job: JobRecord) -> dict[str, Any]:
-        """``callback`` once the outcome is known, else ``callback_pending`` (the seed's clients read the former's
-        presence as "the outcome is known")."""
-        if job.callback_status in (CallbackStatus.PENDING, CallbackStatus.SENDING):
-            not_before = job.callback_not_before(self.settings.callback_not_before_seconds)
-            return {"callback_pending": CallbackPending(
-                state="sending" if job.callback_status is CallbackStatus.SENDING else "waiting",
-                not_before=_dt(not_before))}
-        return {"callback": CallbackRecord(
-            status=job.callback_status, status_code=job.callback_status_code,
-            attempted_at=_dt(job.callback_attempted_at), payload_status=job.callback_payload_status,
-            error=job.callback_error)}
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    async def recover(self) -> int:
-        """Queue again every job a previous process accepted but did not finish.
-
-        A job found ``processing`` was cut off by the process stopping; one cut off ``MAX_ATTEMPTS``
-        times is failed with that reason instead, so a job that kills the process cannot loop forever.
-        """
-        jobs = await self.store.unfinished()
-        for job in jobs:
-            reason = job.cut_off_too_often(self.settings.max_attempts)
-            if reason is not None and self.finisher is not None:
-                await self.finisher.fail(job, reason)
-                continue
-            await self._enqueue(job)
-        if jobs:
-            log.warning("recovered %d unfinished job(s) from the store", len(jobs))
-        return len(jobs)
-
-    async def requeue_orphans(self, open_entries: set[str]) -> list[str]:
-        """A shared queue's doors: queue again every unfinished job with no open entry (``open_entries``),
-        older than ORPHAN_AFTER_SECONDS: its door stopped between storing and queueing it, or Redis lost
-        the queue. (One host rebuilds its queue from the store at start instead: ``recover``.)"""
-        cutoff = now() - ORPHAN_AFTER_SECONDS
-        orphans = [job for job in await self.store.unfinished()
-                   if job.id not in open_entries and job.queued_at < cutoff]
-        for job in orphans:
-            await self.queue.put(job.id, job.priority, steps=job.request.num_inference_steps)
-        if orphans:
-            log.warning("queued again %d job(s) that had no queue entry: %s", len(orphans),
-                        ", ".join(job.id for job in orphans))
-        return [job.id for job in orphans]
-
-    async def sweep(self) -> list[str]:
-        """Remove records and files older than the retention period (tombstones answer 410), and files no
-        live job owns (a crash between writing a file and recording it) once they are as old."""
-        clock = now()
-        cutoff = clock - self.settings.retention_hours * 3600
-        expired = await self.store.expire_finished_before(cutoff, clock)
-        for job_id in expired:
-            await self.files.remove_all(job_id)
-        orphans = []
-        for job_id in await self.files.older_than(cutoff):
-            owner = await self.store.get(job_id)
-            if owner is None or owner.swept_at is not None:
-                await self.files.remove_all(job_id)
-                orphans.append(job_id)
-        await self.store.forget_swept_before(clock - TOMBSTONE_DAYS * 86400)
-        if expired or orphans:
-            log.info("retention sweep removed %d job(s) and %d orphaned file set(s)", len(expired), len(orphans))
-        return expired + orphans
-
     async def health(self) -> dict[str, Any]:
         counts = await self.store.count_by_status()
-        depth = await self.depth()
         edit_state = self.engine_state()
         if edit_state == "unloaded":  # lazy loading: accepting, the first job loads the model
             edit_state = "ready"
@@ -410,8 +296,8 @@ class EditService:
             "status": "ok" if edit_state in ("ready", "loading", "disabled") else "degraded",
             "services": {"kontext_edit": edit_state},
             "accepting": self.accepting and edit_state in ("ready", "loading"),
-            "queue": {"depth": depth, "downloading": len(self.prefetcher) if self.prefetcher is not None else 0,
-                      "max": self.settings.max_queue},
+            "queue": {"depth": await self.depth(), "max": self.settings.max_queue,
+                      "downloading": len(self.prefetcher) if self.prefetcher is not None else 0},
             "jobs": counts,
             "profile": self.settings.timing(),
         }
@@ -422,17 +308,10 @@ class EditService:
         return body
 
 
-def _result_url(job_id: str) -> str:
-    return f"/edit/result/{job_id}"
+def _cannot_take(exc: StorageUnavailable) -> StorageUnavailable:
+    return StorageUnavailable(f"the miner cannot take new jobs right now ({exc.message}); retry later",
+                              retry_after=30)
 
 
-def _valid_job_id(job_id: str) -> bool:
-    return _JOB_ID.fullmatch(job_id) is not None
-
-
-def _dt(epoch: Optional[float]) -> Optional[datetime]:
-    return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
-
-
-def _ms(seconds: float) -> int:
-    return max(0, int(round(seconds * 1000)))
+def _accepted(job_id: str) -> EditAccepted:
+    return EditAccepted(job_id=job_id, status_url=f"/edit/status/{job_id}", result_url=result_url(job_id))

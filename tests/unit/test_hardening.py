@@ -382,7 +382,7 @@ async def test_the_retention_sweep_removes_orphaned_files(tmp_path: Path) -> Non
         fresh_orphan.write_bytes(b"png")
         for path in (orphan_result, orphan_input, runtime.files.result_path(job_id)):
             os.utime(path, (old, old))
-        removed = await runtime.service.sweep()
+        removed = await runtime.upkeep.sweep()
         assert set(removed) == {"edit-orphan", "edit-orphan-input"}  # the live job's PNG stays: its record is young
         assert not orphan_result.exists() and not orphan_input.exists() and fresh_orphan.exists()
         assert runtime.files.result_path(job_id).exists()

@@ -197,7 +197,7 @@ async def test_retention_sweep_answers_410(tmp_path: Path) -> None:
         job_id = (await runtime.service.submit(_request(1))).job_id
         await _wait(runtime, job_id)
         await asyncio.sleep(0.5)
-        assert await runtime.service.sweep() == [job_id]
+        assert await runtime.upkeep.sweep() == [job_id]
         assert not runtime.files.result_path(job_id).exists()
         from kontext.errors import JobExpired
         from kontext.http.errors import answer

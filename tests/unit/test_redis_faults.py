@@ -146,7 +146,7 @@ async def test_a_stored_job_that_could_not_be_queued_is_undone_and_the_retry_is_
     await door.start()
     try:
         _refuse(monkeypatch, door.queue, "put", 1)
-        with pytest.raises(StorageUnavailable, match="cannot queue"):
+        with pytest.raises(StorageUnavailable, match="cannot take new jobs"):
             await door.service.submit(_request(1, job_id="validator-job-1"))
         assert await door.store.get("validator-job-1") is None
         accepted = await door.service.submit(_request(1, job_id="validator-job-1"))  # the retry
@@ -175,7 +175,7 @@ async def test_a_stored_job_with_no_queue_entry_is_queued_again_by_a_door(tmp_pa
 
         await until(orphan_queued)
         assert isinstance(door.queue, RedisJobQueue)
-        assert await door.service.requeue_orphans(await door.queue.job_ids()) == []
+        assert await door.upkeep.requeue_orphans(await door.queue.job_ids()) == []
         assert await door.queue.position(queued) == 2 and await door.queue.position("young") is None
     finally:
         await door.stop()

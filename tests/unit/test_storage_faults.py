@@ -146,7 +146,7 @@ async def test_a_store_that_refuses_the_insert_leaves_no_upload_behind(tmp_path:
             raise StorageUnavailable("the job store (Redis) is unreachable: ConnectionError", retry_after=5)
 
         monkeypatch.setattr(runtime.store, "insert", refuse)
-        with pytest.raises(StorageUnavailable, match="cannot store new jobs right now .the job store .Redis."):
+        with pytest.raises(StorageUnavailable, match="cannot take new jobs right now .the job store .Redis."):
             await runtime.service.submit(REQUEST)
         assert list(runtime.files.inputs_dir.iterdir()) == []
     finally:

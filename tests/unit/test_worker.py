@@ -31,7 +31,7 @@ async def _status(runtime: Runtime, job_id: str) -> JobStatus:
 
 async def test_a_worker_moves_only_along_its_states(tmp_path: Path) -> None:
     runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
-    runtime._build_workers(runtime._build_delivery())
+    runtime._build_workers(runtime._delivery())
     assert runtime.workers is not None
     worker = runtime.workers.workers[0]
     assert worker.state is WorkerState.STARTING

@@ -1,0 +1,87 @@
+"""Submitting: a retry of the same request is the same job (idempotent, as cog's create); the id is claimed before
+the input is written, so two doors racing for one job_id leave the winner's job whole."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kontext.errors import JobConflict
+from kontext.runtime import Runtime
+from protocol import EditRequest, JobStatus
+from tests.fakes import FakeEngine, png_bytes
+from tests.unit.test_sidecar import IMAGE_B64, make_settings
+from tests.waiting import until
+
+
+def _request(**extra: Any) -> EditRequest:
+    return EditRequest.model_validate({"prompt": "p", "seed": 1, "num_inference_steps": 2, "job_id": "job-1",
+                                       "image_b64": IMAGE_B64, **extra})
+
+
+async def test_the_same_request_again_is_the_same_job_and_another_one_is_a_conflict(tmp_path: Path) -> None:
+    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
+    await runtime.start()
+    try:
+        first = await runtime.service.submit(_request())
+        again = await runtime.service.submit(_request())  # a retry after a lost reply
+        assert again == first
+        await until(lambda: _completed(runtime, "job-1"))
+        assert await runtime.service.submit(_request()) == first  # finished since: still the same job
+        assert sum((await runtime.store.count_by_status()).values()) == 1
+        assert len(runtime.engines[0].calls) == 1  # type: ignore[attr-defined]  # it ran once
+        with pytest.raises(JobConflict, match="already exists with another request"):
+            await runtime.service.submit(_request(seed=2))
+        with pytest.raises(JobConflict):
+            await runtime.service.submit(_request(image_b64=base64.b64encode(png_bytes((8, 8))).decode()))
+    finally:
+        await runtime.stop()
+
+
+async def test_the_same_job_id_in_the_same_request_over_http_answers_200_with_the_same_body(tmp_path: Path,
+                                                                                           aiohttp_client) -> None:
+    from kontext.http.app import create_app
+
+    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
+    client = await aiohttp_client(create_app(runtime, manage_runtime=True))
+    body = {"prompt": "p", "seed": 1, "job_id": "job-http", "image_b64": IMAGE_B64, "num_inference_steps": 2}
+    first = await client.post("/edit", json=body)
+    again = await client.post("/edit", json=body)
+    assert first.status == again.status == 200 and await first.json() == await again.json()
+    other = await client.post("/edit", json={**body, "prompt": "another"})
+    assert other.status == 409 and (await other.json())["error"] == "job_exists"
+
+
+async def _completed(runtime: Runtime, job_id: str) -> bool:
+    return (await runtime.service.status(job_id)).status is JobStatus.COMPLETED
+
+
+async def test_two_doors_racing_for_one_job_id_leave_the_winners_job_whole(tmp_path: Path,
+                                                                         module_redis_server) -> None:
+    """The id is claimed by the insert first, then the input written: the loser writes nothing (it once wrote its
+    image over the winner's, and its own conflict escaped as a 500)."""
+    doors = [Runtime(make_settings(tmp_path / name, job_backend="redis", redis_url=module_redis_server.url,
+                                   worker_name=name), role="door") for name in ("a", "b")]
+    for door in doors:
+        await door.start()
+    try:
+        images = [png_bytes((32, 32), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+        requests = [_request(job_id="race-1", image_b64=base64.b64encode(image).decode()) for image in images]
+        outcomes = await asyncio.gather(*(door.service.submit(request) for door, request in zip(doors, requests)),
+                                        return_exceptions=True)
+        won = [index for index, outcome in enumerate(outcomes) if not isinstance(outcome, BaseException)]
+        lost = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        assert len(won) == 1 and len(lost) == 1 and isinstance(lost[0], JobConflict), outcomes
+        assert await doors[0].files.read_input("race-1") == images[won[0]]  # the winner's image, not the loser's
+    finally:
+        for door in doors:
+            await door.stop()
+        from kontext.redis_client import connect
+
+        redis = connect(module_redis_server.url)
+        await redis.flushall()
+        await redis.aclose()
