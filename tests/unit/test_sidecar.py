@@ -128,6 +128,8 @@ async def test_caller_job_id_and_conflict(start, settings: Settings) -> None:
          "validation_error", "callback_secret"),
         (b'{"prompt": "p", "seed": 1, "image_url": "http://images.test:99999/in.png"}', 422,
          "validation_error", "image_url"),
+        (b'{"prompt": "p", "seed": 1, "image_b64": "%s"}' % base64.b64encode(png_bytes((4096, 1))), 400,
+         "invalid_request", "image_b64: image is 4096x1, too small or too narrow to edit"),
     ],
 )
 async def test_bad_requests_get_named_json_errors(start, settings, body, status, code, names) -> None:
