@@ -9,6 +9,7 @@ from kontext import __version__
 from kontext.errors import JobNotFound, NotFound
 from kontext.http.body import release_body
 from kontext.http.context import DOOR, RUNTIME, admit, service_of
+from kontext.http.gate import Caller
 from kontext.http.openapi import openapi_document
 from kontext.http.parsing import parse_model
 from kontext.jobs.service import ResultImage
@@ -65,19 +66,21 @@ async def capacity(request: web.Request) -> web.Response:
 
 @routes.post("/edit")
 async def submit_edit(request: web.Request) -> web.Response:
-    return json_reply(await _submit(request))
+    caller, body = await admit(request)
+    return json_reply(await _submit(request, caller, body))
 
 
 @routes.post("/sync/edit")
 async def sync_edit(request: web.Request) -> web.Response:
     """``POST /edit``, then wait for the PNG. A client that goes away does not cancel the job."""
-    job_id = (await _submit(request)).job_id  # the body and the request are let go before the wait
+    caller, body = await admit(request)
+    job_id = (await _submit(request, caller, body)).job_id
+    del body  # neither the body nor the request is held while waiting, nor counted against MAX_DECODING_BYTES
     release_body(request)
     return png_reply(await service_of(request).wait_result(job_id))
 
 
-async def _submit(request: web.Request) -> EditAccepted:
-    caller, body = await admit(request)
+async def _submit(request: web.Request, caller: Caller, body: bytes) -> EditAccepted:
     edit = await parse_model(body, EditRequest)
     return await service_of(request).submit(edit, priority=caller.priority)
 
