@@ -11,13 +11,19 @@ from kontext.errors import DecodingBusy
 from kontext.http.errors import Handler
 
 
+UNCOUNTED_BODY_BYTES = 256 * 1024
+"""Bodies this small (by their Content-Length) are not counted: they cost little to decode, and the validator's own
+requests (an ``image_url`` edit, a signed ``{}``) stay served while large uploads fill the budget."""
+
+
 class BodyBudget:
     """The bytes of the request bodies being read, parsed and decoded at once (MAX_DECODING_BYTES).
 
-    A body is counted from before its first byte is read until its handler ends (``/sync/edit``: until its job is
-    submitted), at its ``Content-Length``, or at the size limit when it is chunked or compressed (its size is
-    not known before it is read). A body that would pass the bound is refused before it is read, so a burst of
-    large bodies cannot take the memory of decoding them all at once; one body is always let through.
+    A body over UNCOUNTED_BODY_BYTES is counted from before its first byte is read until its handler ends
+    (``/sync/edit``: until its job is submitted), at its ``Content-Length``, or at the size limit when it is chunked
+    or compressed (its size is not known before it is read). A body that would pass the bound is refused before it
+    is read, so a burst of large bodies cannot take the memory of decoding them all at once; one body is always let
+    through.
     """
 
     def __init__(self, limit: int) -> None:
@@ -64,8 +70,9 @@ async def read_body(request: web.Request) -> bytes:
         raise web.HTTPRequestEntityTooLarge(limit, declared)
     if not request.body_exists:
         return b""
-    known = declared is not None and hdrs.CONTENT_ENCODING not in request.headers
-    rules.budget.reserve(request, declared if known and declared is not None else limit)
+    size = declared if declared is not None and hdrs.CONTENT_ENCODING not in request.headers else limit
+    if size > UNCOUNTED_BODY_BYTES:
+        rules.budget.reserve(request, size)
     try:
         return await asyncio.wait_for(_read_up_to(request, limit), rules.timeout_seconds)
     except asyncio.TimeoutError:
