@@ -114,8 +114,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         response.force_close()
     except Exception as exc:  # noqa: BLE001 - the caller still gets JSON; the trace goes to the log
         if _client_gone(request, exc):
-            log.info("%s %s from %s: the client went away before its request was read (%s)", request.method,
-                     request.path, request.remote, _first_line(exc) or type(exc).__name__)
+            log.info("%s %s from %s: the client went away (%s)", request.method, request.path, request.remote,
+                     _first_line(exc) or type(exc).__name__)
             return web.Response(status=400)  # written to a closed connection: aiohttp drops it quietly
         log.exception("unhandled error on %s %s", request.method, request.path)
         code = "internal_error"
