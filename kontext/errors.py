@@ -75,7 +75,12 @@ class ServiceDisabled(EditError):
 
 
 class ServiceBusy(EditError):
-    """The queue is full (MAX_QUEUE), or too many bytes are being decoded at once."""
+    """The queue is full (MAX_QUEUE)."""
+
+
+class DecodingBusy(EditError):
+    """MAX_DECODING_BYTES: other requests' bodies are being read and decoded; this one would pass the bound.
+    Nothing of it was read; retry shortly."""
 
 
 class DeadlineUnreachable(EditError):

@@ -136,6 +136,16 @@ class Settings(BaseSettings):
 
     # Input limits.
     max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_decoding_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    """Request bodies over 256 KiB being read, parsed and decoded at once in this process (each counted at its
+    Content-Length, or MAX_REQUEST_BYTES when chunked or compressed); past it 503 + Retry-After before a byte is
+    read. One body is always let through, whatever its size."""
+    http_idle_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Every listener: a request's headers must have arrived this long after the connection opened or its previous
+    answer was sent, else the connection is closed (an idle keep-alive connection too)."""
+    http_body_timeout_seconds: float = Field(default=60.0, gt=0)
+    """Every listener: a request body must have arrived whole this long after its headers, else 408 and the
+    connection is closed."""
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=4096 * 4096, ge=64 * 64)
     image_url_timeout_seconds: float = Field(default=15.0, gt=0)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,6 +17,7 @@ from pydantic import (
 )
 
 from protocol import limits
+from protocol.fields import HeaderValueText, HttpUrlText
 
 
 class JobStatus(str, Enum):
@@ -72,21 +71,10 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
-def _http_url(value: Optional[str]) -> Optional[str]:
-    if value is not None and not re.match(r"^https?://[^\s/]+", value, re.IGNORECASE):
-        raise ValueError("must be an absolute http:// or https:// URL")
-    return value
-
-
 Dimension = Annotated[
     Optional[int],
     Field(default=None, ge=limits.DIMENSION_MIN, le=limits.DIMENSION_MAX, multiple_of=limits.DIMENSION_MULTIPLE,
           strict=True),
-]
-HttpUrlText = Annotated[
-    Optional[str],
-    Field(default=None, min_length=1, max_length=limits.URL_MAX_CHARS),
-    AfterValidator(_http_url),
 ]
 
 
@@ -113,7 +101,7 @@ class EditRequest(BaseModel):
     height: Dimension = None
     job_id: Optional[str] = Field(default=None, pattern=limits.JOB_ID_PATTERN)
     callback_url: HttpUrlText = None
-    callback_secret: Optional[str] = Field(default=None, min_length=1, max_length=limits.CALLBACK_SECRET_MAX_CHARS)
+    callback_secret: HeaderValueText = None
     expiry: Optional[datetime] = None
 
     @field_validator("prompt")

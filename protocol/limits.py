@@ -23,6 +23,13 @@ DIMENSION_MULTIPLE = 16
 DIMENSION_MIN = 64
 DIMENSION_MAX = 2048
 
+# Input images: every recipe scales a long side over INPUT_SCALED_LONG_SIDE down to it (reference-v1 truncating
+# each side, kontext-v1 rounding), and diffusers' Kontext pipeline then floors each side of the image to a multiple
+# of 16: a side under 16 px there becomes 0 (a ZeroDivisionError, or PIL refusing a 0-px resize). So each side must
+# be at least INPUT_SIDE_MIN px, also once scaled: the short side at least 1/64 of a long side over 1024.
+INPUT_SIDE_MIN = 16
+INPUT_SCALED_LONG_SIDE = 1024
+
 # Identifiers: caller-supplied job ids become file names, so they are restricted to a
 # safe alphabet (no path separators, no "..").
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import AsyncIterator, Iterable, Optional
 
 from aiohttp import web
 
+from kontext.http.body import BODY_RULES, BodyBudget, BodyRules, bounded_bodies
 from kontext.http.context import DOOR, GATE, RUNTIME, Door
 from kontext.http.errors import ON_ERROR, json_errors
 from kontext.http.gate import Gate, OpenGate
@@ -13,6 +15,9 @@ from kontext.http.routes import routes
 from kontext.runtime import Runtime
 
 __all__ = ["Door", "create_app"]
+
+_BUDGETS: "weakref.WeakKeyDictionary[Runtime, BodyBudget]" = weakref.WeakKeyDictionary()
+"""One MAX_DECODING_BYTES budget per runtime: the neuron's two doors share their process's."""
 
 
 def create_app(
@@ -30,8 +35,11 @@ def create_app(
     ``manage_runtime`` the app starts and stops the runtime with itself (tests, benchmarks);
     otherwise the start-up path (``kontext.http.serve``) owns it.
     """
-    app = web.Application(middlewares=[json_errors], client_max_size=runtime.settings.max_request_bytes)
+    settings = runtime.settings
+    app = web.Application(middlewares=[json_errors, bounded_bodies], client_max_size=settings.max_request_bytes)
     app[RUNTIME] = runtime
+    budget = _BUDGETS.setdefault(runtime, BodyBudget(settings.max_decoding_bytes))
+    app[BODY_RULES] = BodyRules(budget, settings.http_body_timeout_seconds)
     app[GATE] = gate or OpenGate()
     app[DOOR] = door
     app[ON_ERROR] = runtime.count_rejection

@@ -7,6 +7,7 @@ from typing import Callable, Optional
 
 from aiohttp import web
 
+from kontext.http.body import read_body
 from kontext.http.gate import Caller, Gate
 from kontext.jobs.service import EditService
 from kontext.runtime import Runtime
@@ -33,6 +34,7 @@ def service_of(request: web.Request) -> EditService:
 
 
 async def admit(request: web.Request) -> tuple[Caller, bytes]:
-    """Read the raw body and pass it through the door's gate (signature, blacklist, priority)."""
-    body = await request.read()
+    """Read the raw body (``read_body``: bounded in size, time and bytes in flight) and pass it through the door's
+    gate (signature, blacklist, priority)."""
+    body = await read_body(request)
     return await request.app[GATE].admit(request, body), body

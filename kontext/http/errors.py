@@ -1,13 +1,20 @@
-"""One place that turns every failure into a JSON error response (never an HTML page or a bare 500)."""
+"""One place that turns every failure of a request into a JSON error response (never an HTML page or a bare 500).
+
+What never reaches a handler is aiohttp's to answer: a request whose HTTP framing cannot be parsed (request line,
+headers or chunk sizes malformed or over aiohttp's limits, a ``Content-Encoding`` it does not support) gets aiohttp's
+own plain-text 400 and a closed connection. aiohttp has no public hook for that page (its connection handler's
+``handle_error``), and such a request carries no job; ``connection_log`` only keeps each to one line of the log.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from typing import Awaitable, Callable, NamedTuple, Optional
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_exceptions import HttpProcessingError
 
 from kontext import errors
 from kontext.errors import EditError
@@ -41,6 +48,7 @@ ERRORS: dict[type[EditError], ErrorMapping] = {
     errors.JobFailed: ErrorMapping(422, "job_failed"),
     errors.ServiceDisabled: ErrorMapping(503, "edit_disabled"),
     errors.ServiceBusy: ErrorMapping(503, "queue_full", 5),
+    errors.DecodingBusy: ErrorMapping(503, "decoding_busy", 2),
     errors.DeadlineUnreachable: ErrorMapping(503, "deadline_unreachable", 1),
     errors.ServiceUnavailable: ErrorMapping(503, "service_unavailable"),
     errors.StorageUnavailable: ErrorMapping(503, "storage_unavailable", 30),
@@ -70,6 +78,7 @@ _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     414: "uri_too_long",
     431: "headers_too_large",
@@ -84,7 +93,8 @@ def error_response(status: int, code: str, message: str, *, fields: list | None 
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render ``EditError``s, aiohttp's own HTTP errors and anything unexpected as ``ErrorBody``."""
+    """Render ``EditError``s, aiohttp's own HTTP errors, unreadable bodies and anything unexpected as ``ErrorBody``;
+    a client that went away gets no answer (nobody would read it) and no traceback."""
     try:
         return await handler(request)
     except EditError as exc:
@@ -96,7 +106,17 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         code = _HTTP_CODES.get(exc.status, "http_error")
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         response = error_response(exc.status, code, _describe(request, exc), headers=headers)
-    except Exception:  # noqa: BLE001 - the caller still gets JSON; the trace goes to the log
+        if exc.status in (408, 413):  # the rest of the body is not wanted
+            response.force_close()
+    except web.RequestPayloadError as exc:  # the body as sent cannot be decoded: bad gzip/deflate, broken chunks
+        code = "bad_request"
+        response = error_response(400, code, f"the request body cannot be read: {_first_line(exc)}")
+        response.force_close()
+    except Exception as exc:  # noqa: BLE001 - the caller still gets JSON; the trace goes to the log
+        if _client_gone(request, exc):
+            log.info("%s %s from %s: the client went away (%s)", request.method, request.path, request.remote,
+                     _first_line(exc) or type(exc).__name__)
+            return web.Response(status=400)  # written to a closed connection: aiohttp drops it quietly
         log.exception("unhandled error on %s %s", request.method, request.path)
         code = "internal_error"
         response = error_response(500, code, "internal error; the miner logged the details")
@@ -109,6 +129,21 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     return response
 
 
+def _client_gone(request: web.Request, exc: Exception) -> bool:
+    """The connection broke under the handler (reset, closed mid-body, a TLS error): no one is left to answer."""
+    transport = request.transport
+    gone = transport is None or transport.is_closing()
+    return gone and isinstance(exc, (OSError, asyncio.IncompleteReadError))
+
+
+def _first_line(exc: BaseException) -> str:
+    """What went wrong, on one short line: aiohttp's parse errors read "400, message: <what>" over lines."""
+    for candidate in (exc, exc.__cause__):
+        if isinstance(candidate, HttpProcessingError) and candidate.message:
+            return " ".join(str(candidate.message).split())[:200]
+    return " ".join(str(exc).split())[:200]
+
+
 def _describe(request: web.Request, exc: web.HTTPException) -> str:
     if exc.status == 404:
         return f"no route {request.method} {request.path}"
@@ -117,38 +152,19 @@ def _describe(request: web.Request, exc: web.HTTPException) -> str:
     return exc.text or exc.reason
 
 
-class _JsonErrorRequestHandler(RequestHandler):
-    """A connection handler whose HTTP parse errors (request line or header too long, a malformed
-    request) are answered with ``ErrorBody`` JSON too: they never reach the middleware."""
+class _OneLine(logging.Filter):
+    """aiohttp logs a request it cannot parse, and a body it could not decode that no handler read, with a
+    traceback at ERROR: the caller's fault, so one INFO line instead (kept at ERROR: anything else)."""
 
-    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: Optional[BaseException] = None,
-                     message: Optional[str] = None) -> web.StreamResponse:
-        if status >= 500:
-            return super().handle_error(request, status, exc, message)
-        if request.writer.output_size > 0:
-            raise ConnectionError("response already started; cannot send the error")
-        code = _HTTP_CODES.get(status, "bad_request")
-        detail = str(getattr(exc, "message", None) or message or exc or "unreadable").strip().splitlines()[0][:200]
-        log.info("malformed HTTP request from %s -> %d %s: %s", request.remote, status, code, detail)
-        response = error_response(status, code, f"malformed HTTP request: {detail}")
-        response.force_close()
-        return response
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (HttpProcessingError, web.RequestPayloadError)):
+            record.msg, record.args = f"{record.getMessage()}: malformed request: {_first_line(exc)}", ()
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
-class _JsonErrorServer(web.Server):
-    def __call__(self) -> RequestHandler:
-        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
-
-
-class JsonErrorRunner(web.AppRunner):
-    """``web.AppRunner`` whose connections answer HTTP parse errors as JSON.
-
-    aiohttp offers no public hook for the connection-level error page, so the server its runner
-    makes is given a handler class that renders it (tests/unit/test_serve.py::test_http_parse_errors_are_json_too
-    pins this).
-    """
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = _JsonErrorServer
-        return server
+connection_log = logging.getLogger("kontext.http.connections")
+"""The logger every listener's connections log to (``web.AppRunner(logger=...)``)."""
+connection_log.addFilter(_OneLine())

@@ -25,6 +25,11 @@ def _error(description: str) -> dict[str, Any]:
 _PNG = {"description": "The edited image (headers X-Job-ID, X-Status, X-Seed, X-Image-SHA256, X-Recipe).",
         "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
 _OBJECT = {"application/json": {"schema": {"type": "object"}}}
+_BAD_REQUEST = ("Malformed JSON, a body that cannot be read (bad Content-Encoding or chunks), a bad image or one too "
+                "small or narrow to edit, or no usable image source.")
+_SLOW_BODY = "The body did not arrive within HTTP_BODY_TIMEOUT_SECONDS."
+_UNAVAILABLE = ("Editing disabled, engine failed, queue full, too many bytes being decoded (decoding_busy), deadline "
+                "unreachable, or stopping (a waiting /sync/edit: with job_id).")
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -52,7 +57,9 @@ def openapi_document() -> dict[str, Any]:
                 "200": {"description": "Job type -> whether this miner takes it now (booleans only).",
                         "content": {"application/json": {"schema": {
                             "type": "object", "additionalProperties": {"type": "boolean"}}}}},
+                "400": _error("A body that cannot be read (bad Content-Encoding or chunks)."), "408": _error(_SLOW_BODY),
                 "401": _error("Signature required (public door)."), "403": _error("Caller not allowed."),
+                "503": _error("Too many bytes being decoded (decoding_busy, Retry-After)."),
             }}},
             "/sync/edit": {"post": {
                 "operationId": "syncEdit",
@@ -60,13 +67,14 @@ def openapi_document() -> dict[str, Any]:
                     "schema": {"$ref": _REF.format(model="EditRequest")}}}},
                 "responses": {
                     "200": _PNG,
-                    "400": _error("Malformed JSON, bad image, or no usable image source."),
+                    "400": _error(_BAD_REQUEST),
+                    "408": _error(_SLOW_BODY),
                     "401": _error("Signature required (public door)."),
                     "403": _error("Caller not allowed (not registered, no validator permit, blacklisted)."),
                     "409": _error("job_id already exists."),
                     "413": _error("Body or image over the limits."),
                     "422": _error("A field is invalid, or the job ran and failed (job_failed, with job_id)."),
-                    "503": _error("Editing disabled, engine failed, queue full, deadline unreachable or stopping."),
+                    "503": _error(_UNAVAILABLE),
                     "504": _error("The job did not finish in SYNC_TIMEOUT_SECONDS; it keeps running (job_id)."),
                 },
             }},
@@ -76,13 +84,14 @@ def openapi_document() -> dict[str, Any]:
                     "schema": {"$ref": _REF.format(model="EditRequest")}}}},
                 "responses": {
                     "200": _json("EditAccepted", "Job accepted and queued."),
-                    "400": _error("Malformed JSON, bad image, or no usable image source."),
+                    "400": _error(_BAD_REQUEST),
+                    "408": _error(_SLOW_BODY),
                     "401": _error("Signature required (when enabled)."),
                     "403": _error("Caller not allowed (not registered, no validator permit, blacklisted)."),
                     "409": _error("job_id already exists."),
                     "413": _error("Body or image over the limits."),
                     "422": _error("A field is missing, of the wrong type or out of range."),
-                    "503": _error("Editing disabled, engine failed, queue full, deadline unreachable or stopping."),
+                    "503": _error(_UNAVAILABLE),
                 },
             }},
             "/edit/status/{job_id}": {"get": {

@@ -7,12 +7,14 @@ from pydantic import BaseModel
 
 from kontext import __version__
 from kontext.errors import JobNotFound, NotFound
+from kontext.http.body import release_body
 from kontext.http.context import DOOR, RUNTIME, admit, service_of
+from kontext.http.gate import Caller
 from kontext.http.openapi import openapi_document
 from kontext.http.parsing import parse_model
 from kontext.jobs.service import ResultImage
 from kontext.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from protocol import EditRequest
+from protocol import EditAccepted, EditRequest
 from protocol.headers import IMAGE_SHA256_HEADER, JOB_ID_HEADER, RECIPE_HEADER, SEED_HEADER, STATUS_HEADER
 
 routes = web.RouteTableDef()
@@ -65,18 +67,22 @@ async def capacity(request: web.Request) -> web.Response:
 @routes.post("/edit")
 async def submit_edit(request: web.Request) -> web.Response:
     caller, body = await admit(request)
-    edit = await parse_model(body, EditRequest)
-    return json_reply(await service_of(request).submit(edit, priority=caller.priority))
+    return json_reply(await _submit(request, caller, body))
 
 
 @routes.post("/sync/edit")
 async def sync_edit(request: web.Request) -> web.Response:
     """``POST /edit``, then wait for the PNG. A client that goes away does not cancel the job."""
     caller, body = await admit(request)
+    job_id = (await _submit(request, caller, body)).job_id
+    del body  # neither the body nor the request is held while waiting, nor counted against MAX_DECODING_BYTES
+    release_body(request)
+    return png_reply(await service_of(request).wait_result(job_id))
+
+
+async def _submit(request: web.Request, caller: Caller, body: bytes) -> EditAccepted:
     edit = await parse_model(body, EditRequest)
-    service = service_of(request)
-    accepted = await service.submit(edit, priority=caller.priority)
-    return png_reply(await service.wait_result(accepted.job_id))
+    return await service_of(request).submit(edit, priority=caller.priority)
 
 
 @routes.get("/edit/status/{job_id}")

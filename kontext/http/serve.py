@@ -14,13 +14,15 @@ from typing import Any, Coroutine, Optional, Sequence
 from aiohttp import web
 
 from kontext.errors import StartupError
-from kontext.http.errors import JsonErrorRunner
+from kontext.http.errors import connection_log
 from kontext.runtime import Runtime
+from kontext.settings import Settings
 
 log = logging.getLogger("kontext.serve")
 
 HANDLER_SHUTDOWN_SECONDS = 5.0
-"""After the drain, how long open requests (a /sync/edit still waiting) get before their connection closes."""
+"""After the drain, how long open requests get to answer before their connection closes (a /sync/edit still
+waiting answers 503 with its job id within a poll of the store, ``EditService.stopping``)."""
 
 
 @dataclass(frozen=True)
@@ -74,25 +76,37 @@ def _socket(listener: Listener) -> socket.socket:
                            f"{exc.strerror or exc}") from None
 
 
+def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The runner of every listener: aiohttp's, with this service's bounds on connections.
+
+    A request's headers must arrive within HTTP_IDLE_TIMEOUT_SECONDS of the connection opening or of its previous
+    answer (aiohttp's keep-alive timer closes a connection still waiting for them, idle or half-sent); its body
+    within HTTP_BODY_TIMEOUT_SECONDS (``kontext/http/body.py``). A client that goes away does not cancel its
+    handler (aiohttp's default): a submit always runs to its end.
+    """
+    return web.AppRunner(app, access_log=None, shutdown_timeout=HANDLER_SHUTDOWN_SECONDS, logger=connection_log,
+                         keepalive_timeout=settings.http_idle_timeout_seconds, handler_cancellation=False)
+
+
 async def serve(runtime: Runtime, listeners: Sequence[Listener], *, stop: Optional[asyncio.Event] = None) -> None:
     """Bind every listener (if not yet), start the runtime and serve; on SIGTERM/SIGINT (or ``stop``) drain and
     shut down.
 
     Shutdown: stop accepting jobs (503) while status and results stay served, give the running
-    job up to SHUTDOWN_GRACE_SECONDS, close the listeners, then stop the runtime (worker, callbacks,
-    store). A job cut off by the grace period stays ``processing`` in the store and runs again at
-    the next start.
+    job up to SHUTDOWN_GRACE_SECONDS, answer every ``/sync/edit`` still waiting (503 with its job id; the PNG if
+    its job finished meanwhile), close the listeners, then stop the runtime (worker, callbacks, store). A job cut
+    off by the grace period stays ``processing`` in the store and runs again at the next start.
     """
     listeners = bind(listeners)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runners: list[JsonErrorRunner] = []
+    runners: list[web.AppRunner] = []
     try:
         await runtime.start()
         for listener in listeners:
-            runner = JsonErrorRunner(listener.app, access_log=None, shutdown_timeout=HANDLER_SHUTDOWN_SECONDS)
+            runner = make_runner(listener.app, runtime.settings)
             await runner.setup()
             runners.append(runner)
             await web.SockSite(runner, listener.sock, ssl_context=listener.ssl_context).start()  # type: ignore[arg-type]
@@ -107,6 +121,8 @@ async def serve(runtime: Runtime, listeners: Sequence[Listener], *, stop: Option
         grace = runtime.settings.shutdown_grace_seconds
         log.info("stopping: no new jobs; the running one may finish (up to %gs)", grace)
         await runtime.quiesce(grace)
+        if runtime.role != "worker":  # a kontext-worker process serves no jobs over HTTP
+            runtime.service.stopping = True
     finally:
         for runner in reversed(runners):
             await runner.cleanup()

@@ -102,6 +102,8 @@ class EditService:
         self.admission = admission or AdmissionControl(settings.admission_deadline_seconds, settings.admission_window,
                                                        margin_seconds=settings.admission_margin_seconds)
         self.accepting = True
+        self.stopping = False
+        """Set when the process stops serving, after its drain: every ``wait_finished`` answers at its next poll."""
         self._claims = asyncio.Lock()
         """Serialises the bound check and the id's claim (a quick insert), never an image's write."""
 
@@ -248,7 +250,8 @@ class EditService:
 
     async def wait_result(self, job_id: str, timeout: Optional[float] = None) -> ResultImage:
         """The job's PNG once it finishes: ``JobFailed`` (422) if it failed, ``SyncTimeout`` (504) if it
-        takes longer than ``timeout`` (default SYNC_TIMEOUT_SECONDS); the job itself runs on either way."""
+        takes longer than ``timeout`` (default SYNC_TIMEOUT_SECONDS), ``ServiceUnavailable`` (503) if the process
+        stops first (``stopping``); the job itself runs on in each case."""
         job = await self.wait_finished(job_id, self.settings.sync_timeout_seconds if timeout is None else timeout)
         if job.status is JobStatus.FAILED:
             raise JobFailed(f"job {job_id} failed: {job.error}", job_id=job_id)
@@ -263,6 +266,10 @@ class EditService:
                 remaining = deadline - loop.time()
                 if job.status.finished:
                     return job
+                if self.stopping:
+                    raise ServiceUnavailable(
+                        f"the miner is stopping before job {job_id} finished; the job is kept and runs again when a "
+                        f"worker takes it: fetch it later from /edit/status/{job_id}", job_id=job_id, retry_after=30)
                 if remaining <= 0:
                     raise SyncTimeout(
                         f"job {job_id} did not finish within {timeout:g}s; it keeps running: fetch it later from "

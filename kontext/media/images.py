@@ -11,6 +11,7 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 
 from kontext.errors import InvalidRequest, PayloadTooLarge
+from protocol.limits import INPUT_SCALED_LONG_SIDE, INPUT_SIDE_MIN
 
 _DATA_URI = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP"})
@@ -36,7 +37,8 @@ def decode_base64_image(text: str, *, field: str, max_bytes: int, max_pixels: in
 
 
 def check_image_bytes(data: bytes, *, field: str, max_bytes: int, max_pixels: int) -> tuple[int, int]:
-    """Return (width, height) if ``data`` is a PNG/JPEG/WebP within the limits, else raise a 4xx.
+    """Return (width, height) if ``data`` is a PNG/JPEG/WebP within the limits and of a size the recipes can edit
+    (``scaled_size``, protocol/limits.py), else raise a 4xx.
 
     Only the header is read. This is where the pixel limit is checked: a decompression bomb (a small
     file whose header claims a huge image, refused by PIL itself past its own limit) is a 413 here
@@ -61,7 +63,23 @@ def check_image_bytes(data: bytes, *, field: str, max_bytes: int, max_pixels: in
                              fields=[_f(field, "unsupported format")])
     if width < 1 or height < 1 or width * height > max_pixels:
         raise _too_many_pixels(field, max_pixels, f": it is {width}x{height}")
+    if min(scaled_size(width, height)) < INPUT_SIDE_MIN:
+        raise InvalidRequest(
+            f"{field}: image is {width}x{height}, too small or too narrow to edit: each side must be at least "
+            f"{INPUT_SIDE_MIN} px, also once a long side over {INPUT_SCALED_LONG_SIDE} px is scaled down to it (the "
+            f"short side at least 1/{INPUT_SCALED_LONG_SIDE // INPUT_SIDE_MIN} of the long one)",
+            fields=[_f(field, "too small")])
     return width, height
+
+
+def scaled_size(width: int, height: int) -> tuple[int, int]:
+    """An input's size as the recipes hand it to the pipeline, at its smallest: reference-v1's arithmetic (the ratio
+    as a float, each side truncated); kontext-v1 rounds, so it never makes a side smaller."""
+    long_side = max(width, height)
+    if long_side <= INPUT_SCALED_LONG_SIDE:
+        return width, height
+    ratio = INPUT_SCALED_LONG_SIDE / long_side
+    return int(width * ratio), int(height * ratio)
 
 
 def _too_many_pixels(field: str, max_pixels: int, detail: str) -> PayloadTooLarge:

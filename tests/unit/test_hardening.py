@@ -235,17 +235,21 @@ def _now():  # type: ignore[no-untyped-def]
     return datetime.now(timezone.utc)
 
 
-async def test_credentials_in_a_callback_url_are_never_echoed(tmp_path: Path) -> None:
-    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine(), sender=RecordingDeliverer())
-    await runtime.start()
-    try:
-        job_id = (await runtime.service.submit(
-            _request(5, callback_url="http://alice:s3cret@hook.test/cb?x=1"))).job_id
-        status = await runtime.service.status(job_id)
-        assert status.request.callback_url == "http://hook.test/cb?x=1"
-        assert "s3cret" not in status.model_dump_json() and "alice" not in status.model_dump_json()
-    finally:
-        await runtime.stop()
+def test_credentials_in_a_url_are_refused_at_submit_and_never_echoed() -> None:
+    """The outbound guard refuses a URL with credentials when it is used; submit refuses it first (422), and
+    neither its message nor its fields quote them. A record stored before still echoes its URL without them."""
+    from pydantic import ValidationError
+
+    from kontext.delivery.guard import without_credentials
+    from kontext.errors import invalid_from_validation
+
+    for field in ("callback_url", "image_url"):
+        with pytest.raises(ValidationError) as refused:
+            _request(5, **{field: "http://alice:s3cret@hook.test/cb?x=1"})
+        answer = invalid_from_validation(refused.value)
+        assert [f["field"] for f in answer.fields] == [field] and "credentials" in answer.message
+        assert "s3cret" not in repr((answer.message, answer.fields)) and "alice" not in answer.message
+    assert without_credentials("http://alice:s3cret@hook.test/cb?x=1") == "http://hook.test/cb?x=1"
 
 
 def _png(size: tuple[int, int] = (24, 16)) -> bytes:

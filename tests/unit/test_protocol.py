@@ -131,3 +131,61 @@ def test_request_round_trips_through_json() -> None:
     again = EditRequest.model_validate_json(request.model_dump_json())
     assert again == request
     assert json.loads(request.model_dump_json())["seed"] == 2**64 - 1
+
+
+BAD_URLS = [
+    ("http://hook.test:99999/cb", "port"),
+    ("http://hook.test:0/cb", "port"),
+    ("http://hook.test:-1/cb", "port"),
+    ("http://hook.test:http/cb", "port"),
+    ("http://hook.test/a b", "whitespace"),
+    ("http://hook test/cb", "whitespace"),
+    (" http://hook.test/cb", "whitespace"),
+    ("http://hook.test/cb\r\nX-Injected: 1", "whitespace"),
+    ("http://hook.test/cb\n", "whitespace"),
+    ("http://hook.test/\tcb", "whitespace"),
+    ("http://hook.test\x00/cb", "control"),
+    ("http://hook.test/\x7fcb", "control"),
+    ("http://hook.test/\x85cb", "whitespace or control"),
+    ("http://alice:s3cret@hook.test/cb", "credentials"),
+    ("http://@hook.test/cb", "credentials"),
+    ("http:///cb", "with a host"),
+    ("http:hook.test/cb", "with a host"),
+    ("//hook.test/cb", "with a host"),
+    ("hook.test/cb", "with a host"),
+    ("ws://hook.test/cb", "http"),
+    ("http://[::1/cb", "not a valid URL"),
+    ("http://xn--zz/cb", "not a valid URL"),
+]
+
+
+@pytest.mark.parametrize("field", ["callback_url", "image_url"])
+@pytest.mark.parametrize("url, words", BAD_URLS)
+def test_urls_are_parsed_at_submit_and_refusals_name_the_field(field: str, url: str, words: str) -> None:
+    """Port 99999, spaces and CR/LF were accepted and failed at delivery (CR/LF stripped there: another path)."""
+    with pytest.raises(ValidationError) as info:
+        EditRequest.model_validate({**SEED_REQUEST, field: url})
+    (error,) = info.value.errors()
+    assert error["loc"] == (field,) and words in error["msg"], error["msg"]
+
+
+@pytest.mark.parametrize("url", ["http://hook.test/cb", "HTTPS://Hook.Test:443/cb?x=1&y=%20#f", "http://h:1/",
+                                 "http://h:65535/", "http://127.0.0.1:8080/results/callback", "http://[::1]:9/x",
+                                 "https://exämple.com/päth", "http://h:/x"])
+def test_urls_a_client_can_request_are_accepted(url: str) -> None:
+    for field in ("callback_url", "image_url"):
+        assert getattr(EditRequest.model_validate({**SEED_REQUEST, field: url}), field) == url
+
+
+@pytest.mark.parametrize("secret", ["s\r\nX-Injected: 1", "line\n", "tab\tend\t", " leading", "trailing ",
+                                    "nul\x00", "del\x7f", "caf\u00e9", "bell\x07"])
+def test_a_callback_secret_must_be_a_header_value(secret: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        EditRequest.model_validate({**SEED_REQUEST, "callback_secret": secret})
+    (error,) = info.value.errors()
+    assert error["loc"] == ("callback_secret",) and "HTTP header" in error["msg"]
+
+
+def test_header_value_secrets_are_accepted() -> None:
+    for secret in ("9f86d081884c7d659a2feaa0c55ad015", "your-secret-key", "with inner  space\tand tab", "~!@#$%^&*"):
+        assert EditRequest.model_validate({**SEED_REQUEST, "callback_secret": secret}).callback_secret == secret

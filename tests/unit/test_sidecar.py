@@ -118,6 +118,18 @@ async def test_caller_job_id_and_conflict(start, settings: Settings) -> None:
         (b'{"prompt": "p", "seed": 1, "image_b64": "aGVsbG8="}', 400, "invalid_request", "not a PNG"),
         (b'{"prompt": "p", "seed": 1, "reference_job_id": "edit-nope"}', 400, "invalid_request",
          "reference_job_id"),
+        (b'{"prompt": "p", "seed": 1, "image_b64": "QUJD", "callback_url": "http://hook.test:99999/cb"}', 422,
+         "validation_error", "callback_url: Value error, its port must be a number in 1..65535"),
+        (b'{"prompt": "p", "seed": 1, "image_b64": "QUJD", "callback_url": "http://hook.test/c b"}', 422,
+         "validation_error", "callback_url"),
+        (b'{"prompt": "p", "seed": 1, "image_b64": "QUJD", "callback_url": "http://hook.test/cb\\r\\nX: 1"}', 422,
+         "validation_error", "callback_url"),
+        (b'{"prompt": "p", "seed": 1, "image_b64": "QUJD", "callback_secret": "s\\r\\nX-Injected: 1"}', 422,
+         "validation_error", "callback_secret"),
+        (b'{"prompt": "p", "seed": 1, "image_url": "http://images.test:99999/in.png"}', 422,
+         "validation_error", "image_url"),
+        (b'{"prompt": "p", "seed": 1, "image_b64": "%s"}' % base64.b64encode(png_bytes((4096, 1))), 400,
+         "invalid_request", "image_b64: image is 4096x1, too small or too narrow to edit"),
     ],
 )
 async def test_bad_requests_get_named_json_errors(start, settings, body, status, code, names) -> None:
