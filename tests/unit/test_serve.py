@@ -167,7 +167,13 @@ async def test_a_stop_answers_every_open_sync_edit(tmp_path: Path) -> None:
 
 
 async def _queued(runtime: Runtime, job_id: str) -> bool:
-    return await runtime.queue.position(job_id) is not None
+    """Waiting: in the queue, or taken ahead by the worker (prepared, not on the device)."""
+    from kontext.errors import JobNotFound
+
+    try:
+        return (await runtime.service.status(job_id)).queue_position is not None
+    except JobNotFound:  # not submitted yet
+        return False
 
 
 async def _stopping(runtime: Runtime) -> bool:

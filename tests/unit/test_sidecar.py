@@ -236,10 +236,21 @@ async def test_a_fallback_with_both_image_b64_and_image_url_edits_and_names_the_
 
 
 async def test_reference_that_fails_later_uses_fallback_or_fails_clearly(start, settings) -> None:
-    client, _ = await start(settings)
+    gate = threading.Event()
+    client, runtime = await start(settings, FakeEngine(gate=gate))
+    blocker = (await submit(client, image_b64=IMAGE_B64, seed=90))["job_id"]
+    await until(workers_running(runtime, 1), what="the blocker on the device")
+    filler = (await submit(client, image_b64=IMAGE_B64, seed=91))["job_id"]  # taken ahead: the rest stay queued
+
+    async def taken_ahead() -> bool:
+        return filler in runtime.workers.waiting_for_device()
+
+    await until(taken_ahead, what="the next job taken ahead")
     doomed = (await submit(client, image_b64=IMAGE_B64, prompt=FAIL_PROMPT))["job_id"]
-    orphan = (await submit(client, reference_job_id=doomed))["job_id"]
+    orphan = (await submit(client, reference_job_id=doomed))["job_id"]  # the reference has not failed yet
     rescued = (await submit(client, reference_job_id=doomed, image_b64=IMAGE_B64))["job_id"]
+    gate.set()
+    await wait_finished(client, blocker)
     assert (await wait_finished(client, doomed))["error"] == "input image: this prompt always fails (test double)"
     orphan_status = await wait_finished(client, orphan)
     assert orphan_status["status"] == "failed"

@@ -37,7 +37,7 @@ async def test_the_same_request_again_is_the_same_job_and_another_one_is_a_confl
         with pytest.raises(JobConflict, match="already exists with another request"):
             await runtime.service.submit(_request(seed=2))
         with pytest.raises(JobConflict):
-            await runtime.service.submit(_request(image_b64=base64.b64encode(png_bytes((8, 8))).decode()))
+            await runtime.service.submit(_request(image_b64=base64.b64encode(png_bytes((32, 32), (1, 2, 3))).decode()))
     finally:
         await runtime.stop()
 
