@@ -21,7 +21,8 @@ from kontext.jobs.inputs import InputPrefetcher
 from kontext.jobs.pool import WorkerPool
 from kontext.jobs.record import JobRecord
 from kontext.jobs.runner import Engine
-from kontext.jobs.service import EditService, WorkersView
+from kontext.jobs.service import EditService
+from kontext.jobs.workers_view import WorkersView
 from kontext.jobs.upkeep import Upkeep
 from kontext.jobs.worker import QUEUE_RETRY_MAX, Worker
 from kontext.metrics import Metrics

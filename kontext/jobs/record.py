@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from protocol import CallbackStatus, EditRequest, ImageSource, JobStatus
+
+
+def request_digest(request: EditRequest) -> str:
+    """SHA256 of the request as received, image bytes included: what makes a retry "the same request"."""
+    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
 
 
 def now() -> float:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, Optional
 
 from kontext.errors import (
     InvalidRequest,
@@ -24,15 +23,15 @@ from kontext.errors import (
     StorageUnavailable,
     SyncTimeout,
 )
-from kontext.engine.engine import EngineState
 from kontext.jobs import chaining
 from kontext.jobs.admission import AdmissionControl
 from kontext.jobs.events import JobEvents
 from kontext.jobs.inputs import InputPrefetcher, enqueue
 from kontext.jobs.queue import RunQueue
-from kontext.jobs.record import JobRecord
+from kontext.jobs.record import JobRecord, request_digest
 from kontext.jobs.status import result_url, status_record
 from kontext.jobs.store import JobStore
+from kontext.jobs.workers_view import WorkersView
 from kontext.media.files import ImageStore
 from kontext.media.images import decode_base64_image
 from kontext.metrics import Metrics
@@ -55,33 +54,6 @@ class ResultImage:
     sha256: str
     seed: int
     recipe: Optional[str]
-
-
-class WorkersView(Protocol):
-    """What the service reads of the workers (``WorkerPool`` in this process, ``RemoteWorkers`` on a shared queue):
-    their engines' state, how many serve and run, the jobs they took ahead, and a running job's progress."""
-
-    @property
-    def state(self) -> EngineState: ...
-    @property
-    def error(self) -> Optional[str]: ...
-    def running(self) -> int:
-        """Jobs on a device now."""
-        ...
-    def running_work(self) -> list[tuple[int, int]]:
-        """(steps, steps done) of each job a worker holds (on the device, or taken and prepared ahead)."""
-        ...
-    def waiting_for_device(self) -> list[str]:
-        """Jobs a worker took ahead that have not reached the device: still queued, next in line, in order."""
-        ...
-    def serving(self) -> int: ...
-    def progress(self, job_id: str) -> Optional[tuple[int, int]]: ...
-    def describe(self) -> dict[str, Any]: ...
-
-
-def request_digest(request: EditRequest) -> str:
-    """SHA256 of the request as received, image bytes included: what makes a retry "the same request"."""
-    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
 
 
 class EditService:
