@@ -52,6 +52,13 @@ class RedisServer:
                 time.sleep(0.05)
         raise TimeoutError(f"redis-server did not answer on {self.port}")
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill: no flush; with ``appendfsync always`` every write acknowledged is on
+        disk already."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(20)
+
     def stop(self) -> None:
         """SIGTERM: Redis flushes its AOF and exits."""
         if self.proc and self.proc.poll() is None:

@@ -120,9 +120,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         log.exception("unhandled error on %s %s", request.method, request.path)
         code = "internal_error"
         response = error_response(500, code, "internal error; the miner logged the details")
-    if response.status < 500:  # 5xx were logged with their traceback above
-        log.info("%s %s from %s -> %d %s: %s", request.method, request.path, request.remote, response.status, code,
-                 response.text[:300] if response.text else "")
+    if code != "internal_error":  # (that one was logged with its traceback above)
+        # A refusal the miner chose (503: queue full, deadline, stopping) costs a failure with the validator: the
+        # operator sees it on stderr; a caller's mistake (4xx) is an INFO line.
+        log.log(logging.WARNING if response.status >= 500 else logging.INFO, "%s %s from %s -> %d %s: %s",
+                request.method, request.path, request.remote, response.status, code,
+                response.text[:300] if response.text else "")
     hook = request.app.get(ON_ERROR)
     if hook is not None:
         hook(code)

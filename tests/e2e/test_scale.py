@@ -6,6 +6,7 @@ worker that cannot reach Redis keeps trying and says so."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,18 +99,41 @@ def test_twenty_jobs_complete_exactly_once_with_single_host_bytes(cluster: Clust
     assert cluster.client.result(ids[0])  # any door serves any result: images live in Redis
 
 
-def test_a_killed_door_loses_nothing(cluster: Cluster) -> None:
-    ids = [cluster.client.edit(**_request(i, seed=900 + i))["job_id"] for i in range(6)]
+def test_a_door_killed_mid_submit_loses_nothing(cluster: Cluster) -> None:
+    """SIGKILL while submits are in flight: every job the door answered completes; a submit cut off without an
+    answer, sent again with its job_id (as a caller retries), is accepted once and completes too."""
+    bodies = [_request(i, seed=900 + i, job_id=f"door-kill-{i}") for i in range(8)]
+    answers: dict[str, object] = {}
+
+    def submit(body: dict) -> None:
+        try:
+            answers[body["job_id"]] = requests.post(f"{cluster.door.url}/edit", json=body, timeout=30).status_code
+        except requests.RequestException as exc:
+            answers[body["job_id"]] = exc
+
+    threads = [threading.Thread(target=submit, args=(body,)) for body in bodies]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while not answers and time.monotonic() < deadline:  # the first answer: the rest are mid-flight
+        time.sleep(0.005)
     cluster.door.kill()
+    for thread in threads:
+        thread.join(30)
     cluster.door = _door(cluster.model, cluster.home / "door", cluster.redis, port=cluster.door.port).start()
-    statuses = cluster.wait_all(ids)
-    assert [status["status"] for status in statuses] == ["completed"] * 6
+    for body in bodies:
+        if answers[body["job_id"]] != 200:  # no answer (or a refusal): the caller sends it again
+            assert requests.post(f"{cluster.door.url}/edit", json=body, timeout=30).status_code == 200
+    statuses = cluster.wait_all([body["job_id"] for body in bodies])
+    assert [status["status"] for status in statuses] == ["completed"] * len(bodies)
 
 
-def test_a_restarted_redis_loses_nothing(cluster: Cluster) -> None:
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_a_restarted_redis_loses_nothing(cluster: Cluster, how: str) -> None:
+    """Stopped (SIGTERM) or killed (SIGKILL) with jobs queued: with AOF on (fsync always), every accepted job is on
+    disk and completes after the restart."""
     ids = [cluster.client.edit(**_request(i, seed=1100 + i, width=256, height=256))["job_id"] for i in range(6)]
-    cluster.redis.stop()  # with AOF on, an accepted job is on disk
-    time.sleep(1.0)
+    getattr(cluster.redis, how)()
     cluster.redis = RedisServer(cluster.redis.folder, port=cluster.redis.port).start()
     assert requests.get(f"{cluster.door.url}/edit/status/{ids[0]}", timeout=30).status_code == 200  # at once
     statuses = cluster.wait_all(ids)

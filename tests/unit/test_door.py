@@ -271,7 +271,7 @@ async def test_callback_waits_for_not_before_while_the_result_is_visible(door, t
     assert final["callback"]["status"] == "delivered" and "callback_pending" not in final
 
 
-async def test_admission_deadline_refuses_at_once_with_retry_after(door, tmp_path: Path) -> None:
+async def test_admission_deadline_refuses_at_once_with_retry_after(door, tmp_path: Path, caplog) -> None:
     gate = threading.Event()
     client, runtime = await door(make_settings(tmp_path, admission_deadline_seconds=3.0),
                                  engine=FakeEngine(gate=gate))
@@ -288,6 +288,8 @@ async def test_admission_deadline_refuses_at_once_with_retry_after(door, tmp_pat
     body = await second.json()
     assert second.status == 503 and body["error"] == "deadline_unreachable" and "3s deadline" in body["message"]
     assert int(second.headers["Retry-After"]) >= 1
+    refusals = [r for r in caplog.records if "503 deadline_unreachable" in r.getMessage()]
+    assert refusals and refusals[0].levelname == "WARNING"  # the operator sees each refusal (it costs a failure)
     gate.set()
 
 

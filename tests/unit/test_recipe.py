@@ -33,12 +33,27 @@ def test_rgb_and_transparency_on_white() -> None:
     assert grey.mode == "RGB" and grey.getpixel((0, 0)) == (77, 77, 77)
 
 
+def _two_halves() -> Image.Image:
+    """40x20, red on the left, blue on the right: a rotation shows (a one-colour image's would not)."""
+    image = Image.new("RGB", (40, 20), (220, 0, 0))
+    image.paste((0, 0, 220), (20, 0, 40, 20))
+    return image
+
+
+def _red(pixel: tuple[int, ...]) -> bool:
+    return pixel[0] > 150 and pixel[2] < 80
+
+
+def _blue(pixel: tuple[int, ...]) -> bool:
+    return pixel[2] > 150 and pixel[0] < 80
+
+
 def test_exif_orientation_is_applied() -> None:
-    image = Image.new("RGB", (40, 20), (200, 0, 0))
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90° clockwise on display
-    out = recipe.preprocess(_encode(image, "JPEG", exif=exif.tobytes()), max_pixels=10_000)
+    exif[0x0112] = 6  # shown rotated 90° clockwise: the left half comes on top
+    out = recipe.preprocess(_encode(_two_halves(), "JPEG", exif=exif.tobytes()), max_pixels=10_000)
     assert out.size == (20, 40)
+    assert _red(out.getpixel((10, 5))) and _blue(out.getpixel((10, 35)))  # turned clockwise, not mirrored or back
 
 
 def test_long_side_over_1024_is_downscaled_with_aspect_kept() -> None:
@@ -110,10 +125,10 @@ def test_reference_drops_alpha_instead_of_compositing() -> None:
 
 
 def test_reference_ignores_exif_orientation() -> None:
-    image = Image.new("RGB", (40, 20), (200, 0, 0))
     exif = Image.Exif()
     exif[0x0112] = 6
-    assert reference.preprocess(_encode(image, "JPEG", exif=exif.tobytes()), max_pixels=10_000).size == (40, 20)
+    out = reference.preprocess(_encode(_two_halves(), "JPEG", exif=exif.tobytes()), max_pixels=10_000)
+    assert out.size == (40, 20) and _red(out.getpixel((5, 10))) and _blue(out.getpixel((35, 10)))  # as stored
 
 
 def test_reference_keeps_rgb_images_as_they_are_and_converts_the_rest() -> None:
