@@ -139,7 +139,7 @@ class Runtime:
         settings = self.settings
         admission = AdmissionControl(settings.admission_deadline_seconds, settings.admission_window,
                                      margin_seconds=settings.admission_margin_seconds,
-                                     samples_source=self.remote.edit_samples if self.remote else None)
+                                     samples_source=workers.edit_samples if workers is not None else None)
         self._service = EditService(settings, self.store, self.queue, self.files, workers=workers,
                                     prefetcher=self.prefetcher, metrics=self.metrics, admission=admission)
 

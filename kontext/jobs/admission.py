@@ -23,8 +23,8 @@ from kontext.errors import DeadlineUnreachable
 from kontext.jobs.record import JobRecord
 from protocol import JobStatus
 
-Sample = tuple[int, float]
-"""One finished edit: (steps, seconds from its start to its end)."""
+Sample = tuple[int, float, Optional[float]]
+"""One finished edit: (steps, seconds from its start to its end, seconds a denoising step took, where measured)."""
 
 
 @dataclass(frozen=True)
@@ -40,17 +40,22 @@ class EditTimeModel:
 
 
 def fit(samples: Sequence[Sample]) -> Optional[EditTimeModel]:
-    """Least squares over the samples where they hold two step counts or more; else proportional to the steps
-    (the fixed part cannot be told apart with one step count). None without samples."""
+    """The time a step takes, as measured between the steps of recent edits, and the rest as the fixed part (text
+    encoding, the VAE, the PNG). Without step timings: least squares where the samples hold two step counts or more,
+    else proportional to the steps. None without samples."""
     if not samples:
         return None
-    if len({steps for steps, _ in samples}) >= 2:
-        slope, intercept = statistics.linear_regression([float(s) for s, _ in samples], [t for _, t in samples])
+    per_steps = [per_step for _, _, per_step in samples if per_step is not None]
+    if per_steps:
+        per_step = statistics.median(per_steps)
+        return EditTimeModel(statistics.median(max(0.0, t - per_step * s) for s, t, _ in samples), per_step)
+    if len({steps for steps, _, _ in samples}) >= 2:
+        slope, intercept = statistics.linear_regression([float(s) for s, _, _ in samples], [t for _, t, _ in samples])
         if slope > 0:
             if intercept >= 0:
                 return EditTimeModel(intercept, slope)
-            return EditTimeModel(0.0, statistics.median(t / s for s, t in samples))  # noisy: through the origin
-    return EditTimeModel(0.0, statistics.median(t / max(1, s) for s, t in samples))
+            return EditTimeModel(0.0, statistics.median(t / s for s, t, _ in samples))  # noisy: through the origin
+    return EditTimeModel(0.0, statistics.median(t / max(1, s) for s, t, _ in samples))
 
 
 class AdmissionControl:
@@ -58,20 +63,21 @@ class AdmissionControl:
 
     def __init__(self, deadline_seconds: Optional[float], window: int, *, margin_seconds: float = 0.0,
                  samples_source: Optional[Callable[[], Iterable[Sample]]] = None) -> None:
-        """``samples_source``: where the edit times are measured elsewhere (workers on other hosts)."""
+        """``samples_source``: the workers' recent edits, with their step timings (this process's, or other hosts'
+        from their heartbeats)."""
         self.deadline_seconds = deadline_seconds or None
         self.margin_seconds = margin_seconds
         self.samples_source = samples_source
         self._samples: deque[Sample] = deque(maxlen=window)
 
     def record(self, job: JobRecord) -> None:
-        """Learn from a finished job: its steps and its run time, start to finish."""
+        """Learn from a finished job whose steps were not timed: its steps and its run time, start to finish."""
         if job.status is JobStatus.COMPLETED and job.started_at is not None and job.finished_at is not None:
-            self._samples.append((job.request.num_inference_steps, job.finished_at - job.started_at))
+            self._samples.append((job.request.num_inference_steps, job.finished_at - job.started_at, None))
 
     def model(self) -> Optional[EditTimeModel]:
-        samples = list(self.samples_source()) if self.samples_source is not None else list(self._samples)
-        return fit(samples)
+        timed = list(self.samples_source()) if self.samples_source is not None else []
+        return fit(timed or list(self._samples))
 
     def check(self, *, steps: int, ahead: Sequence[int], running: Sequence[tuple[int, int]], workers: int) -> None:
         """Raise ``DeadlineUnreachable`` when this job of ``steps`` would finish past the deadline. ``ahead``: the

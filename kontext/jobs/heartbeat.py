@@ -12,6 +12,7 @@ import time
 from typing import Any, Optional
 
 from kontext.engine.engine import EngineState
+from kontext.jobs.admission import Sample
 from kontext.jobs.pool import WorkerPool, combined_state
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,10 @@ class RemoteWorkers:
     def waiting_for_device(self) -> list[str]:
         return [job_id for w in self._workers for job_id in w.get("next_jobs") or ()]
 
-    def edit_samples(self) -> list[tuple[int, float]]:
-        """Every fresh worker's recent edits (steps, seconds): what the doors' admission estimate is fitted to."""
-        return [(int(steps), float(seconds)) for w in self._workers for steps, seconds in w.get("recent_edits") or ()]
+    def edit_samples(self) -> list[Sample]:
+        """Every fresh worker's recent edits (steps, seconds, seconds a step): what the doors' estimate is fitted to."""
+        return [(int(edit[0]), float(edit[1]), None if len(edit) < 3 or edit[2] is None else float(edit[2]))
+                for w in self._workers for edit in w.get("recent_edits") or ()]
 
     def describe(self) -> dict[str, Any]:
         recipes = sorted({str(w["recipe"]) for w in self._workers if w.get("recipe")})

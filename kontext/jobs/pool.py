@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, Collection, Optional
 
 from kontext.engine.engine import EngineState
+from kontext.jobs.admission import Sample
 from kontext.jobs.worker import Worker
 from kontext.jobs.worker_state import WorkerState
 
@@ -63,6 +64,10 @@ class WorkerPool:
     def running(self) -> int:
         """Jobs on a device now."""
         return sum(worker.busy for worker in self.workers)
+
+    def edit_samples(self) -> list[Sample]:
+        """Every worker's recent edits, with their step timings: what the admission estimate is fitted to."""
+        return [sample for worker in self.workers for sample in worker.recent_edits]
 
     def running_work(self) -> list[tuple[int, int]]:
         return [work for worker in self.workers for work in worker.running_work()]

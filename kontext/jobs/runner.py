@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Union
 
@@ -69,6 +70,12 @@ class HeldJob:
     steps: int
     step: int = 0
     on_device: bool = False
+    step_times: tuple[float, float] = (0.0, 0.0)
+    """``time.monotonic()`` at its first and its last denoising step: how long a step takes, for the estimate."""
+
+    def per_step_seconds(self) -> Optional[float]:
+        first, last = self.step_times
+        return (last - first) / (self.step - 1) if self.step >= 2 and last > first else None
 
 
 @dataclass
@@ -162,6 +169,8 @@ class JobRunner:
             if turn.interrupt.is_set():
                 raise EditInterrupted(f"job {job.id} cut off by a shutdown")
             held.step = step
+            clock = time.monotonic()
+            held.step_times = (clock if step == 1 else held.step_times[0], clock)
 
         deadline = turn.deadline(held.steps)
         call = turn.device.submit(lambda: self.engine.denoise(prepared, on_step=on_step))

@@ -249,9 +249,8 @@ class EditService:
                 await asyncio.wait([finished], timeout=min(remaining, WAIT_POLL_SECONDS))
 
     def finished(self, job: JobRecord) -> None:
-        """A job finished in this process: wake its waiters and learn its edit time."""
+        """A job finished in this process: wake its waiters (the admission estimate learns from the workers)."""
         self.events.finished(job.id)
-        self.admission.record(job)
 
     async def _get(self, job_id: str) -> JobRecord:
         if not _JOB_ID.fullmatch(job_id):

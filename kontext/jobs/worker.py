@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 from kontext.engine.engine import EngineState
 from kontext.errors import StorageUnavailable
 from kontext.jobs.device import DeviceThread
+from kontext.jobs.admission import Sample
 from kontext.jobs.finish import JobFinisher
 from kontext.jobs.inputs import InputPrefetcher
 from kontext.jobs.outcomes import Deferred, Finished, Outcome, Requeued
@@ -65,7 +66,7 @@ class Worker:
         """The jobs this worker holds, in the order it took them."""
         self.queue_error: Optional[str] = None
         """Why the queue cannot be reached now (a Redis outage), or None."""
-        self.recent_edits: deque[tuple[int, float]] = deque(maxlen=RECENT_EDITS)
+        self.recent_edits: deque[Sample] = deque(maxlen=RECENT_EDITS)
         self.defunct_reason: Optional[str] = None
         self.runner = JobRunner(name, engine, store, files, finisher, prefetcher, max_pixels=max_pixels,
                                 max_attempts=max_attempts)
@@ -267,7 +268,7 @@ class Worker:
         if isinstance(outcome, Finished) and outcome.job is not None:
             done = outcome.job
             if done.status is JobStatus.COMPLETED and done.run_seconds is not None:
-                self.recent_edits.append((done.request.num_inference_steps, done.run_seconds))
+                self.recent_edits.append((done.request.num_inference_steps, done.run_seconds, held.per_step_seconds()))
         return outcome
 
     async def settle(self, entry: QueuedJob, outcome: Outcome) -> None:

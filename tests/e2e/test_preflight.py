@@ -1,67 +1,32 @@
-"""`kontext-client preflight` against the real neuron (offline, HTTPS with a throwaway CA, the 8 s callback rule):
-it passes signed with the miner's own wallet and fails against another hotkey, a certificate it cannot verify or
-one for another name. One neuron serves every scenario of this module."""
+"""`kontext-client preflight` against the real neuron as the README starts it (offline, HTTPS with a throwaway CA, the
+subnet profile's 8 s callback rule): it passes signed with the miner's own wallet and fails against another hotkey,
+a certificate it cannot verify or one for another name. The neuron is the validator module's (one process)."""
 
 from __future__ import annotations
 
 import io
 import json
-import ssl
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-import trustme
 from PIL import Image
 
 from kontext.client.cli import main
-from tests.e2e.servers import CallbackReceiver, NeuronProcess
+from tests.e2e.conftest import README_NEURON, Subnet
+from tests.e2e.servers import CallbackReceiver
 from tests.e2e.validator import ImageHost
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group(README_NEURON)]
 
 
-@dataclass
-class Door:
-    neuron: NeuronProcess
-    miner_hotkey: str
-    other_hotkey: str
-    wallet_flags: list[str]
-    ca_file: Path
-    server_ssl: ssl.SSLContext
+@pytest.fixture
+def door(readme_neuron: Subnet) -> Subnet:
+    """The neuron as an operator starts it (tests/e2e/conftest.py), with a certificate for 127.0.0.1 only, and a
+    wallet of another hotkey beside the miner's."""
+    return readme_neuron
 
 
-@pytest.fixture(scope="module")
-def door(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Door]:
-    """The neuron as an operator starts it, with a certificate for 127.0.0.1 only, and a wallet of another hotkey."""
-    import bittensor as bt
-
-    home = tmp_path_factory.mktemp("preflight")
-    ca = trustme.CA()
-    certfile, keyfile, ca_file = home / "door.pem", home / "door.key", home / "ca.pem"
-    cert = ca.issue_cert("127.0.0.1")
-    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    ca.cert_pem.write_to_path(str(ca_file))
-    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ssl)
-    wallets = home / "wallets"
-    miner = bt.Wallet("miner", "default", path=str(wallets)).create_new_hotkey(use_password=False, suppress=True)
-    other = bt.Wallet("other", "default", path=str(wallets)).create_new_hotkey(use_password=False, suppress=True)
-    neuron = NeuronProcess(
-        tiny_model_dir, home / "data", wallet_path=wallets, validators="",  # no validators: the gate admits its own
-        extra_args=["--axon.certfile", str(certfile), "--axon.keyfile", str(keyfile)],
-        extra_env={"CALLBACK_NOT_BEFORE_SECONDS": "8", "SSL_CERT_FILE": str(ca_file)}, recipe=None,
-    ).start()
-    try:
-        yield Door(neuron, miner.hotkey.ss58_address, other.hotkey.ss58_address,
-                   ["--wallet.name", "miner", "--wallet.path", str(wallets)], ca_file, server_ssl)
-    finally:
-        neuron.stop()
-
-
-def preflight(capsys: pytest.CaptureFixture[str], door: Door, *flags: str, axon: str = "",
+def preflight(capsys: pytest.CaptureFixture[str], door: Subnet, *flags: str, axon: str = "",
               hotkey: str = "", cacert: bool = True, after: tuple[str, ...] = ()) -> tuple[int, dict[str, str]]:
     """Run the command in this process: (exit code, check name -> "VERDICT what was seen")."""
     argv = ["--axon", axon or door.neuron.axon_url, "--miner-hotkey", hotkey or door.miner_hotkey,
@@ -89,7 +54,7 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
-def test_passes_signed_with_the_miners_own_wallet(capsys, door: Door) -> None:
+def test_passes_signed_with_the_miners_own_wallet(capsys, door: Subnet) -> None:
     """As the validator sends it: the input at a public https URL, a callback receiver."""
     images = ImageHost(door.server_ssl, {"in.png": _png()})
     receiver = CallbackReceiver().start()
@@ -113,7 +78,7 @@ def test_passes_signed_with_the_miners_own_wallet(capsys, door: Door) -> None:
     assert checks["chain commitment"] == "SKIP --subtensor.network offline: no chain to read the commitment from"
 
 
-def test_fails_against_a_miner_with_another_hotkey(capsys, door: Door) -> None:
+def test_fails_against_a_miner_with_another_hotkey(capsys, door: Subnet) -> None:
     code, checks = preflight(capsys, door, hotkey=door.other_hotkey)
     assert code == 1
     assert checks["GET /check/{hotkey}"].startswith(f"FAIL 404 for {door.other_hotkey}")
@@ -124,7 +89,7 @@ def test_fails_against_a_miner_with_another_hotkey(capsys, door: Door) -> None:
     assert checks["POST /sync/edit"].startswith("SKIP")
 
 
-def test_fails_on_a_certificate_it_cannot_verify_or_for_another_name(capsys, door: Door) -> None:
+def test_fails_on_a_certificate_it_cannot_verify_or_for_another_name(capsys, door: Subnet) -> None:
     code, checks = preflight(capsys, door, cacert=False)
     assert code == 1 and "does not verify: unable to get local issuer certificate" in checks["TLS"]
     assert checks["GET /"] == "SKIP not tried: TLS failed (above)"
@@ -132,7 +97,7 @@ def test_fails_on_a_certificate_it_cannot_verify_or_for_another_name(capsys, doo
     assert code == 1 and "Hostname mismatch" in checks["TLS"] and "names localhost" in checks["TLS"]
 
 
-def test_conformance_on_the_signed_door_against_its_own_sidecar(capsys, door: Door, tmp_path: Path) -> None:
+def test_conformance_on_the_signed_door_against_its_own_sidecar(capsys, door: Subnet, tmp_path: Path) -> None:
     """--axon: the cases go through the validator's signed POST /edit; equal bytes with the plain sidecar."""
     (tmp_path / "in.png").write_bytes(_png())
     case = {"name": "small", "image_file": "in.png",

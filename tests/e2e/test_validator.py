@@ -3,98 +3,23 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import shutil
 import socket
-import ssl
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
-import trustme
 from bittensor.sp_core import Keypair
-from PIL import Image
 
 from tests.e2e.kontext_determinism.conftest import MinerClient
-from tests.e2e.servers import REPO_ROOT, NeuronProcess
-from tests.e2e.validator import ImageHost, Validator, ValidatorCallbacks, edit_payload, uuid7
+from tests.e2e.conftest import README_NEURON, VALIDATOR, Subnet
+from tests.e2e.validator import Validator, edit_payload, uuid7
 
-pytestmark = pytest.mark.e2e
-
-VALIDATOR = Keypair.create_from_uri("//OrchestratorValidator")
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group(README_NEURON)]
 
 
-def _input_png() -> bytes:
-    image = Image.new("RGB", (96, 64))
-    image.putdata([((x * 5) % 256, (y * 7) % 256, (x * y) % 256) for y in range(64) for x in range(96)])
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@dataclass
-class Subnet:
-    neuron: NeuronProcess
-    miner_hotkey: str
-    validator: Validator
-    callbacks: ValidatorCallbacks
-    images: ImageHost
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path, Path, Path]:
-    """A throwaway CA; the miner's door certificate; the CA bundle every party trusts."""
-    ca = trustme.CA()
-    folder = tmp_path_factory.mktemp("tls")
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    certfile, keyfile, ca_file = folder / "door.pem", folder / "door.key", folder / "ca.pem"
-    cert.cert_chain_pems[0].write_to_path(str(certfile))
-    for extra in cert.cert_chain_pems[1:]:
-        extra.write_to_path(str(certfile), append=True)
-    cert.private_key_pem.write_to_path(str(keyfile))
-    ca.cert_pem.write_to_path(str(ca_file))
-    return ca, certfile, keyfile, ca_file
-
-
-def _subnet(tls: tuple[trustme.CA, Path, Path, Path], model_dir: Path, home: Path) -> Subnet:
-    """The neuron as the README starts it: ``.env`` copied from ``.env.example`` (so every default: the subnet
-    profile), offline, HTTPS with the throwaway CA's certificate, the commitment's address ``localhost``."""
-    import bittensor as bt
-
-    ca, certfile, keyfile, ca_file = tls
-    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ssl)
-    wallets = home / "wallets"
-    wallet = bt.Wallet("miner", "default", path=str(wallets)).create_new_hotkey(use_password=False, suppress=True)
-    env_file = home / ".env"
-    shutil.copy(REPO_ROOT / ".env.example", env_file)
-    neuron = NeuronProcess(
-        model_dir, home / "data", wallet_path=wallets, validators=f"{VALIDATOR.ss58_address}:4000",
-        extra_args=["--axon.certfile", str(certfile), "--axon.keyfile", str(keyfile), "--commit.address",
-                    "localhost"],
-        extra_env={"SSL_CERT_FILE": str(ca_file)}, recipe=None, env_file=str(env_file),  # reference-v1
-    ).start()
-    miner_hotkey = wallet.hotkey.ss58_address
-    return Subnet(neuron, miner_hotkey, Validator(VALIDATOR, miner_hotkey, neuron.axon_url, str(ca_file)),
-                  ValidatorCallbacks(server_ssl).start(), ImageHost(server_ssl, {"person.png": _input_png()}))
-
-
-def _stop(subnet: Subnet) -> None:
-    subnet.neuron.stop()
-    subnet.callbacks.stop()
-    subnet.images.stop()
-
-
-@pytest.fixture(scope="module")
-def subnet(tls, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Subnet]:
-    running = _subnet(tls, tiny_model_dir, tmp_path_factory.mktemp("validator-home"))
-    try:
-        yield running
-    finally:
-        _stop(running)
+@pytest.fixture
+def subnet(readme_neuron: Subnet) -> Subnet:
+    return readme_neuron
 
 
 def _dispatch(subnet: Subnet, seed: int, *, path: str = "/edit") -> tuple[dict, float]:
@@ -187,7 +112,7 @@ def test_callbacks_come_no_earlier_than_8_s_and_image_url_is_the_public_door(sub
     outcome = subnet.callbacks.wait(payload["job_id"])
     assert outcome.accepted, outcome.reason
     assert outcome.received_at - dispatched_at >= 8.0  # the validator fails earlier callbacks
-    assert outcome.image_url == f"https://localhost:{subnet.neuron.axon_port}/images/edits/{payload['job_id']}.png"
+    assert outcome.image_url == f"https://127.0.0.1:{subnet.neuron.axon_port}/images/edits/{payload['job_id']}.png"
     status = _once_the_callback_is_recorded(subnet, payload["job_id"])
     assert status["callback"]["status"] == "delivered" and "callback_pending" not in status
     assert status["image_url"] == outcome.image_url

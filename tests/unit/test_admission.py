@@ -16,7 +16,7 @@ def _done(steps: int, seconds: float) -> JobRecord:
 
 
 def test_a_mix_of_step_counts_is_fitted_as_a_fixed_part_plus_a_time_per_step() -> None:
-    model = fit([(10, 3.0), (28, 6.6), (10, 3.0), (4, 1.8)])  # 1 s fixed + 0.2 s a step
+    model = fit([(10, 3.0, None), (28, 6.6, None), (10, 3.0, None), (4, 1.8, None)])  # 1 s fixed + 0.2 s a step
     assert model is not None
     assert model.fixed == pytest.approx(1.0) and model.per_step == pytest.approx(0.2)
     assert model.seconds(28) == pytest.approx(6.6) and model.seconds(10, done=5) == pytest.approx(1.0)
@@ -24,7 +24,16 @@ def test_a_mix_of_step_counts_is_fitted_as_a_fixed_part_plus_a_time_per_step() -
 
 def test_one_step_count_alone_is_taken_as_proportional_and_no_sample_as_unknown() -> None:
     assert fit([]) is None
-    assert fit([(10, 3.0), (10, 3.2)]) == EditTimeModel(0.0, pytest.approx(0.31))
+    assert fit([(10, 3.0, None), (10, 3.2, None)]) == EditTimeModel(0.0, pytest.approx(0.31))
+
+
+def test_measured_step_times_split_the_fixed_part_with_one_step_count() -> None:
+    """The validator sends 10-step jobs only: a proportional guess would make a 28-step job (or a 2-step one) far
+    off where most of the time is fixed (text encoders, the VAE); the time between steps tells the two apart."""
+    model = fit([(10, 3.0, 0.2), (10, 3.2, 0.2), (10, 2.9, 0.2)])
+    assert model is not None
+    assert model.per_step == pytest.approx(0.2) and model.fixed == pytest.approx(1.0)
+    assert model.seconds(28) == pytest.approx(6.6)
 
 
 def test_the_estimate_sums_the_work_ahead_in_seconds_not_in_jobs() -> None:
