@@ -1,4 +1,4 @@
-"""The subnet reference miner's edit, as read from its public code (../shared/docs/subnet.md §8), written
+"""The subnet reference miner's edit, as read from its public code (docs/subnet.md §8), written
 independently of kontext/ so a test can compare the miner's bytes with it.
 
 Nothing here imports the miner's engine or recipes: if both got the recipe wrong the same way, this

@@ -7,7 +7,7 @@ other orders. The PNG bytes of identical pixels depend on the deflate library un
 writer: on Linux the host's libz.so.1 (Pillow's Linux wheels link it and never bundle it, even when
 built against zlib-ng's headers); Pillow's macOS and Windows wheels bundle zlib-ng, whose output
 differs from classic zlib and may change between its releases. Classic zlib 1.2.11, 1.2.13 and 1.3.1
-write the same bytes (../shared/docs/subnet.md §8).
+write the same bytes (docs/subnet.md §8).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A stand-in for the subnet's validator: signs requests and checks callbacks the way its public code does.
 
-Written from the validator's documented behaviour (../shared/docs/subnet.md): compact JSON bodies,
+Written from the validator's documented behaviour (docs/subnet.md): compact JSON bodies,
 Epistula headers with a UUIDv7, a signed GET that carries the body ``{}``, and a callback receiver
 that fails a job whose secret is missing or wrong, or whose image part is empty.
 """

@@ -1,6 +1,6 @@
 """Recipe ``reference-v1``: the subnet's reference miner, byte for byte (what its audit re-runs).
 
-Read from the reference miner's code (../shared/docs/subnet.md §8):
+Read from the reference miner's code (docs/subnet.md §8):
 
 * Input: the bytes opened with PIL, **no EXIF transpose**; ``convert("RGB")`` only when the mode
   is not RGB (alpha is dropped, not composited); a long side over 1024 is scaled with
