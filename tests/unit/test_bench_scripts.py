@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import subprocess
@@ -15,16 +16,30 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_bench_gpu_quick_prints_the_determinism_column(tiny_model_dir: Path, tmp_path: Path) -> None:
+def _run_in_process(script: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run a script's ``main()`` in this process (the import of torch and diffusers is paid once per worker, not
+    per script); the re-execution for PYTHONHASHSEED is tested by a subprocess below."""
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), ROOT / "scripts" / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        module.main()
+    finally:  # the script configured logging for itself
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_bench_gpu_quick_prints_the_determinism_column(tiny_model_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "bench.json"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_gpu.py"), "--quick", "--model", str(tiny_model_dir),
-         "--combos", "baseline,first-block-cache", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-        env={**os.environ, "PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"},
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    lines = run.stdout.splitlines()
+    _run_in_process("bench_gpu.py", ["--quick", "--model", str(tiny_model_dir), "--combos", "baseline,first-block-cache",
+                                     "--json", str(out)], monkeypatch)
+    lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if line.startswith("combo"))
     assert "deterministic" in header and "64px/2steps" in header
     rows = [line for line in lines if line.startswith(("baseline", "first-block-cache"))]
@@ -94,15 +109,14 @@ def test_bench_service_refuses_a_wrong_hash_seed_in_one_plain_line() -> None:
     assert "cannot start: PYTHONHASHSEED='1'" in run.stderr
 
 
-def test_bench_scale_quick_prints_both_figures(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_bench_scale_quick_prints_both_figures(tiny_model_dir: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "scale.json"
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_scale.py"), "--quick", "--model",
-                          str(tiny_model_dir), "--json", str(out)],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT,
-                         env={**os.environ, "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1"})
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert re.search(r"1 worker [\d.]+ jobs/s, 2 workers [\d.]+ jobs/s, ratio [\d.]+", run.stdout), run.stdout
-    assert re.search(r"SQLite p50 [\d.]+ ms / p95 [\d.]+ ms; Redis p50 [\d.]+ ms", run.stdout), run.stdout
+    _run_in_process("bench_scale.py", ["--quick", "--model", str(tiny_model_dir), "--json", str(out)], monkeypatch)
+    printed = capsys.readouterr().out
+    assert re.search(r"1 worker [\d.]+ jobs/s, 2 workers [\d.]+ jobs/s, ratio [\d.]+", printed), printed
+    assert re.search(r"SQLite p50 [\d.]+ ms / p95 [\d.]+ ms; Redis p50 [\d.]+ ms", printed), printed
     figures = json.loads(out.read_text())
     assert figures["ratio"] > 0 and figures["redis_submit_to_start_ms"]["p95"] >= figures["redis_submit_to_start_ms"]["p50"]
 
