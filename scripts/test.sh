@@ -28,10 +28,9 @@ older=$!
 trap 'kill "$older" 2>/dev/null || true; rm -f "$older_log"' EXIT
 echo "[test] mypy (kontext, protocol, neurons, tools)"
 python -m mypy
-# Two pytest workers, a test file (or a group of files sharing a server: tests/conftest.py) each at a time
-# (pytest-xdist): most end-to-end tests wait on servers.
+# Two pytest workers, a test file each at a time (pytest-xdist): most end-to-end tests wait on servers.
 # schemathesis generates its tests lazily, which xdist does not collect: that file runs on its own after.
-python -m pytest -q -n 2 --dist loadgroup --ignore tests/unit/test_fuzz_http.py
+python -m pytest -q -n 2 --dist loadfile --ignore tests/unit/test_fuzz_http.py
 python -m pytest -q tests/unit/test_fuzz_http.py
 echo "[test] second leg: the oldest supported stack"
 status=0

@@ -14,7 +14,7 @@ LONGEST_FIRST = (
     "tests/e2e/test_scale.py", "tests/e2e/test_reference_recipe.py", "tests/unit/test_acceleration.py",
     "tests/unit/test_bench_scripts.py", "tests/unit/test_gpu_proof.py",
     "tests/e2e/kontext_determinism/test_edit_workflow.py", "tests/e2e/test_validator.py", "tests/e2e/test_neuron.py",
-    "tests/e2e/test_preflight.py", "tests/unit/test_engine.py",
+    "tests/unit/test_engine.py",
     "tests/e2e/kontext_determinism/test_determinism.py", "tests/e2e/test_load_and_faults.py",
 )
 """The files that take longest, measured (``--durations``). Only the run order changes: ``scripts/test.sh`` hands

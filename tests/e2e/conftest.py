@@ -1,5 +1,5 @@
-"""The neuron as the README starts it, shared by the modules that play the validator against it (the validator's
-own calls, and ``kontext-client preflight``): one process for both, kept on one test worker by their xdist group."""
+"""The neuron as the README starts it, for the tests that play the validator against it (its own calls, and
+``kontext-client preflight``): one process, started once per session by whichever test worker needs it."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ from PIL import Image
 from tests.e2e.servers import REPO_ROOT, NeuronProcess
 from tests.e2e.validator import ImageHost, Validator, ValidatorCallbacks
 
-README_NEURON = "readme-neuron"
-"""The xdist group of the modules that share ``readme_neuron`` (tests/conftest.py groups the rest by file)."""
 VALIDATOR = Keypair.create_from_uri("//OrchestratorValidator")
 
 
