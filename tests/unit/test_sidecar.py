@@ -222,6 +222,13 @@ async def test_a_fallback_with_both_image_b64_and_image_url_edits_and_names_the_
     gate = threading.Event()
     client, runtime = await start(settings, FakeEngine(gate=gate))
     await submit(client, image_b64=IMAGE_B64, seed=5)  # held at its first step: the next jobs wait behind it
+    await until(workers_running(runtime, 1), what="the blocker on the device")
+    filler = (await submit(client, image_b64=IMAGE_B64, seed=6))["job_id"]  # taken ahead: the rest stay queued
+
+    async def taken_ahead() -> bool:
+        return filler in runtime.workers.waiting_for_device()
+
+    await until(taken_ahead, what="the next job taken ahead")
     doomed = (await submit(client, image_b64=IMAGE_B64, prompt=FAIL_PROMPT))["job_id"]
     try:
         both = (await submit(client, reference_job_id=doomed, image_b64=IMAGE_B64,
