@@ -31,6 +31,7 @@ from kontext.jobs.queue import RunQueue
 from kontext.jobs.record import JobRecord, request_digest
 from kontext.jobs.status import result_url, status_record
 from kontext.jobs.store import JobStore
+from kontext.jobs.upkeep import never_accepted
 from kontext.jobs.workers_view import WorkersView
 from kontext.media.files import ImageStore
 from kontext.media.images import decode_base64_image
@@ -97,31 +98,32 @@ class EditService:
                                                   max_bytes=self.settings.max_image_bytes,
                                                   max_pixels=self.settings.max_image_pixels)
         digest = request_digest(request)
-        job = await self._claim(request, priority, digest)
-        if job is None:  # the same request again: the job it made already answers for it
-            return _accepted(request.job_id or "")
-        try:
+        job, fresh = await self._claim(request, priority, digest)
+        if not fresh and not (input_bytes is not None and await never_accepted(job, self.files)):
+            return _accepted(job.id)  # the same request again: the job it made answers for it
+        try:  # a fresh claim, or the retry of one whose submit stopped before its image was stored: finish it
             if input_bytes is not None:
                 await self.files.write_input(job.id, input_bytes)
             await enqueue(job, self.queue, self.files, self.prefetcher)
         except StorageUnavailable as exc:  # claimed but not stored or queued: undo, so the caller's retry is new
-            with contextlib.suppress(StorageUnavailable):  # (if this fails too: recovery, or requeue_orphans)
-                await self.store.delete(job.id)
-                await self.files.remove_input(job.id)
+            if fresh:
+                with contextlib.suppress(StorageUnavailable):  # (if this fails too: recovery, or requeue_orphans)
+                    await self.store.delete(job.id)
+                    await self.files.remove_input(job.id)
             log.error("cannot store or queue job %s: %s", job.id, exc.message)
             raise _cannot_take(exc) from None
-        if self.metrics is not None:
+        if self.metrics is not None and fresh:
             self.metrics.jobs_submitted.inc()
         log.info("accepted %s (source=%s, priority=%s)", job.id, job.image_source.value if job.image_source else "-",
                  job.priority)
         return _accepted(job.id)
 
-    async def _claim(self, request: EditRequest, priority: float, digest: str) -> Optional[JobRecord]:
+    async def _claim(self, request: EditRequest, priority: float, digest: str) -> tuple[JobRecord, bool]:
         """Check the bound and the deadline, then claim the job id with the record's insert (unique: of two doors
-        inserting one id, one wins). None when the id holds this very request already."""
+        inserting one id, one wins): (the job, True). (The job, False) when the id holds this very request already."""
         async with self._claims:
-            if request.job_id is not None and await self._same_again(request.job_id, digest):
-                return None
+            if request.job_id is not None and (same := await self._same_again(request.job_id, digest)):
+                return same, False
             if await self.waiting() >= self.settings.max_queue:
                 raise ServiceBusy(f"the queue is full ({self.settings.max_queue} jobs waiting); retry later")
             reference = await self.store.get(request.reference_job_id) if request.reference_job_id else None
@@ -133,22 +135,23 @@ class EditService:
             try:
                 await self.store.insert(job)
             except JobConflict:  # another door claimed it a moment ago
-                if await self._same_again(job.id, digest):
-                    return None
+                if same := await self._same_again(job.id, digest):
+                    return same, False
                 raise
             except StorageUnavailable as exc:
                 log.error("cannot store job %s: %s", job.id, exc.message)
                 raise _cannot_take(exc) from None
-            return job
+            return job, True
 
-    async def _same_again(self, job_id: str, digest: str) -> bool:
-        """True when ``job_id`` holds this request already; ``JobConflict`` when it holds another (or has expired)."""
+    async def _same_again(self, job_id: str, digest: str) -> Optional[JobRecord]:
+        """The job ``job_id`` holds when it holds this request already; None when there is none; ``JobConflict``
+        when it holds another request (or has expired)."""
         existing = await self.store.get(job_id)
         if existing is None:
-            return False
+            return None
         if existing.swept_at is None and existing.request_digest == digest:
             log.info("job %s sent again with the same request: answered as the first time", job_id)
-            return True
+            return existing
         raise JobConflict(f"job_id {job_id!r} already exists with another request"
                           if existing.swept_at is None else f"job_id {job_id!r} was used by a job that has expired",
                           fields=[{"field": "job_id", "message": "already exists"}])

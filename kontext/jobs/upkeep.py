@@ -8,10 +8,11 @@ from typing import Optional
 from kontext.jobs.finish import JobFinisher
 from kontext.jobs.inputs import InputPrefetcher, enqueue
 from kontext.jobs.queue import RunQueue
-from kontext.jobs.record import now
+from kontext.jobs.record import JobRecord, now
 from kontext.jobs.store import JobStore
 from kontext.media.files import ImageStore
 from kontext.settings import Settings
+from protocol import ImageSource, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,14 @@ ORPHAN_AFTER_SECONDS = 60.0
 """A stored job with no queue entry this long after it arrived was never queued (``requeue_orphans``)."""
 TOMBSTONE_DAYS = 7
 """How long a swept job still answers 410 (then 404)."""
+
+
+async def never_accepted(job: JobRecord, files: ImageStore) -> bool:
+    """A record whose submit never completed: its id was claimed, then the process stopped before the uploaded image
+    was stored (so its caller got no answer, and will send it again). It is not a job to run, or to fail."""
+    return (job.status is JobStatus.QUEUED and job.attempts == 0
+            and job.image_source in (ImageSource.BASE64, ImageSource.BASE64_FALLBACK)
+            and not await files.has_input(job.id))
 
 
 class Upkeep:
@@ -41,6 +50,9 @@ class Upkeep:
         """
         jobs = await self.store.unfinished()
         for job in jobs:
+            if await never_accepted(job, self.files):
+                await self._forget(job)
+                continue
             reason = job.cut_off_too_often(self.settings.max_attempts)
             if reason is not None and self.finisher is not None:
                 await self.finisher.fail(job, reason)
@@ -58,11 +70,19 @@ class Upkeep:
         orphans = [job for job in await self.store.unfinished()
                    if job.id not in open_entries and job.queued_at < cutoff]
         for job in orphans:
+            if await never_accepted(job, self.files):
+                await self._forget(job)
+                continue
             await self.queue.put(job.id, job.priority, steps=job.request.num_inference_steps)
         if orphans:
             log.warning("queued again %d job(s) that had no queue entry: %s", len(orphans),
                         ", ".join(job.id for job in orphans))
         return [job.id for job in orphans]
+
+    async def _forget(self, job: JobRecord) -> None:
+        log.warning("job %s was claimed but its image never stored (the process stopped mid-submit, unanswered): "
+                    "forgotten, so the caller's retry is a new submit", job.id)
+        await self.store.delete(job.id)
 
     async def sweep(self) -> list[str]:
         """Remove records and files older than the retention period (tombstones answer 410), and files no

@@ -123,7 +123,7 @@ class Worker:
 
     def progress(self, job_id: str) -> Optional[tuple[int, int]]:
         held = self.held.get(job_id)
-        return (held.step, held.steps) if held is not None and held.on_device else None
+        return (held.step, held.steps) if held is not None and held.on_device and held.step else None
 
     def running_work(self) -> list[tuple[int, int]]:
         """(steps, steps done) of each job it holds."""

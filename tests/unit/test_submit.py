@@ -85,3 +85,33 @@ async def test_two_doors_racing_for_one_job_id_leave_the_winners_job_whole(tmp_p
         redis = connect(module_redis_server.url)
         await redis.flushall()
         await redis.aclose()
+
+
+async def test_a_claim_whose_image_was_never_stored_is_not_a_job(tmp_path: Path) -> None:
+    """The process stopped between claiming the id and storing the image (its caller got no answer): the next start
+    does not fail it as "image missing", and the caller's retry is accepted anew and runs."""
+    from kontext.jobs.record import JobRecord, request_digest
+    from protocol import CallbackStatus, ImageSource
+
+    request = _request(job_id="half-1")
+    settings = make_settings(tmp_path)
+    crashed = Runtime(settings, engine=FakeEngine())
+    await crashed.start()
+    await crashed.store.insert(JobRecord(id="half-1", request=request, image_source=ImageSource.BASE64,
+                                         request_digest=request_digest(request),
+                                         callback_status=CallbackStatus.SKIPPED))  # claimed, then "killed"
+    await crashed.stop()
+    again = Runtime(settings, engine=FakeEngine())
+    await again.start()  # recovery forgets the half-made claim
+    try:
+        assert await again.store.get("half-1") is None
+        await again.service.submit(request)  # the caller's retry
+        await until(lambda: _completed(again, "half-1"))
+        await again.store.insert(JobRecord(id="half-2", request=_request(job_id="half-2"),
+                                           image_source=ImageSource.BASE64,
+                                           request_digest=request_digest(_request(job_id="half-2")),
+                                           callback_status=CallbackStatus.SKIPPED))  # a door of a shared store
+        await again.service.submit(_request(job_id="half-2"))  # its retry repairs it at once
+        await until(lambda: _completed(again, "half-2"))
+    finally:
+        await again.stop()
