@@ -79,13 +79,14 @@ class EditService:
         """Set when the process stops serving, after its drain: every ``wait_finished`` answers at its next poll."""
         self._claims = asyncio.Lock()
         """Serialises the bound check and the id's claim (a quick insert), never an image's write."""
+        self._claimed = 0
+        """Jobs claimed whose image is being stored: not queued yet, but waiting all the same."""
 
     # -- submit ---------------------------------------------------------------------------
 
     async def submit(self, request: EditRequest, *, priority: float = 0.0) -> EditAccepted:
-        """Validate, claim the id, store the input and queue one job. Raises an ``EditError`` for every refusal.
-        The same ``job_id`` with the same request again answers as the first time (a retry after a lost reply);
-        another request under that ``job_id`` is a ``JobConflict``."""
+        """Validate, claim the id, store the input and queue one job; an ``EditError`` for every refusal. The same
+        ``job_id`` and request again answers as the first time (a lost reply's retry); another is a ``JobConflict``."""
         self._check_accepting()
         if not request.has_image_source:
             raise InvalidRequest(
@@ -98,7 +99,7 @@ class EditService:
                                                   max_bytes=self.settings.max_image_bytes,
                                                   max_pixels=self.settings.max_image_pixels)
         digest = request_digest(request)
-        job, fresh = await self._claim(request, priority, digest)
+        job, fresh = await self._claim(request, priority, digest)  # (counted in ``waiting`` until queued)
         if not fresh and not (input_bytes is not None and await never_accepted(job, self.files)):
             return _accepted(job.id)  # the same request again: the job it made answers for it
         try:  # a fresh claim, or the retry of one whose submit stopped before its image was stored: finish it
@@ -112,6 +113,8 @@ class EditService:
                     await self.files.remove_input(job.id)
             log.error("cannot store or queue job %s: %s", job.id, exc.message)
             raise _cannot_take(exc) from None
+        finally:
+            self._claimed -= fresh
         if self.metrics is not None and fresh:
             self.metrics.jobs_submitted.inc()
         log.info("accepted %s (source=%s, priority=%s)", job.id, job.image_source.value if job.image_source else "-",
@@ -141,11 +144,11 @@ class EditService:
             except StorageUnavailable as exc:
                 log.error("cannot store job %s: %s", job.id, exc.message)
                 raise _cannot_take(exc) from None
+            self._claimed += 1  # until it is queued: the next claim's bound counts it
             return job, True
 
     async def _same_again(self, job_id: str, digest: str) -> Optional[JobRecord]:
-        """The job ``job_id`` holds when it holds this request already; None when there is none; ``JobConflict``
-        when it holds another request (or has expired)."""
+        """The job at ``job_id`` if it holds this request; None if none; ``JobConflict`` if another (or expired)."""
         existing = await self.store.get(job_id)
         if existing is None:
             return None
@@ -181,9 +184,8 @@ class EditService:
         return "ready" if self.workers is None else self.workers.state.value
 
     async def waiting(self) -> int:
-        """Jobs accepted that no device runs yet: queued (deferred ones too), taken ahead by a worker, or their
-        input still downloading. What MAX_QUEUE bounds."""
-        return await self.depth() + (len(self.prefetcher) if self.prefetcher is not None else 0)
+        """What MAX_QUEUE bounds: jobs no device runs yet (queued, taken ahead, downloading, or being stored)."""
+        return await self.depth() + (len(self.prefetcher) if self.prefetcher is not None else 0) + self._claimed
 
     async def depth(self) -> int:
         """Queued jobs: in the queue (deferred ones too), or taken ahead by a worker and not on its device yet."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kontext.errors import JobConflict
+from kontext.errors import JobConflict, ServiceBusy
 from kontext.runtime import Runtime
 from protocol import EditRequest, JobStatus
 from tests.fakes import FakeEngine, png_bytes
@@ -115,3 +115,33 @@ async def test_a_claim_whose_image_was_never_stored_is_not_a_job(tmp_path: Path)
         await until(lambda: _completed(again, "half-2"))
     finally:
         await again.stop()
+
+
+async def test_the_queue_bound_counts_jobs_whose_image_is_being_stored(tmp_path: Path, monkeypatch) -> None:
+    """The id is claimed first and the image written after, outside the lock: submits racing past the bound while
+    images are still being written (nothing queued yet) once all got in."""
+    gate = asyncio.Event()
+    runtime = Runtime(make_settings(tmp_path, max_queue=2), engine=FakeEngine())
+    await runtime.start()
+    real_write = runtime.files.write_input
+
+    async def slow_write(job_id: str, data: bytes) -> None:
+        await gate.wait()
+        await real_write(job_id, data)
+
+    monkeypatch.setattr(runtime.files, "write_input", slow_write)
+    try:
+        submits = [asyncio.ensure_future(runtime.service.submit(_request(job_id=f"bound-{i}", seed=i)))
+                   for i in range(4)]
+        await until(lambda: _any_done(submits))  # the ones past the bound are refused while the others write
+        gate.set()
+        outcomes = await asyncio.gather(*submits, return_exceptions=True)
+        accepted = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert len(accepted) == 2 and all(isinstance(o, ServiceBusy) for o in outcomes if o not in accepted)
+    finally:
+        gate.set()
+        await runtime.stop()
+
+
+async def _any_done(tasks: list) -> bool:  # type: ignore[type-arg]
+    return sum(task.done() for task in tasks) == 2
