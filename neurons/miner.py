@@ -50,7 +50,7 @@ async def serve(args: Any, *, chain: Any = None) -> None:
     SIGTERM/SIGINT (kontext.http.serve). Any refusal is a ``StartupError``: one ``cannot start:`` line, exit 2."""
     from kontext.errors import StartupError
     from kontext.http.app import Door, create_app
-    from kontext.http.serve import Listener, bind
+    from kontext.http.serve import Listener, bind, release
     from kontext.http.serve import serve as serve_listeners
     from kontext.http.tls import server_context
     from kontext.process import set_level
@@ -106,9 +106,7 @@ async def serve(args: Any, *, chain: Any = None) -> None:
                 log.info("%s", await ensure_commitment(chain, netuid=settings.netuid, hotkey=hotkey.ss58_address,
                                                        address=address, port=port))
         except (ChainError, CommitmentError) as exc:
-            for listener in listeners:
-                if listener.sock is not None:
-                    listener.sock.close()
+            release(listeners)
             raise StartupError(str(exc)) from None
 
         async def fetch() -> dict:

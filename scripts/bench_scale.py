@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import statistics
@@ -31,18 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.bench import percentile, photo_png, tiny_model  # noqa: E402
+from tools.bench import pattern_png, percentile, photo_png, tiny_model  # noqa: E402
 from tools.service_runs import busy_fraction_of_a_queue, service_settings, until_serving, wait_finished  # noqa: E402
-
-
-def _image() -> bytes:
-    from PIL import Image
-
-    image = Image.new("RGB", (96, 64))
-    image.putdata([((x * 5) % 256, (y * 7) % 256, (x * y) % 256) for y in range(64) for x in range(96)])
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 async def throughput(model: str, workers: int, jobs: int, recipe: str, steps: int) -> float:
@@ -57,7 +46,7 @@ async def throughput(model: str, workers: int, jobs: int, recipe: str, steps: in
     await runtime.start()
     try:
         await until_serving(lambda: runtime.workers, workers)
-        image = base64.b64encode(_image()).decode()
+        image = base64.b64encode(pattern_png()).decode()
         requests = [EditRequest(prompt="add a red hat", seed=i, image_b64=image, num_inference_steps=steps,
                                 width=256, height=256) for i in range(jobs)]
         started = time.perf_counter()
@@ -86,7 +75,7 @@ async def overhead(model: str, jobs: int, recipe: str, redis_url: str = "") -> l
         await worker.start()
     try:
         await until_serving(lambda: (worker or door).workers, 1)
-        image = base64.b64encode(_image()).decode()
+        image = base64.b64encode(pattern_png()).decode()
         delays = []
         for index in range(jobs):
             request = EditRequest(prompt="p", seed=index, image_b64=image, num_inference_steps=1, width=64, height=64)

@@ -32,6 +32,15 @@ def gradient_png(size: int) -> bytes:
     return _png(image)
 
 
+def pattern_png(width: int = 96, height: int = 64) -> bytes:
+    """A small RGB PNG with structure in both directions (no two rows or columns alike): an input for test edits."""
+    from PIL import Image
+
+    image = Image.new("RGB", (width, height))
+    image.putdata([((x * 5) % 256, (y * 7) % 256, (x * y) % 256) for y in range(height) for x in range(width)])
+    return _png(image)
+
+
 def photo_png(width: int, height: int) -> bytes:
     """An RGB PNG that costs about what a photo costs to decode and encode: seeded noise at half strength over
     a ramp, built with numpy (a megapixel in milliseconds, the same bytes on every machine)."""

@@ -34,14 +34,9 @@ def run(args: argparse.Namespace) -> int:
     if args.cases is None:
         print("kontext-client conformance: give a case file (CASES.jsonl), or --against URL", file=sys.stderr)
         return 2
-    from kontext.engine import determinism
+    from kontext.process import prepare
 
-    try:
-        determinism.reexec_if_needed(sys.argv)
-        determinism.ensure_environment()
-    except determinism.DeterminismError as exc:
-        print(f"cannot start: {exc}", file=sys.stderr)
-        return 2
+    prepare("WARNING")  # the entry points' start: the hash seed (re-executing, or one line and exit 2), quiet libraries
 
     from kontext import conformance
     from kontext.engine.engine import EngineConfig, EngineState, KontextEngine

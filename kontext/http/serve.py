@@ -59,11 +59,16 @@ def bind(listeners: Sequence[Listener]) -> list[Listener]:
         for listener in listeners:
             bound.append(listener if listener.sock is not None else replace(listener, sock=_socket(listener)))
     except StartupError:
-        for done in bound:
-            if done.sock is not None:
-                done.sock.close()
+        release(bound)
         raise
     return bound
+
+
+def release(listeners: Sequence[Listener]) -> None:
+    """Close the sockets ``bind`` took (a start that stops before serving gives its ports back)."""
+    for listener in listeners:
+        if listener.sock is not None:
+            listener.sock.close()
 
 
 def _socket(listener: Listener) -> socket.socket:
@@ -126,9 +131,7 @@ async def serve(runtime: Runtime, listeners: Sequence[Listener], *, stop: Option
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
-        for listener in listeners:
-            if listener.sock is not None:
-                listener.sock.close()
+        release(listeners)
         await runtime.stop(grace_seconds=0)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 import ssl
 from dataclasses import dataclass
@@ -13,20 +12,12 @@ from typing import Iterator
 import pytest
 import trustme
 from bittensor.sp_core import Keypair
-from PIL import Image
 
 from tests.e2e.servers import REPO_ROOT, NeuronProcess
+from tools.bench import pattern_png
 from tests.e2e.validator import ImageHost, Validator, ValidatorCallbacks
 
 VALIDATOR = Keypair.create_from_uri("//OrchestratorValidator")
-
-
-def input_png() -> bytes:
-    image = Image.new("RGB", (96, 64))
-    image.putdata([((x * 5) % 256, (y * 7) % 256, (x * y) % 256) for y in range(64) for x in range(96)])
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @dataclass
@@ -73,7 +64,7 @@ def readme_neuron(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     miner_hotkey = miner.hotkey.ss58_address
     subnet = Subnet(neuron, miner_hotkey, other.hotkey.ss58_address, ["--wallet.name", "miner", "--wallet.path",
                     str(wallets)], ca_file, server_ssl, Validator(VALIDATOR, miner_hotkey, neuron.axon_url, str(ca_file)),
-                    ValidatorCallbacks(server_ssl).start(), ImageHost(server_ssl, {"person.png": input_png()}))
+                    ValidatorCallbacks(server_ssl).start(), ImageHost(server_ssl, {"person.png": pattern_png()}))
     try:
         yield subnet
     finally:
