@@ -159,7 +159,8 @@ class Runtime:
         self.workers = WorkerPool([
             Worker(f"{prefix}w{index}", engine, self.store, self.queue, self.files, delivery.finisher,
                    delivery.prefetcher, max_pixels=settings.max_image_pixels, max_attempts=settings.max_attempts,
-                   run_deadline=settings.run_deadline, metrics=self.metrics, on_hung=self._hung)
+                   run_deadline=settings.run_deadline, metrics=self.metrics, on_hung=self._hung,
+                   edit_window=settings.admission_window)
             for index, engine in enumerate(self.engines)])
 
     def _start_workers(self) -> None:

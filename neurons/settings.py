@@ -97,10 +97,5 @@ class NeuronSettings(Settings):
             return address, self.commit_port
         return address, self.axon_external_port or self.axon_port
 
-    def expanded_wallet_path(self) -> str:
-        import os
-
-        return os.path.expanduser(self.wallet_path)
-
     def describe(self) -> dict[str, Any]:
         return {"netuid": self.netuid, "network": self.network}

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 SLOTS = 2
 """Jobs a worker holds at once: the one on the device, and the next one, prepared meanwhile."""
 RECENT_EDITS = 20
-"""Edits (steps, seconds) a worker keeps, for the admission estimate of doors on other hosts."""
+"""Recent edits a worker keeps for the admission estimate, unless told otherwise (ADMISSION_WINDOW)."""
 QUEUE_RETRY_MAX = 10.0
 """Longest wait between attempts to reach a queue that is away."""
 RUNNER_BROKE_SECONDS = 5.0
@@ -54,8 +54,9 @@ class Worker:
     def __init__(self, name: str, engine: Engine, store: JobStore, queue: RunQueue, files: ImageStore,
                  finisher: JobFinisher, prefetcher: InputPrefetcher, *, max_pixels: int, max_attempts: int,
                  run_deadline: Callable[[int], float], metrics: Optional[Metrics] = None,
-                 on_hung: Optional[Callable[[str], None]] = None) -> None:
-        """``run_deadline(steps)``: how long one pipeline call may take; ``on_hung``: told when one overran it."""
+                 on_hung: Optional[Callable[[str], None]] = None, edit_window: int = RECENT_EDITS) -> None:
+        """``run_deadline(steps)``: how long one pipeline call may take; ``on_hung``: told when one overran it;
+        ``edit_window``: how many recent edits it keeps for the admission estimate (ADMISSION_WINDOW)."""
         self.name = name
         self.engine = engine
         self.store = store
@@ -66,7 +67,7 @@ class Worker:
         """The jobs this worker holds, in the order it took them."""
         self.queue_error: Optional[str] = None
         """Why the queue cannot be reached now (a Redis outage), or None."""
-        self.recent_edits: deque[Sample] = deque(maxlen=RECENT_EDITS)
+        self.recent_edits: deque[Sample] = deque(maxlen=edit_window)
         self.defunct_reason: Optional[str] = None
         self.runner = JobRunner(name, engine, store, files, finisher, prefetcher, max_pixels=max_pixels,
                                 max_attempts=max_attempts)

@@ -30,11 +30,12 @@ async def _status(runtime: Runtime, job_id: str) -> JobStatus:
 
 
 async def test_a_worker_moves_only_along_its_states(tmp_path: Path) -> None:
-    runtime = Runtime(make_settings(tmp_path), engine=FakeEngine())
+    runtime = Runtime(make_settings(tmp_path, admission_window=3), engine=FakeEngine())
     runtime._build_workers(runtime._delivery())
     assert runtime.workers is not None
     worker = runtime.workers.workers[0]
     assert worker.state is WorkerState.STARTING
+    assert worker.recent_edits.maxlen == 3  # ADMISSION_WINDOW: the edits the estimate is fitted to
     with pytest.raises(RuntimeError, match="no move from starting to stopped"):
         worker.move(WorkerState.STOPPED)
     await runtime.stop()  # drains: starting -> stopping -> stopped
