@@ -35,19 +35,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))  # session fixture share a group
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny real FluxKontextPipeline saved with save_pretrained, built once per session.
-
-    ``KONTEXT_TINY_MODEL_DIR`` reuses (or builds into) a fixed directory across sessions.
-    """
+def _tiny_model(tmp_path_factory: pytest.TempPathFactory, *, fast: bool) -> Path:
     from tools.tiny_kontext import build_tiny_kontext, is_complete
 
+    name = "tiny-kontext-fast" if fast else "tiny-kontext"
     fixed = os.environ.get("KONTEXT_TINY_MODEL_DIR")
-    target = Path(fixed) if fixed else tmp_path_factory.mktemp("models") / "tiny-kontext"
-    if not is_complete(target):
-        build_tiny_kontext(target)
+    if fixed:
+        target = Path(fixed + "-fast") if fast else Path(fixed)
+    else:
+        target = tmp_path_factory.mktemp("models") / name
+    if not is_complete(target, fast=fast):
+        build_tiny_kontext(target, fast=fast)
     return target
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny real FluxKontextPipeline saved with save_pretrained, built once per session: the ``fast`` build (about
+    half the CPU time an edit takes on the golden one), for every test that pins no recorded bytes.
+
+    ``KONTEXT_TINY_MODEL_DIR`` reuses (or builds into) a fixed directory across sessions (this one: its name with
+    ``-fast`` added).
+    """
+    return _tiny_model(tmp_path_factory, fast=True)
+
+
+@pytest.fixture(scope="session")
+def golden_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model the golden files under tests/golden/ were recorded on (and ``scripts/run_local.sh`` serves):
+    only for the tests that compare with recorded bytes. ``KONTEXT_TINY_MODEL_DIR``: as for ``tiny_model_dir``."""
+    return _tiny_model(tmp_path_factory, fast=False)
 
 
 @pytest.fixture

@@ -11,12 +11,16 @@ COMPLETE_MARKER = ".tiny-kontext-complete"
 
 
 
-def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_kontext(out_dir: Path, seed: int = 0, *, fast: bool = False) -> Path:
     """Write the pipeline with ``save_pretrained`` into ``out_dir`` and return it.
 
     1 double + 1 single transformer block, tiny CLIP and T5 encoders, a 4-block VAE (so the
     8x resolution arithmetic is the real one). Every module is seeded and in eval mode with
     dropout 0, so the same ``seed`` writes the same weights.
+
+    ``fast``: the same pipeline classes and resolution arithmetic without the two costliest pieces on a CPU (the
+    VAE's mid-block self-attention over every latent pixel, and a second transformer attention head): an edit
+    takes about half the time. Its bytes are pinned nowhere; the golden files are recorded on the default build.
     """
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
@@ -40,7 +44,7 @@ def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed + 2)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        num_attention_heads=1 if fast else 2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
         axes_dims_rope=(4, 4, 8),
     )
     torch.manual_seed(seed + 3)
@@ -49,6 +53,7 @@ def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(4, 4, 4, 4), layers_per_block=1, norm_num_groups=2,
         use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+        mid_block_add_attention=not fast,
     )
     scheduler = FlowMatchEulerDiscreteScheduler(
         base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, use_dynamic_shifting=True,
@@ -63,14 +68,15 @@ def build_tiny_kontext(out_dir: Path, seed: int = 0) -> Path:
     staging = out_dir.with_name(out_dir.name + ".building")
     shutil.rmtree(staging, ignore_errors=True)
     pipe.save_pretrained(staging)
-    (staging / COMPLETE_MARKER).write_text(json.dumps({"seed": seed, "transformers": transformers_major()}))
+    marker = {"seed": seed, "fast": fast, "transformers": transformers_major()}
+    (staging / COMPLETE_MARKER).write_text(json.dumps(marker))
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     return out_dir
 
 
-def is_complete(model_dir: Path) -> bool:
-    """Fully written, by the transformers major version running now.
+def is_complete(model_dir: Path, *, fast: bool = False) -> bool:
+    """Fully written, as the ``fast`` build or not, by the transformers major version running now.
 
     transformers 4 loads a CLIPTextModel saved by 5 with random weights (5 drops the ``text_model.``
     key prefix) and only warns, so another major's build counts as missing and gets rebuilt.
@@ -78,7 +84,8 @@ def is_complete(model_dir: Path) -> bool:
     marker = Path(model_dir) / COMPLETE_MARKER
     if not marker.is_file():
         return False
-    return json.loads(marker.read_text()).get("transformers") == transformers_major()
+    recorded = json.loads(marker.read_text())
+    return recorded.get("transformers") == transformers_major() and recorded.get("fast", False) == fast
 
 
 def transformers_major() -> int:

@@ -10,13 +10,14 @@ so and skips; the reference comparison runs everywhere, against this machine's o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -35,11 +36,39 @@ OUTCOME = re.compile(r"^(MATCH|MISMATCH).*? (?P<name>\S+) \[(?P<recipe>[^\]]+)\]
                      r"png=(?P<png>[0-9a-f]{64}) pixels=(?P<pixels>[0-9a-f]{64})$")
 
 
-def _conformance(cases: Path, model: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "kontext.client.cli", "conformance", str(cases), "--model", str(model),
-                           "--device", "cpu", "--env-file", os.devnull],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+@dataclass(frozen=True)
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _conformance(cases: Path, model: Path) -> Run:
+    """``kontext-client conformance`` as the operator runs it, in this process (a start costs more than the small
+    runs here): its exit code and output. Its start settles the hash seed and logging; both are put back after."""
+    import torch
+
+    from kontext.client.cli import main
+
+    argv = ["conformance", str(cases), "--model", str(model), "--device", "cpu", "--env-file", os.devnull]
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
+    try:
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            for name, value in (("PYTHONHASHSEED", "0"), ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
+                patch.setenv(name, value)
+            try:
+                main(argv)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(False)
+    return Run(code, out.getvalue(), err.getvalue())
 
 
 def golden_for_this_cpu() -> Optional[Path]:
@@ -58,15 +87,15 @@ def golden_for_this_cpu() -> Optional[Path]:
 class Replay:
     """One conformance run over the golden requests on this machine."""
     golden: Optional[Path]
-    result: subprocess.CompletedProcess[str]
+    result: Run
     png: dict[str, str]
     pixels: dict[str, str]
 
 
 @pytest.fixture(scope="module")
-def replay(tiny_model_dir: Path) -> Replay:
+def replay(golden_model_dir: Path) -> Replay:
     golden = golden_for_this_cpu()
-    result = _conformance(golden or GOLDEN_FILES[0], tiny_model_dir)
+    result = _conformance(golden or GOLDEN_FILES[0], golden_model_dir)
     assert result.returncode in (0, 1), result.stdout + result.stderr
     found = [match for line in result.stdout.splitlines() if (match := OUTCOME.match(line))]
     assert len(found) == len(CASES.cases), result.stdout
@@ -100,7 +129,7 @@ def test_every_golden_file_holds_the_same_requests() -> None:
         assert environment.get("cpu_vendor") and environment.get("cpu_kernels"), path.name
 
 
-def test_a_mismatch_exits_1_and_says_what_differs(replay: Replay, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_a_mismatch_exits_1_and_says_what_differs(replay: Replay, golden_model_dir: Path, tmp_path: Path) -> None:
     lines = GOLDEN_FILES[0].read_text().splitlines()
     environment = json.loads(lines[0])
     environment["environment"]["diffusers"] = "0.0.1"  # as if recorded on another stack
@@ -112,7 +141,7 @@ def test_a_mismatch_exits_1_and_says_what_differs(replay: Replay, tiny_model_dir
     cases = tmp_path / "cases.jsonl"
     cases.write_text("\n".join(json.dumps(x) for x in (environment, pixels_only, different)) + "\n")
     shutil.copytree(GOLDEN_DIR / "inputs", tmp_path / "inputs")
-    result = _conformance(cases, tiny_model_dir)
+    result = _conformance(cases, golden_model_dir)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "MISMATCH (same pixels: the PNG encoder differs) png-only" in result.stdout
     assert "MISMATCH  different" in result.stdout and "0/2 cases match" in result.stdout
@@ -120,7 +149,7 @@ def test_a_mismatch_exits_1_and_says_what_differs(replay: Replay, tiny_model_dir
 
 
 @pytest.fixture(scope="module")
-def reference_editor(tiny_model_dir: Path) -> Iterator[object]:
+def reference_editor(golden_model_dir: Path) -> Iterator[object]:
     import torch
 
     from tests.reference_miner import ReferenceKontextEditor
@@ -128,7 +157,7 @@ def reference_editor(tiny_model_dir: Path) -> Iterator[object]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the miner's KONTEXT_CPU_THREADS: on the CPU the count changes the sums
     try:
-        yield ReferenceKontextEditor(str(tiny_model_dir), device="cpu", dtype=torch.float32)
+        yield ReferenceKontextEditor(str(golden_model_dir), device="cpu", dtype=torch.float32)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(False)

@@ -37,13 +37,13 @@ def _errors(value: Any, where: str = "") -> list[str]:
     return []
 
 
-def test_the_dry_run_writes_every_section_measured_or_saying_why_not(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_the_dry_run_writes_every_section_measured_or_saying_why_not(golden_model_dir: Path, tmp_path: Path) -> None:
     """One process, the fewest jobs that reach every step: the tiny model at 64x64 (kontext-v1) where the section
     allows; determinism (a fresh process too) and the golden case on reference-v1 at 1024x1024, one step."""
     out = tmp_path / "r.json"
     run = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gpu_proof.py"), "--dry-run", "--out", str(out), "--tiny-model",
-         str(tiny_model_dir), "--recipe", "kontext-v1", "--size", "64", "--steps", "1", "--repeats", "1",
+         str(golden_model_dir), "--recipe", "kontext-v1", "--size", "64", "--steps", "1", "--repeats", "1",
          "--determinism-steps", "1", "--reference-cases", "1", "--pipeline-jobs", "2", "--pipeline-steps", "1",
          "--callback-jobs", "1", "--callback-steps", "1"],
         capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0"})

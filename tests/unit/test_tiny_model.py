@@ -57,10 +57,29 @@ def _files(root: Path) -> dict[str, bytes]:
     return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
-def test_a_rebuild_writes_the_same_bytes(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_a_rebuild_writes_the_same_bytes(golden_model_dir: Path, tmp_path: Path) -> None:
     rebuilt = _files(build_tiny_kontext(tmp_path / "again"))
     assert "text_encoder/model.safetensors" in rebuilt and "tokenizer_2/tokenizer.json" in rebuilt
-    assert rebuilt == _files(tiny_model_dir), "rebuild differs (or KONTEXT_TINY_MODEL_DIR holds an older build)"
+    assert rebuilt == _files(golden_model_dir), "rebuild differs (or KONTEXT_TINY_MODEL_DIR holds an older build)"
+
+
+def test_the_fast_build_differs_only_where_it_says_and_is_not_taken_for_the_golden_one(
+        golden_model_dir: Path, tiny_model_dir: Path) -> None:
+    """The tests that pin no bytes run the fast build: it must be the same pipeline (classes, tokenizers, 8x VAE
+    arithmetic) with only the VAE's mid-block attention and the second attention head gone, and a fixed folder
+    holding one build must not be reused as the other."""
+    golden, fast = _files(golden_model_dir), _files(tiny_model_dir)
+    assert golden.keys() == fast.keys()
+    differing = sorted(name for name in golden if golden[name] != fast[name])
+    assert differing == [COMPLETE_MARKER, "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
+                         "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+    vae = json.loads(fast["vae/config.json"])
+    transformer = json.loads(fast["transformer/config.json"])
+    assert vae["mid_block_add_attention"] is False and json.loads(golden["vae/config.json"])["mid_block_add_attention"]
+    assert vae["block_out_channels"] == json.loads(golden["vae/config.json"])["block_out_channels"]
+    assert transformer["num_attention_heads"] == 1
+    assert is_complete(tiny_model_dir, fast=True) and not is_complete(tiny_model_dir)
+    assert is_complete(golden_model_dir) and not is_complete(golden_model_dir, fast=True)
 
 
 def test_a_build_by_another_transformers_major_counts_as_missing(tmp_path: Path) -> None:
