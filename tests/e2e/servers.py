@@ -257,7 +257,8 @@ class ThreadedApp:
         self._loop = asyncio.new_event_loop()
 
         async def serve() -> None:
-            self._runner = web.AppRunner(self.make_app(), access_log=None)
+            # a handler the test left hanging (a stalled download, say) is cancelled at once at stop
+            self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.1)
             await self._runner.setup()
             await web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context).start()
             ready.set()

@@ -263,7 +263,7 @@ def _image_server() -> ThreadedApp:
         return web.Response(body=_png(), content_type="image/png")
 
     async def never(request: web.Request) -> web.Response:
-        await asyncio.sleep(8)  # longer than the miner's 5 s download deadline: it never answers in time
+        await asyncio.sleep(8)  # longer than the miner's download deadlines here: it never answers in time
         return web.Response()
 
     def make() -> web.Application:
@@ -297,20 +297,20 @@ async def test_the_admission_estimate_counts_jobs_whose_input_is_still_downloadi
 
 async def test_a_stuck_image_url_holds_up_no_other_job(tmp_path: Path) -> None:
     server = _image_server()
-    runtime = Runtime(make_settings(tmp_path, image_url_timeout_seconds=5.0), engine=FakeEngine())
+    runtime = Runtime(make_settings(tmp_path, image_url_timeout_seconds=3.0), engine=FakeEngine())
     await runtime.start()
     try:
         stuck = [(await runtime.service.submit(_request(10 + i, image_url=f"{server.url}/hang.png"))).job_id
                  for i in range(2)]
         normal = (await runtime.service.submit(_request(20))).job_id
-        await until(lambda: _is(runtime, normal, JobStatus.COMPLETED), timeout=4.0)  # before any download ends
+        await until(lambda: _is(runtime, normal, JobStatus.COMPLETED), timeout=2.5)  # before any download ends
         assert [await _status(runtime, job_id) for job_id in stuck] == [JobStatus.QUEUED] * 2
         health = await runtime.service.health()
         assert health["queue"]["downloading"] == 2
         for job_id in stuck:
             await until(lambda: _is(runtime, job_id, JobStatus.FAILED))
             error = (await runtime.service.status(job_id)).error or ""
-            assert error == "image_url: download timed out after 5s"
+            assert error == "image_url: download timed out after 3s"
     finally:
         await runtime.stop()
         server.stop()
