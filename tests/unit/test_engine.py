@@ -155,7 +155,7 @@ def test_two_threads_through_the_stages_give_edits_bytes_one_pipeline_call_at_a_
         engine: KontextEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     """prepare and encode run in any thread; denoise holds the device lock, so two threads' pipeline calls
     never overlap, and every PNG is the one ``edit()`` makes for the same request."""
-    jobs = [[_params(seed=seed, prompt=prompt) for seed in (11, 12, 13)] for prompt in ("add a hat", "make it blue")]
+    jobs = [[_params(seed=seed, prompt=prompt) for seed in (11, 12)] for prompt in ("add a hat", "make it blue")]
     expected = {(p.prompt, p.seed): engine.edit(IMAGE, p, max_pixels=MAX_PIXELS).png for job in jobs for p in job}
     lock = _TrackedLock()
     monkeypatch.setattr(engine, "_device_lock", lock)
@@ -175,9 +175,9 @@ def test_two_threads_through_the_stages_give_edits_bytes_one_pipeline_call_at_a_
     for thread in threads:
         thread.join(timeout=300)
     assert got == expected
-    assert lock.holds == 6 and lock.most_holders == 1
+    assert lock.holds == 4 and lock.most_holders == 1
     calls = sorted(list(engine.device_log)[logged_before:])
-    assert len(calls) == 6
+    assert len(calls) == 4
     assert all(end <= next_start for (_, end), (next_start, _) in zip(calls, calls[1:]))  # no overlap
 
 

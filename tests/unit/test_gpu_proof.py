@@ -37,17 +37,32 @@ def _errors(value: Any, where: str = "") -> list[str]:
     return []
 
 
-def test_the_dry_run_writes_every_section_measured_or_saying_why_not(golden_model_dir: Path, tmp_path: Path) -> None:
-    """One process, the fewest jobs that reach every step: the tiny model at 64x64 (kontext-v1) where the section
-    allows; determinism (a fresh process too) and the golden case on reference-v1 at 1024x1024, one step."""
+def test_the_dry_run_writes_every_section_measured_or_saying_why_not(golden_model_dir: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fewest jobs that reach every step: the tiny model at 64x64 (kontext-v1) where the section allows;
+    determinism (a fresh process too) and the golden case on reference-v1 at 1024x1024, one step. The script runs in
+    this process (its fresh process is still one), as the bench scripts' tests run theirs."""
+    import logging
+
+    import torch
+
     out = tmp_path / "r.json"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gpu_proof.py"), "--dry-run", "--out", str(out), "--tiny-model",
-         str(golden_model_dir), "--recipe", "kontext-v1", "--size", "64", "--steps", "1", "--repeats", "1",
-         "--determinism-steps", "1", "--reference-cases", "1", "--pipeline-jobs", "2", "--pipeline-steps", "1",
-         "--callback-jobs", "1", "--callback-steps", "1"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0"})
-    assert run.returncode == 0, run.stderr[-3000:]
+    monkeypatch.setattr(sys, "argv", [
+        "gpu_proof.py", "--dry-run", "--out", str(out), "--tiny-model", str(golden_model_dir), "--recipe", "kontext-v1",
+        "--size", "64", "--steps", "1", "--repeats", "1", "--determinism-steps", "1", "--reference-cases", "1",
+        "--pipeline-jobs", "2", "--pipeline-steps", "1", "--callback-jobs", "1", "--callback-steps", "1"])
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", root.handlers[:])  # the script's start configures logging: put it back
+    monkeypatch.setattr(root, "level", root.level)
+    threads = torch.get_num_threads()
+    try:
+        _script().main()
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(False)
+    printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert not _errors(report), _errors(report)
     environment, determinism, reference = report["environment"], report["determinism"], report["reference"]
@@ -66,8 +81,8 @@ def test_the_dry_run_writes_every_section_measured_or_saying_why_not(golden_mode
     assert "not_run" in report["memory"]["vram"] and report["memory"]["tiny"]["weights_gib"] >= 0
     busy = report["pipeline"]["busy"]
     assert busy["completed"] == busy["pipeline_calls"] == 2 and 0 < busy["busy_fraction"] <= 1
-    printed = [line.split()[0] for line in run.stdout.splitlines() if line.strip()]
-    assert printed[:6] == ["environment", "determinism", "reference", "latency", "memory", "pipeline"], run.stdout
+    sections = [line.split()[0] for line in printed.splitlines() if line.strip()]
+    assert sections[:6] == ["environment", "determinism", "reference", "latency", "memory", "pipeline"], printed
 
 
 def _wheel(folder: Path, name: str, version: str) -> Path:
