@@ -117,6 +117,10 @@ class RecordingDeliverer:
             payload_status=payload.status,
         )
 
+    async def has_sent(self) -> bool:
+        """For ``tests.waiting.until``: a delivery was made."""
+        return bool(self.sent)
+
 
 def png_bytes(size: tuple[int, int] = (32, 32), colour: tuple[int, int, int] = (120, 30, 200),
               fmt: str = "PNG") -> bytes:

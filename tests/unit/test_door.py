@@ -55,11 +55,10 @@ async def door(aiohttp_client):
 
 
 async def wait_ready(client: TestClient) -> None:
-    for _ in range(500):
-        if (await (await client.get("/")).json())["engine"] == "ready":
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("engine never ready")
+    async def ready() -> bool:
+        return (await (await client.get("/")).json())["engine"] == "ready"
+
+    await until(ready, what="the engine ready")
 
 
 async def test_root_and_check(door, tmp_path: Path) -> None:
@@ -106,10 +105,10 @@ async def test_capacity_job_types_come_from_the_setting(door, tmp_path: Path) ->
 
 async def test_a_failed_engine_claims_nothing(door, tmp_path: Path) -> None:
     client, _ = await door(make_settings(tmp_path), engine=FakeEngine(fail_load="no weights"))
-    for _ in range(200):
-        if (await (await client.get("/")).json())["engine"] == "failed":
-            break
-        await asyncio.sleep(0.01)
+    async def failed() -> bool:
+        return (await (await client.get("/")).json())["engine"] == "failed"
+
+    await until(failed, what="the engine failed")
     assert await (await client.get("/capacity")).json() == {"img-h100_pcie": False, "base-h100_pcie": False}
 
 
@@ -170,11 +169,8 @@ async def test_sync_edit_answers_the_png_with_its_headers(door, tmp_path: Path) 
     assert response.headers["X-Status"] == "completed" and response.headers["X-Seed"] == "7"
     assert response.headers["X-Image-SHA256"] == hashlib.sha256(png).hexdigest()
     assert await (await client.get(f"/edit/result/{job_id}")).read() == png
-    for _ in range(200):  # the job also sends its callback
-        if deliverer.sent:
-            break
-        await asyncio.sleep(0.01)
-    assert deliverer.sent and deliverer.sent[0][2].job_id == job_id and deliverer.sent[0][3] == png
+    await until(deliverer.has_sent, what="the callback sent")  # the job also sends its callback
+    assert deliverer.sent[0][2].job_id == job_id and deliverer.sent[0][3] == png
 
 
 async def test_sync_edit_of_a_failed_job_is_a_json_error(door, tmp_path: Path) -> None:
@@ -205,20 +201,20 @@ async def test_a_client_that_disconnects_does_not_cancel_the_job(door, tmp_path:
     gate = threading.Event()
     client, _ = await door(make_settings(tmp_path), engine=FakeEngine(gate=gate))
     request = asyncio.ensure_future(client.post("/sync/edit", json={**EDIT, "job_id": "gone-1"}))
-    for _ in range(500):
-        if (await client.get("/edit/status/gone-1")).status == 200:
-            break
-        await asyncio.sleep(0.01)
+
+    async def accepted() -> bool:
+        return (await client.get("/edit/status/gone-1")).status == 200
+
+    await until(accepted, what="gone-1 accepted")
     request.cancel()  # the client goes away mid-wait
     with pytest.raises(asyncio.CancelledError):
         await request
     gate.set()
-    for _ in range(500):
-        status = await (await client.get("/edit/status/gone-1")).json()
-        if status["status"] == "completed":
-            break
-        await asyncio.sleep(0.01)
-    assert status["status"] == "completed"
+
+    async def completed() -> bool:
+        return (await (await client.get("/edit/status/gone-1")).json())["status"] == "completed"
+
+    await until(completed, what="gone-1 completed")
 
 
 async def test_synapses_share_the_parser_and_the_gate(door, tmp_path: Path) -> None:
@@ -245,29 +241,30 @@ async def test_hostile_json_is_400_not_500(door, tmp_path: Path, path: str, body
 
 async def test_callback_waits_for_not_before_while_the_result_is_visible(door, tmp_path: Path) -> None:
     deliverer = RecordingDeliverer()
-    client, _ = await door(make_settings(tmp_path, callback_not_before_seconds=3.0), deliverer=deliverer)
+    client, _ = await door(make_settings(tmp_path, callback_not_before_seconds=1.5), deliverer=deliverer)
     arrived = time.time()
     job_id = (await (await client.post("/edit", json={**EDIT, "callback_url": "http://r.test/cb"})).json())["job_id"]
-    for _ in range(500):
-        status = await (await client.get(f"/edit/status/{job_id}")).json()
-        if status["status"] == "completed":
-            break
-        await asyncio.sleep(0.01)
+
+    async def status() -> dict:
+        return await (await client.get(f"/edit/status/{job_id}")).json()
+
+    async def completed() -> bool:
+        return (await status())["status"] == "completed"
+
+    await until(completed, what="the job completed")
     # The seed's status shape: no "callback" until its outcome is known; the wait is said apart.
-    assert status["status"] == "completed" and "callback" not in status
-    assert status["callback_pending"]["state"] == "waiting"
+    waiting = await status()
+    assert "callback" not in waiting and waiting["callback_pending"]["state"] == "waiting"
     assert (await client.get(f"/edit/result/{job_id}")).status == 200  # visible before the callback
-    assert status["callback_pending"]["not_before"] is not None and not deliverer.sent
-    for _ in range(500):
-        if deliverer.sent:
-            break
-        await asyncio.sleep(0.01)
-    assert deliverer.sent and time.time() - arrived >= 3.0
-    for _ in range(500):  # the outcome is recorded just after the POST returns
-        final = await (await client.get(f"/edit/status/{job_id}")).json()
-        if "callback" in final:
-            break
-        await asyncio.sleep(0.01)
+    assert waiting["callback_pending"]["not_before"] is not None and not deliverer.sent
+    await until(deliverer.has_sent, what="the callback sent")
+    assert time.time() - arrived >= 1.5
+
+    async def recorded() -> bool:  # the outcome is recorded just after the POST returns
+        return "callback" in await status()
+
+    await until(recorded, what="the callback's outcome recorded")
+    final = await status()
     assert final["callback"]["status"] == "delivered" and "callback_pending" not in final
 
 

@@ -11,6 +11,7 @@ from kontext.runtime import Runtime
 from protocol import EditRequest, JobStatus
 from tests.fakes import FakeEngine, RecordingDeliverer, png_bytes
 from tests.unit.test_sidecar import make_settings
+from tests.waiting import until
 
 IMAGE_B64 = base64.b64encode(png_bytes()).decode()
 
@@ -20,21 +21,19 @@ def _request(seed: int, **extra: object) -> EditRequest:
                                        "num_inference_steps": 2, **extra})
 
 
-async def _wait(runtime: Runtime, job_id: str, timeout: float = 10) -> JobStatus:
-    for _ in range(int(timeout / 0.02)):
-        status = (await runtime.service.status(job_id)).status
-        if status.finished:
-            return status
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{job_id} did not finish")
+async def _wait(runtime: Runtime, job_id: str) -> JobStatus:
+    async def finished() -> bool:
+        return (await runtime.service.status(job_id)).status.finished
+
+    await until(finished, what=f"{job_id} finished")
+    return (await runtime.service.status(job_id)).status
 
 
 async def _wait_processing(runtime: Runtime, job_id: str) -> None:
-    for _ in range(500):
-        if (await runtime.service.status(job_id)).status is JobStatus.PROCESSING:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{job_id} never started")
+    async def processing() -> bool:
+        return (await runtime.service.status(job_id)).status is JobStatus.PROCESSING
+
+    await until(processing, what=f"{job_id} started")
 
 
 async def test_restart_runs_queued_and_interrupted_jobs(tmp_path: Path) -> None:
@@ -113,10 +112,10 @@ async def test_unsent_callback_is_sent_after_restart(tmp_path: Path) -> None:
     await again.start()  # sends what is still pending
     try:
         await again.notifier.resend_pending()  # a second call must not send it twice
-        for _ in range(500):
-            if (await again.service.status(job_id)).callback is not None:
-                break
-            await asyncio.sleep(0.02)
+        async def called_back() -> bool:
+            return (await again.service.status(job_id)).callback is not None
+
+        await until(called_back, what="the callback's outcome recorded")
         callback = (await again.service.status(job_id)).callback
         assert callback is not None and callback.status.value == "delivered"
         assert [sent[2].job_id for sent in deliverer.sent] == [job_id]

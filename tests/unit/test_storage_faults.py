@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import pytest
 
@@ -18,6 +19,14 @@ from kontext.runtime import Runtime
 from protocol import EditRequest, JobStatus
 from tests.fakes import FakeEngine, png_bytes
 from tests.unit.test_sidecar import make_settings
+from tests.waiting import until
+
+
+def _finished(runtime: Runtime, job_id: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return (await runtime.service.status(job_id)).status.finished
+
+    return check
 
 REQUEST = EditRequest.model_validate({"prompt": "p", "seed": 1, "num_inference_steps": 2,
                                       "image_b64": base64.b64encode(png_bytes()).decode()})
@@ -120,17 +129,11 @@ async def test_a_store_failure_while_running_keeps_the_worker_alive(tmp_path: Pa
 
         monkeypatch.setattr(runtime.store, "mark_started", flaky_mark_started)
         job_id = (await runtime.service.submit(REQUEST)).job_id
-        for _ in range(300):
-            if (await runtime.service.status(job_id)).status.finished:
-                break
-            await asyncio.sleep(0.02)
+        await until(_finished(runtime, job_id), what=f"{job_id} finished")
         status = await runtime.service.status(job_id)
         assert status.status is JobStatus.COMPLETED and failures["left"] == 0
         second = (await runtime.service.submit(REQUEST)).job_id  # the worker still takes work
-        for _ in range(300):
-            if (await runtime.service.status(second)).status.finished:
-                break
-            await asyncio.sleep(0.02)
+        await until(_finished(runtime, second), what=f"{second} finished")
         assert (await runtime.service.status(second)).status is JobStatus.COMPLETED
     finally:
         await runtime.stop()
