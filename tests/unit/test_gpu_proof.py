@@ -36,7 +36,7 @@ def _errors(value: Any, where: str = "") -> list[str]:
     return []
 
 
-def test_the_dry_run_writes_every_section_measured_or_saying_why_not(golden_model_dir: Path, tmp_path: Path,
+def test_the_dry_run_writes_every_section_measured_or_saying_why_not(tiny_model_dir: Path, tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str],
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The fewest jobs that reach every step: the tiny model at 64x64 (kontext-v1) where the section allows;
@@ -48,7 +48,7 @@ def test_the_dry_run_writes_every_section_measured_or_saying_why_not(golden_mode
 
     out = tmp_path / "r.json"
     monkeypatch.setattr(sys, "argv", [
-        "gpu_proof.py", "--dry-run", "--out", str(out), "--tiny-model", str(golden_model_dir), "--recipe", "kontext-v1",
+        "gpu_proof.py", "--dry-run", "--out", str(out), "--tiny-model", str(tiny_model_dir), "--recipe", "kontext-v1",
         "--size", "64", "--steps", "1", "--repeats", "1", "--determinism-steps", "1", "--reference-cases", "1",
         "--pipeline-jobs", "2", "--pipeline-steps", "1", "--callback-jobs", "1", "--callback-steps", "1"])
     monkeypatch.setenv("PYTHONHASHSEED", "0")
