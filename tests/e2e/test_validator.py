@@ -4,12 +4,17 @@ another hotkey, a certificate it cannot verify or one for another name. One neur
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import socket
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import requests
@@ -17,10 +22,12 @@ from bittensor.sp_core import Keypair
 from PIL import Image
 
 from kontext.client.cli import main
+from kontext.jobs.admission import fit
 from tests.e2e.conftest import VALIDATOR, Subnet
 from tests.e2e.kontext_determinism.conftest import MinerClient
-from tests.e2e.servers import CallbackReceiver
+from tests.e2e.servers import CallbackReceiver, ReceivedCallback
 from tests.e2e.validator import ImageHost, Validator, edit_payload, uuid7
+from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -34,6 +41,81 @@ def _dispatch(subnet: Subnet, seed: int, *, path: str = "/edit") -> tuple[dict, 
     payload = edit_payload(image_url=subnet.images.url("person.png"), callback_url=subnet.callbacks.url, seed=seed)
     subnet.callbacks.expect(payload["job_id"], payload["callback_secret"])
     return payload, time.time()
+
+
+@dataclass
+class Sent:
+    """A job as the validator sent it: its payload, when, the answer, and its status right after."""
+
+    payload: dict
+    dispatched_at: float
+    answer: requests.Response
+    status_at_once: dict
+
+
+@dataclass
+class Traffic:
+    """What the first wave sent and saw (``traffic``)."""
+
+    edit: Sent
+    wrong_secret: Sent
+    synced_payload: dict
+    synced: requests.Response
+    preflight: tuple[int, dict[str, str]]
+    preflight_inputs_served: int
+    preflight_callbacks: list[ReceivedCallback]
+
+
+def _send(subnet: Subnet, payload: dict, dispatched_at: float) -> Sent:
+    answer = subnet.validator.signed_post("/edit", payload)
+    status = subnet.validator.get(f"/edit/status/{payload['job_id']}")
+    return Sent(payload, dispatched_at, answer, status.json() if status.status_code == 200 else {})
+
+
+@pytest.fixture(scope="module")
+def traffic(readme_neuron: Subnet) -> Iterator[Traffic]:
+    """The jobs several tests check, sent together so that their callbacks' 8 s waits overlap (the validator's
+    callbacks come no earlier than 8 s after dispatch; one after another they cost 8 s each): ``kontext-client
+    preflight`` as the validator sends it runs here, and once its own job is in (it fetched its input), an edit,
+    one whose callback the receiver expects with another secret, and the edit again through ``/sync/edit``. The
+    preflight's job goes first so that its timing checks see no queue of the test's making."""
+    subnet = readme_neuron
+    images = ImageHost(subnet.server_ssl, {"in.png": _png()})
+    receiver = CallbackReceiver().start()
+    sent: dict[str, object] = {}
+
+    def the_others() -> None:
+        try:
+            async def preflight_job_in() -> bool:
+                return images.requests >= 1
+
+            asyncio.run(until(preflight_job_in, timeout=60, what="the preflight's job fetching its input"))
+            payload, at = _dispatch(subnet, seed=4242)
+            sent["edit"] = _send(subnet, payload, at)
+            payload, at = _dispatch(subnet, seed=5)
+            subnet.callbacks.expect(payload["job_id"], "someone-elses-secret")
+            sent["wrong_secret"] = _send(subnet, payload, at)
+            again, _ = _dispatch(subnet, seed=4242)
+            sent["synced_payload"] = again
+            sent["synced"] = subnet.validator.signed_post("/sync/edit", again)
+        except BaseException as exc:  # re-raised in the fixture's thread
+            sent["error"] = exc
+
+    others = threading.Thread(target=the_others, name="validator-dispatch")
+    others.start()
+    try:
+        ran = _preflight(subnet, "--subtensor.network", "offline", after=(
+            "--image-url", images.url("in.png"), "--callback-url", f"http://127.0.0.1:{receiver.port}/cb"))
+        others.join(120)
+        assert not others.is_alive(), "the first wave's dispatches did not return"
+        if "error" in sent:
+            raise sent["error"]  # type: ignore[misc]
+        yield Traffic(sent["edit"], sent["wrong_secret"], sent["synced_payload"], sent["synced"],  # type: ignore[arg-type]
+                      ran, images.requests, list(receiver.received))
+    finally:
+        others.join(120)
+        images.stop()
+        receiver.stop()
 
 
 def test_health_checks_answer_as_the_validator_expects(subnet: Subnet) -> None:
@@ -53,9 +135,8 @@ def _once_the_callback_is_recorded(subnet: Subnet, job_id: str) -> dict:
     return MinerClient(subnet.validator.base_url, verify=subnet.validator.verify).wait_callback(job_id)
 
 
-def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet: Subnet) -> None:
-    payload, _ = _dispatch(subnet, seed=4242)
-    accepted = subnet.validator.signed_post("/edit", payload)
+def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet: Subnet, traffic: Traffic) -> None:
+    payload, accepted = traffic.edit.payload, traffic.edit.answer
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["job_id"] == payload["job_id"] and accepted.json()["status"] == "queued"
     outcome = subnet.callbacks.wait(payload["job_id"])
@@ -70,8 +151,7 @@ def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet
     assert (status["result_width"], status["result_height"]) == (1024, 1024)
     assert result.headers["X-Recipe"] == "reference-v1"
 
-    again, _ = _dispatch(subnet, seed=4242)
-    synced = subnet.validator.signed_post("/sync/edit", again)
+    again, synced = traffic.synced_payload, traffic.synced  # the same request again, with another job id
     assert synced.status_code == 200, synced.text
     assert synced.headers["X-Job-ID"] == again["job_id"] and synced.headers["X-Status"] == "completed"
     assert synced.headers["X-Seed"] == "4242"
@@ -79,11 +159,10 @@ def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet
     assert subnet.callbacks.wait(again["job_id"]).image_sha256 == outcome.image_sha256  # it calls back too
 
 
-def test_a_wrong_secret_is_what_the_validator_would_refuse(subnet: Subnet) -> None:
+def test_a_wrong_secret_is_what_the_validator_would_refuse(subnet: Subnet, traffic: Traffic) -> None:
     """The receiver double is strict: a callback carrying another secret fails, as on the validator."""
-    payload, _ = _dispatch(subnet, seed=5)
-    subnet.callbacks.expect(payload["job_id"], "someone-elses-secret")
-    assert subnet.validator.signed_post("/edit", payload).status_code == 200
+    payload = traffic.wrong_secret.payload
+    assert traffic.wrong_secret.answer.status_code == 200, traffic.wrong_secret.answer.text
     outcome = subnet.callbacks.wait(payload["job_id"])
     assert not outcome.accepted and outcome.reason == "secret missing or different"
     status = _once_the_callback_is_recorded(subnet, payload["job_id"])
@@ -112,10 +191,12 @@ def test_the_readme_neuron_runs_the_subnet_profile_with_no_job_route_open_to_the
     assert "job routes signed" in log and f"sidecar http://127.0.0.1:{subnet.neuron.port}: job routes unsigned" in log
 
 
-def test_callbacks_come_no_earlier_than_8_s_and_image_url_is_the_public_door(subnet: Subnet) -> None:
-    payload, dispatched_at = _dispatch(subnet, seed=9)
-    assert subnet.validator.signed_post("/edit", payload).status_code == 200
-    waiting = subnet.validator.get(f"/edit/status/{payload['job_id']}").json()
+def test_callbacks_come_no_earlier_than_8_s_and_image_url_is_the_public_door(subnet: Subnet,
+                                                                            traffic: Traffic) -> None:
+    """On the edit of the first test (``traffic``): its status as soon as it was accepted, and its callback."""
+    payload, dispatched_at = traffic.edit.payload, traffic.edit.dispatched_at
+    assert traffic.edit.answer.status_code == 200, traffic.edit.answer.text
+    waiting = traffic.edit.status_at_once
     assert "callback" not in waiting and waiting["callback_pending"]["not_before"]
     outcome = subnet.callbacks.wait(payload["job_id"])
     assert outcome.accepted, outcome.reason
@@ -131,17 +212,19 @@ def test_callbacks_come_no_earlier_than_8_s_and_image_url_is_the_public_door(sub
 # -- kontext-client preflight against the same neuron (the operator's view of what the validator does) ------
 
 
-def preflight(capsys: pytest.CaptureFixture[str], subnet: Subnet, *flags: str, axon: str = "",
-              hotkey: str = "", cacert: bool = True, after: tuple[str, ...] = ()) -> tuple[int, dict[str, str]]:
+def _preflight(subnet: Subnet, *flags: str, axon: str = "", hotkey: str = "", cacert: bool = True,
+               after: tuple[str, ...] = ()) -> tuple[int, dict[str, str]]:
     """Run the command in this process: (exit code, check name -> "VERDICT what was seen")."""
     argv = ["--axon", axon or subnet.neuron.axon_url, "--miner-hotkey", hotkey or subnet.miner_hotkey,
             *subnet.wallet_flags, *(["--cacert", str(subnet.ca_file)] if cacert else []), *flags, "preflight", *after]
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    lines = [line for line in capsys.readouterr().out.splitlines() if line[:4] in ("PASS", "FAIL", "SKIP")]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    lines = [line for line in out.getvalue().splitlines() if line[:4] in ("PASS", "FAIL", "SKIP")]
     checks = {}
     for line in lines:
         verdict, rest = line.split(" ", 1)
@@ -159,32 +242,25 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
-def test_preflight_passes_signed_with_the_miners_own_wallet(capsys, subnet: Subnet) -> None:
-    """As the validator sends it: the input at a public https URL, a callback receiver."""
-    images = ImageHost(subnet.server_ssl, {"in.png": _png()})
-    receiver = CallbackReceiver().start()
-    try:
-        code, checks = preflight(capsys, subnet, "--subtensor.network", "offline", after=(
-            "--image-url", images.url("in.png"), "--callback-url", f"http://127.0.0.1:{receiver.port}/cb"))
-    finally:
-        images.stop()
-        receiver.stop()
+def test_preflight_passes_signed_with_the_miners_own_wallet(traffic: Traffic) -> None:
+    """As the validator sends it: the input at a public https URL, a callback receiver (run by ``traffic``)."""
+    code, checks = traffic.preflight
     assert code == 0, {name: line for name, line in checks.items() if not line.startswith(("PASS", "SKIP"))}
     for name in ("TLS", "GET /", "GET /check/{hotkey}", "signed GET /capacity", "signed POST /edit",
                  "timing (done by 15 s)", "timing (callback not before 8 s)", "callback", "POST /sync/edit",
                  "unsigned POST /edit"):
         assert checks[name].startswith("PASS"), checks[name]
     assert '"img-h100_pcie": true' in checks["signed GET /capacity"]
-    assert "input from --image-url" in checks["signed POST /edit"] and images.requests >= 1
+    assert "input from --image-url" in checks["signed POST /edit"] and traffic.preflight_inputs_served >= 1
     assert checks["callback"].startswith("PASS delivered (HTTP 200)")
     job_id = checks["signed POST /edit"].split("job ", 1)[1].split(";", 1)[0]
-    assert job_id in [callback.fields.get("job_id") for callback in receiver.received]  # what the status said
+    assert job_id in [callback.fields.get("job_id") for callback in traffic.preflight_callbacks]  # as the status said
     assert checks["unsigned POST /edit"].startswith("PASS refused: 401")
     assert checks["chain commitment"] == "SKIP --subtensor.network offline: no chain to read the commitment from"
 
 
-def test_preflight_fails_against_a_miner_with_another_hotkey(capsys, subnet: Subnet) -> None:
-    code, checks = preflight(capsys, subnet, hotkey=subnet.other_hotkey)
+def test_preflight_fails_against_a_miner_with_another_hotkey(subnet: Subnet) -> None:
+    code, checks = _preflight(subnet, hotkey=subnet.other_hotkey)
     assert code == 1
     assert checks["GET /check/{hotkey}"].startswith(f"FAIL 404 for {subnet.other_hotkey}")
     for name in ("signed GET /capacity", "signed POST /edit"):  # signed for another receiver: refused
@@ -194,11 +270,11 @@ def test_preflight_fails_against_a_miner_with_another_hotkey(capsys, subnet: Sub
     assert checks["POST /sync/edit"].startswith("SKIP")
 
 
-def test_preflight_fails_on_a_certificate_it_cannot_verify_or_for_another_name(capsys, subnet: Subnet) -> None:
-    code, checks = preflight(capsys, subnet, cacert=False)
+def test_preflight_fails_on_a_certificate_it_cannot_verify_or_for_another_name(subnet: Subnet) -> None:
+    code, checks = _preflight(subnet, cacert=False)
     assert code == 1 and "does not verify: unable to get local issuer certificate" in checks["TLS"]
     assert checks["GET /"] == "SKIP not tried: TLS failed (above)"
-    code, checks = preflight(capsys, subnet, axon=subnet.neuron.axon_url.replace("127.0.0.1", "localhost"))
+    code, checks = _preflight(subnet, axon=subnet.neuron.axon_url.replace("127.0.0.1", "localhost"))
     assert code == 1 and "Hostname mismatch" in checks["TLS"] and "names localhost" in checks["TLS"]
 
 
@@ -214,10 +290,29 @@ def test_conformance_on_the_signed_door_against_its_own_sidecar(capsys, subnet: 
     assert lines[0].startswith("EQUAL     small: this=") and lines[-1].startswith("1/1 case(s) give the same")
 
 
-def test_a_burst_it_cannot_finish_within_15_s_is_refused_at_once_naming_the_deadline(subnet: Subnet) -> None:
+def _burst_size(subnet: Subnet, steps: int) -> int:
+    """Enough jobs that a burst sent to an idle neuron runs past its deadline, from what its /health reports: its
+    recent edits (fitted as its admission fits them), its deadline and the engines taking jobs. Waits for idle."""
+    health: dict = {}
+
+    async def idle() -> bool:
+        health.update(subnet.validator.get("/health").json())
+        jobs = health["jobs"]
+        return not jobs.get("queued") and not jobs.get("processing") and not health["queue"]["downloading"]
+
+    asyncio.run(until(idle, timeout=120, what="the neuron idle before the burst"))
+    workers = [worker for worker in health["engine"]["workers"] if worker["taking_jobs"]]
+    model = fit([tuple(edit) for worker in workers for edit in worker["recent_edits"]])
+    assert workers and model is not None, health  # the first wave's edits taught it an edit time
+    deadline = health["profile"]["admission_deadline_seconds"]
+    return int(deadline * len(workers) / model.seconds(steps)) + 3  # the estimate's work passes the deadline
+
+
+def test_a_burst_it_cannot_finish_within_15_s_is_refused_at_once_naming_the_deadline(subnet: Subnet,
+                                                                                   traffic: Traffic) -> None:
     """Once an edit time is known, the jobs of a burst that would call back past 15 s are answered 503 at once (a
     refused job costs one failure; a late one costs that and delays every job behind it)."""
-    payloads = [_dispatch(subnet, seed=100 + index)[0] for index in range(12)]
+    payloads = [_dispatch(subnet, seed=100 + index)[0] for index in range(_burst_size(subnet, steps=2))]
     answers = [subnet.validator.signed_post("/edit", payload) for payload in payloads]
     accepted = [p for p, answer in zip(payloads, answers) if answer.status_code == 200]
     refused = [answer for answer in answers if answer.status_code != 200]
