@@ -1,11 +1,12 @@
-"""The real neuron, offline on loopback: signed synapses in, the same bytes as the sidecar out."""
+"""The real neuron, offline on loopback: signed synapses in, the same bytes as the sidecar out. One neuron for the
+module; the last test stops it with SIGTERM (pm2 stop), so it stays last."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -13,9 +14,11 @@ import pytest
 import requests
 from bittensor.sp_core import Keypair
 
+from kontext.client.cli import main
 from kontext.client.signing import btauth_headers, epistula_headers
 from tests.e2e.kontext_determinism.conftest import MinerClient, image_b64
 from tests.e2e.servers import NeuronProcess, stored_job
+from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -57,15 +60,16 @@ def _signed(neuron: NeuronProcess, receiver: str, synapse: str, body: dict, *, s
 
 
 def _wait(neuron: NeuronProcess, receiver: str, job_id: str, scheme: str) -> dict:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    status: dict = {}
+
+    async def finished() -> bool:
         answer = _signed(neuron, receiver, "StatusSynapse", {"job_id": job_id}, scheme=scheme)
         assert answer.status_code == 200, answer.text
-        status = answer.json()["status"]
-        if status["status"] in ("completed", "failed"):
-            return status
-        time.sleep(0.1)
-    raise TimeoutError(job_id)
+        status.update(answer.json()["status"])
+        return status["status"] in ("completed", "failed")
+
+    asyncio.run(until(finished, timeout=120, what=f"{job_id} finished"))
+    return status
 
 
 @pytest.mark.parametrize("scheme", ["btauth", "epistula"])
@@ -145,62 +149,53 @@ def test_health_reports_the_metagraph(neuron) -> None:
     assert 'kontext_auth_rejections_total{reason="bad_signature"}' in metrics
 
 
-def test_client_command_through_sidecar_and_axon(neuron, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
+def test_client_command_through_sidecar_and_axon(capsys, neuron, tmp_path: Path) -> None:
+    """``kontext-client edit`` through the sidecar and, signed with a validator's wallet, through the door; run in
+    this process."""
     process, miner_hotkey = neuron
     image = tmp_path / "in.png"
     image.write_bytes(base64.b64decode(EDIT["image_b64"]))
     common = ["edit", str(image), "--prompt", "Add a red hat", "--seed", "77", "--steps", "2", "--width", "64",
               "--height", "64"]
-    via_sidecar = subprocess.run(
-        [sys.executable, "-m", "kontext.client.cli", "--url", process.url, *common, "--out", str(tmp_path / "a.png")],
-        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
-    wallet_path = str(process.wallet_path)
-    via_axon = subprocess.run(
-        [sys.executable, "-m", "kontext.client.cli", "--axon", process.axon_url, "--miner-hotkey", miner_hotkey,
-         "--wallet.name", "vali", "--wallet.path", wallet_path, *common, "--out", str(tmp_path / "b.png")],
-        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
-    first, second = json.loads(via_sidecar.stdout), json.loads(via_axon.stdout)
+    main(["--url", process.url, *common, "--out", str(tmp_path / "a.png")])
+    via_sidecar = capsys.readouterr()
+    main(["--axon", process.axon_url, "--miner-hotkey", miner_hotkey, "--wallet.name", "vali", "--wallet.path",
+          str(process.wallet_path), *common, "--out", str(tmp_path / "b.png")])
+    via_axon = capsys.readouterr()
+    first, second = json.loads(via_sidecar.out), json.loads(via_axon.out)
     assert first["sha256"] == second["sha256"] == hashlib.sha256((tmp_path / "a.png").read_bytes()).hexdigest()
-    assert "step" in via_sidecar.stderr or "completed" in via_sidecar.stderr
+    assert "step" in via_sidecar.err or "completed" in via_sidecar.err
 
 
-def test_sigterm_drains_with_503s_and_exits_0(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """pm2 stop: new jobs get 503 on both doors while the running one finishes; status stays open; exit 0."""
+def test_sigterm_drains_with_503s_and_exits_0(neuron) -> None:
+    """pm2 stop: new jobs get 503 on both doors while the running one finishes; status stays open; exit 0. Stops
+    the module's neuron: the last test of the module."""
     import signal
 
-    import bittensor as bt
+    process, hotkey = neuron
+    long_edit = {**EDIT, "width": 768, "height": 768, "num_inference_steps": 4, "seed": 91}
+    job_id = MinerClient(process.url).edit(**long_edit)["job_id"]
 
-    wallets = tmp_path / "home" / "wallets"
-    wallet = bt.Wallet("miner", "default", path=str(wallets)).create_new_hotkey(use_password=False, suppress=True)
-    hotkey = wallet.hotkey.ss58_address
-    process = NeuronProcess(tiny_model_dir, tmp_path / "home" / "data", wallet_path=wallets,
-                            validators=f"{VALIDATOR.ss58_address}:5000").start()
-    try:
-        long_edit = {**EDIT, "width": 768, "height": 768, "num_inference_steps": 4, "seed": 91}
-        job_id = MinerClient(process.url).edit(**long_edit)["job_id"]
-        deadline = time.monotonic() + 60
-        while MinerClient(process.url).status(job_id)["status"] == "queued" and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert process.proc is not None
-        process.proc.send_signal(signal.SIGTERM)
-        refused_sidecar = refused_door = None
-        while time.monotonic() < deadline and (refused_sidecar is None or refused_door is None):
-            sidecar = requests.post(f"{process.url}/edit", json=EDIT, timeout=10)
-            door = _signed(process, hotkey, "EditSynapse", EDIT)
-            if sidecar.status_code == 503:
-                refused_sidecar = sidecar
-            if door.status_code == 503:
-                refused_door = door
-            time.sleep(0.05)
-        assert refused_sidecar is not None and refused_sidecar.json()["error"] == "service_unavailable"
-        assert refused_door is not None and "shutting down" in refused_door.json()["message"]
-        assert "Retry-After" in refused_sidecar.headers
-        assert MinerClient(process.url).status(job_id)["status"] in ("processing", "completed")  # still answered
-        assert process.proc.wait(90) == 0
-    finally:
-        process.stop()
-    job = stored_job(tmp_path / "home" / "data", job_id)  # what the next start finds
+    async def taken() -> bool:
+        return MinerClient(process.url).status(job_id)["status"] != "queued"
+
+    asyncio.run(until(taken, timeout=60, what=f"{job_id} taken by the worker"))
+    assert process.proc is not None
+    process.proc.send_signal(signal.SIGTERM)
+    refused: dict[str, requests.Response] = {}
+
+    async def both_refuse() -> bool:
+        for door, answer in (("sidecar", lambda: requests.post(f"{process.url}/edit", json=EDIT, timeout=10)),
+                             ("door", lambda: _signed(process, hotkey, "EditSynapse", EDIT))):
+            if door not in refused and (response := answer()).status_code == 503:
+                refused[door] = response
+        return len(refused) == 2
+
+    asyncio.run(until(both_refuse, timeout=60, what="503 on both doors"))
+    assert refused["sidecar"].json()["error"] == "service_unavailable"
+    assert "shutting down" in refused["door"].json()["message"]
+    assert "Retry-After" in refused["sidecar"].headers
+    assert MinerClient(process.url).status(job_id)["status"] in ("processing", "completed")  # still answered
+    assert process.proc.wait(90) == 0
+    job = stored_job(process.data_dir, job_id)  # what the next start finds
     assert job.status.value == "completed" and job.attempts == 1  # finished before the exit

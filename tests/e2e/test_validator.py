@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import socket
 import threading
 import time
@@ -23,6 +24,7 @@ from PIL import Image
 
 from kontext.client.cli import main
 from kontext.jobs.admission import fit
+from protocol.limits import NUM_INFERENCE_STEPS_MAX
 from tests.e2e.conftest import VALIDATOR, Subnet
 from tests.e2e.kontext_determinism.conftest import MinerClient
 from tests.e2e.servers import CallbackReceiver, ReceivedCallback
@@ -37,8 +39,9 @@ def subnet(readme_neuron: Subnet) -> Subnet:
     return readme_neuron
 
 
-def _dispatch(subnet: Subnet, seed: int, *, path: str = "/edit") -> tuple[dict, float]:
-    payload = edit_payload(image_url=subnet.images.url("person.png"), callback_url=subnet.callbacks.url, seed=seed)
+def _dispatch(subnet: Subnet, seed: int, *, steps: int = 2) -> tuple[dict, float]:
+    payload = edit_payload(image_url=subnet.images.url("person.png"), callback_url=subnet.callbacks.url, seed=seed,
+                           steps=steps)
     subnet.callbacks.expect(payload["job_id"], payload["callback_secret"])
     return payload, time.time()
 
@@ -290,9 +293,11 @@ def test_conformance_on_the_signed_door_against_its_own_sidecar(capsys, subnet: 
     assert lines[0].startswith("EQUAL     small: this=") and lines[-1].startswith("1/1 case(s) give the same")
 
 
-def _burst_size(subnet: Subnet, steps: int) -> int:
-    """Enough jobs that a burst sent to an idle neuron runs past its deadline, from what its /health reports: its
-    recent edits (fitted as its admission fits them), its deadline and the engines taking jobs. Waits for idle."""
+def _burst(subnet: Subnet) -> tuple[int, int]:
+    """(steps, jobs) of a burst that an idle neuron cannot finish in time, from what its /health reports: its recent
+    edits (fitted as its admission fits them), its deadline, margin and engines taking jobs. Each job is sized to
+    a little over half of what the deadline leaves, so that the first fits and the next does not: the accepted
+    work stays short. Waits for the neuron to be idle first."""
     health: dict = {}
 
     async def idle() -> bool:
@@ -304,15 +309,19 @@ def _burst_size(subnet: Subnet, steps: int) -> int:
     workers = [worker for worker in health["engine"]["workers"] if worker["taking_jobs"]]
     model = fit([tuple(edit) for worker in workers for edit in worker["recent_edits"]])
     assert workers and model is not None, health  # the first wave's edits taught it an edit time
-    deadline = health["profile"]["admission_deadline_seconds"]
-    return int(deadline * len(workers) / model.seconds(steps)) + 3  # the estimate's work passes the deadline
+    profile = health["profile"]
+    deadline = profile["admission_deadline_seconds"]
+    wanted = 0.55 * (deadline - profile["admission_margin_seconds"]) - model.fixed
+    steps = 2 if model.per_step <= 0 else min(NUM_INFERENCE_STEPS_MAX, max(1, math.ceil(wanted / model.per_step)))
+    return steps, int(deadline * len(workers) / model.seconds(steps)) + 3  # the estimated work passes the deadline
 
 
 def test_a_burst_it_cannot_finish_within_15_s_is_refused_at_once_naming_the_deadline(subnet: Subnet,
                                                                                    traffic: Traffic) -> None:
     """Once an edit time is known, the jobs of a burst that would call back past 15 s are answered 503 at once (a
     refused job costs one failure; a late one costs that and delays every job behind it)."""
-    payloads = [_dispatch(subnet, seed=100 + index)[0] for index in range(_burst_size(subnet, steps=2))]
+    steps, jobs = _burst(subnet)
+    payloads = [_dispatch(subnet, seed=100 + index, steps=steps)[0] for index in range(jobs)]
     answers = [subnet.validator.signed_post("/edit", payload) for payload in payloads]
     accepted = [p for p, answer in zip(payloads, answers) if answer.status_code == 200]
     refused = [answer for answer in answers if answer.status_code != 200]
