@@ -1,11 +1,13 @@
-"""The real neuron, offline on loopback: signed synapses in, the same bytes as the sidecar out. One neuron for the
-module; the last test stops it with SIGTERM (pm2 stop), so it stays last."""
+"""The real neuron, offline on loopback: signed synapses in, the same bytes as the sidecar out, and the same bytes as
+another miner of its recipe (`kontext-client conformance --against URL`). One neuron for the module; the last test
+stops it with SIGTERM (pm2 stop), so it stays last."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Iterator
@@ -13,11 +15,15 @@ from typing import Iterator
 import pytest
 import requests
 from bittensor.sp_core import Keypair
+from PIL import Image
 
 from kontext.client.cli import main
 from kontext.client.signing import btauth_headers, epistula_headers
+from kontext.http.app import create_app
+from kontext.runtime import Runtime
 from tests.e2e.kontext_determinism.conftest import MinerClient, image_b64
-from tests.e2e.servers import NeuronProcess, stored_job
+from tests.e2e.servers import NeuronProcess, ThreadedApp, stored_job
+from tests.unit.test_sidecar import make_settings
 from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
@@ -72,8 +78,14 @@ def _wait(neuron: NeuronProcess, receiver: str, job_id: str, scheme: str) -> dic
     return status
 
 
+@pytest.fixture(scope="module")
+def sidecar_png(neuron) -> bytes:
+    """``EDIT`` through the plain sidecar, once: what each signed scheme's result must equal."""
+    return MinerClient(neuron[0].url).edit_and_wait(**EDIT)[1]
+
+
 @pytest.mark.parametrize("scheme", ["btauth", "epistula"])
-def test_signed_edit_matches_the_sidecar_byte_for_byte(neuron, scheme: str) -> None:
+def test_signed_edit_matches_the_sidecar_byte_for_byte(neuron, sidecar_png: bytes, scheme: str) -> None:
     process, miner_hotkey = neuron
     accepted = _signed(process, miner_hotkey, "EditSynapse", EDIT, scheme=scheme)
     assert accepted.status_code == 200, accepted.text
@@ -85,8 +97,6 @@ def test_signed_edit_matches_the_sidecar_byte_for_byte(neuron, scheme: str) -> N
     png = base64.b64decode(result["image_b64"])
     assert hashlib.sha256(png).hexdigest() == result["sha256"]
     assert result["recipe"] == "kontext-v1"  # the recipe is reported wherever a result is
-
-    _, sidecar_png = MinerClient(process.url).edit_and_wait(**EDIT)
     assert sidecar_png == png
 
 
@@ -165,6 +175,68 @@ def test_client_command_through_sidecar_and_axon(capsys, neuron, tmp_path: Path)
     first, second = json.loads(via_sidecar.out), json.loads(via_axon.out)
     assert first["sha256"] == second["sha256"] == hashlib.sha256((tmp_path / "a.png").read_bytes()).hexdigest()
     assert "step" in via_sidecar.err or "completed" in via_sidecar.err
+
+
+# -- `kontext-client conformance --against URL`: the same case on two miners, compared byte for byte ----------
+
+
+@pytest.fixture(scope="module")
+def miners(neuron, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """name -> base URL: "a" is this module's neuron (its sidecar, kontext-v1); "b" (kontext-v1) and "reference"
+    (reference-v1) run in this process, the Runtime behind aiohttp, each on its own loop."""
+    servers = {}
+    try:
+        for name, recipe in (("b", "kontext-v1"), ("reference", "reference-v1")):
+            settings = make_settings(tmp_path_factory.mktemp(name), kontext_model_path=str(tiny_model_dir),
+                                     kontext_local_files_only=True, kontext_devices="cpu", kontext_recipe=recipe,
+                                     kontext_self_check=False)
+            servers[name] = ThreadedApp(lambda s=settings: create_app(Runtime(s), manage_runtime=True)).start()
+
+        async def all_ready() -> bool:
+            states = [requests.get(f"{server.url}/health", timeout=5).json()["services"]["kontext_edit"]
+                      for server in servers.values()]
+            assert "failed" not in states, states
+            return all(state == "ready" for state in states)
+
+        asyncio.run(until(all_ready, timeout=180, what="two engines ready"))
+        yield {"a": neuron[0].url, **{name: server.url for name, server in servers.items()}}
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+@pytest.fixture
+def cases(tmp_path: Path) -> Path:
+    """One small case whose input is a file beside the case file (sent inline to both miners)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 48), (30, 160, 90)).save(buffer, format="PNG")
+    (tmp_path / "in.png").write_bytes(buffer.getvalue())
+    case = {"name": "small", "image_file": "in.png", "request": {
+        "prompt": "Add a red hat", "seed": 11, "width": 64, "height": 64, "num_inference_steps": 2,
+        "guidance_scale": 4.0, "image_url": "https://validator.example/in.png"}}
+    (tmp_path / "cases.jsonl").write_text(json.dumps(case) + "\n")
+    return tmp_path / "cases.jsonl"
+
+
+def test_conformance_the_same_recipe_gives_the_same_bytes(capsys, miners: dict[str, str], cases: Path) -> None:
+    main(["--url", miners["a"], "conformance", str(cases), "--against", miners["b"]])
+    first, last = capsys.readouterr().out.splitlines()
+    verdict, hashes = first.split(": ", 1)
+    assert verdict == "EQUAL     small"
+    this, other = (part.split("=", 1)[1] for part in hashes.split())
+    assert this == other and len(this) == 64
+    assert last == f"1/1 case(s) give the same PNG bytes on {miners['a']} (this) and {miners['b']} (other)"
+
+
+def test_conformance_another_recipe_is_reported_with_both_hashes_and_exit_1(capsys, miners: dict[str, str],
+                                                                           cases: Path) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--url", miners["a"], "conformance", str(cases), "--against", miners["reference"]])
+    assert exited.value.code == 1
+    first, last = capsys.readouterr().out.splitlines()
+    assert first.startswith("DIFFERENT small: this=") and last.startswith("0/1 case(s) give the same PNG bytes")
+    this, other = (part.split("=", 1)[1] for part in first.split(": ", 1)[1].split())
+    assert this != other and len(this) == len(other) == 64
 
 
 def test_sigterm_drains_with_503s_and_exits_0(neuron) -> None:
