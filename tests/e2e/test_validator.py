@@ -56,38 +56,35 @@ class Sent:
     status_at_once: dict
 
 
-@dataclass
-class Traffic:
-    """What the first wave sent and saw (``traffic``)."""
-
-    edit: Sent
-    wrong_secret: Sent
-    synced_payload: dict
-    synced: requests.Response
-    preflight: tuple[int, dict[str, str]]
-    preflight_inputs_served: int
-    preflight_callbacks: list[ReceivedCallback]
-
-
 def _send(subnet: Subnet, payload: dict, dispatched_at: float) -> Sent:
     answer = subnet.validator.signed_post("/edit", payload)
     status = subnet.validator.get(f"/edit/status/{payload['job_id']}")
     return Sent(payload, dispatched_at, answer, status.json() if status.status_code == 200 else {})
 
 
+# The validator's callbacks come no earlier than 8 s after dispatch: tests that wait for them one after another
+# cost 8 s each. So the jobs they check go out in two waves, each sent at once, and the tests read what came back.
+
+
+@dataclass
+class FirstWave:
+    edit: Sent
+    preflight: tuple[int, dict[str, str]]
+    preflight_inputs_served: int
+    preflight_callbacks: list[ReceivedCallback]
+
+
 @pytest.fixture(scope="module")
-def traffic(readme_neuron: Subnet) -> Iterator[Traffic]:
-    """The jobs several tests check, sent together so that their callbacks' 8 s waits overlap (the validator's
-    callbacks come no earlier than 8 s after dispatch; one after another they cost 8 s each): ``kontext-client
-    preflight`` as the validator sends it runs here, and once its own job is in (it fetched its input), an edit,
-    one whose callback the receiver expects with another secret, and the edit again through ``/sync/edit``. The
-    preflight's job goes first so that its timing checks see no queue of the test's making."""
+def first_wave(readme_neuron: Subnet) -> Iterator[FirstWave]:
+    """``kontext-client preflight`` as the validator sends it (input at a public https URL, a callback receiver),
+    and, once its job is in (it fetched its input), an edit. The preflight's job goes first and little follows it,
+    so that its timing checks and its /sync/edit (sent once its callback came) find no queue of the test's making."""
     subnet = readme_neuron
     images = ImageHost(subnet.server_ssl, {"in.png": _png()})
     receiver = CallbackReceiver().start()
     sent: dict[str, object] = {}
 
-    def the_others() -> None:
+    def send_the_edit() -> None:
         try:
             async def preflight_job_in() -> bool:
                 return images.requests >= 1
@@ -95,124 +92,103 @@ def traffic(readme_neuron: Subnet) -> Iterator[Traffic]:
             asyncio.run(until(preflight_job_in, timeout=60, what="the preflight's job fetching its input"))
             payload, at = _dispatch(subnet, seed=4242)
             sent["edit"] = _send(subnet, payload, at)
-            payload, at = _dispatch(subnet, seed=5)
-            subnet.callbacks.expect(payload["job_id"], "someone-elses-secret")
-            sent["wrong_secret"] = _send(subnet, payload, at)
-            again, _ = _dispatch(subnet, seed=4242)
-            sent["synced_payload"] = again
-            sent["synced"] = subnet.validator.signed_post("/sync/edit", again)
         except BaseException as exc:  # re-raised in the fixture's thread
             sent["error"] = exc
 
-    others = threading.Thread(target=the_others, name="validator-dispatch")
-    others.start()
+    edit = threading.Thread(target=send_the_edit, name="first-wave")
+    edit.start()
     try:
         ran = _preflight(subnet, "--subtensor.network", "offline", after=(
             "--image-url", images.url("in.png"), "--callback-url", f"http://127.0.0.1:{receiver.port}/cb"))
-        others.join(120)
-        assert not others.is_alive(), "the first wave's dispatches did not return"
+        edit.join(120)
         if "error" in sent:
             raise sent["error"]  # type: ignore[misc]
-        yield Traffic(sent["edit"], sent["wrong_secret"], sent["synced_payload"], sent["synced"],  # type: ignore[arg-type]
-                      ran, images.requests, list(receiver.received))
+        yield FirstWave(sent["edit"], ran, images.requests, list(receiver.received))  # type: ignore[arg-type]
     finally:
-        others.join(120)
+        edit.join(120)
         images.stop()
         receiver.stop()
 
 
-def test_health_checks_answer_as_the_validator_expects(subnet: Subnet) -> None:
-    root = subnet.validator.get("/")  # over HTTPS, certificate verified, no signature
-    assert root.status_code == 200 and root.json()["hotkey"] == subnet.miner_hotkey
-    assert subnet.validator.get(f"/check/{subnet.miner_hotkey}").status_code == 200
-    assert subnet.validator.get(f"/check/{VALIDATOR.ss58_address}").status_code == 404
-    capacity = subnet.validator.signed_get("/capacity")
-    assert capacity.status_code == 200, capacity.text
-    assert capacity.json() == {"img-h100_pcie": True, "base-h100_pcie": False}
-    assert subnet.validator.get("/capacity").status_code == 401  # unsigned
+@dataclass
+class SecondWave:
+    wrong_secret: Sent
+    synced_payload: dict
+    synced: requests.Response
+    burst: list[tuple[dict, requests.Response]]
+
+
+@pytest.fixture(scope="module")
+def second_wave(readme_neuron: Subnet, first_wave: FirstWave) -> Iterator[SecondWave]:
+    """Once the neuron is idle again (the first wave and the tests between it and here are done, so it knows an edit
+    time): an edit whose callback the receiver expects with another secret, the first wave's edit again through
+    ``/sync/edit``, and behind those two a burst it cannot finish within the deadline (sized from its /health), so
+    that the two jobs' edits and callback waits overlap the burst's."""
+    subnet = readme_neuron
+    health = _idle_health(subnet)
+    payload, at = _dispatch(subnet, seed=5)
+    subnet.callbacks.expect(payload["job_id"], "someone-elses-secret")
+    wrong_secret = _send(subnet, payload, at)
+    again, _ = _dispatch(subnet, seed=4242)
+    synced: dict[str, object] = {}
+
+    def sync_edit() -> None:
+        try:
+            synced["answer"] = subnet.validator.signed_post("/sync/edit", again)
+        except BaseException as exc:  # re-raised in the fixture's thread
+            synced["error"] = exc
+
+    sync = threading.Thread(target=sync_edit, name="second-wave")
+    sync.start()
+    try:
+        async def in_line() -> bool:  # the /sync/edit is queued (or answered): the burst goes behind it
+            return bool(synced) or subnet.validator.get(f"/edit/status/{again['job_id']}").status_code == 200
+
+        asyncio.run(until(in_line, timeout=60, what="the /sync/edit in the queue"))
+        steps, jobs = _burst_shape(health, ahead_steps=[payload["num_inference_steps"], again["num_inference_steps"]])
+        burst = [_dispatch(subnet, seed=100 + index, steps=steps)[0] for index in range(jobs)]
+        answers = [subnet.validator.signed_post("/edit", job) for job in burst]
+        sync.join(120)
+        if "error" in synced:
+            raise synced["error"]  # type: ignore[misc]
+        yield SecondWave(wrong_secret, again, synced["answer"], list(zip(burst, answers)))  # type: ignore[arg-type]
+    finally:
+        sync.join(120)
+
+
+def _idle_health(subnet: Subnet) -> dict:
+    """/health once no job is queued, downloading or running."""
+    health: dict = {}
+
+    async def idle() -> bool:
+        health.update(subnet.validator.get("/health").json())
+        jobs = health["jobs"]
+        return not jobs.get("queued") and not jobs.get("processing") and not health["queue"]["downloading"]
+
+    asyncio.run(until(idle, timeout=120, what="the neuron idle"))
+    return health
+
+
+def _burst_shape(health: dict, ahead_steps: list[int]) -> tuple[int, int]:
+    """(steps, jobs) of a burst the neuron cannot finish in time behind jobs of ``ahead_steps``, from its /health: its
+    recent edits (fitted as its admission fits them), its deadline, margin and engines taking jobs. Each job is sized
+    to a little over half of what the deadline leaves after the jobs ahead, so that one fits and the next does not
+    (the accepted work stays short); there are enough jobs that the last is refused even with nothing ahead."""
+    workers = [worker for worker in health["engine"]["workers"] if worker["taking_jobs"]]
+    model = fit([tuple(edit) for worker in workers for edit in worker["recent_edits"]])
+    assert workers and model is not None, health  # the edits before taught it an edit time
+    profile = health["profile"]
+    budget = profile["admission_deadline_seconds"] - profile["admission_margin_seconds"]
+    room = budget - sum(model.seconds(steps) for steps in ahead_steps) / len(workers)
+    wanted = 0.6 * room - model.fixed
+    steps = 2 if model.per_step <= 0 else min(NUM_INFERENCE_STEPS_MAX, max(1, math.ceil(wanted / model.per_step)))
+    return steps, int(budget * len(workers) / model.seconds(steps)) + 2
 
 
 def _once_the_callback_is_recorded(subnet: Subnet, job_id: str) -> dict:
     """The job's status once the miner has recorded its callback's outcome: the receiver knows it first (it
     answers the POST), the miner only after reading that answer."""
     return MinerClient(subnet.validator.base_url, verify=subnet.validator.verify).wait_callback(job_id)
-
-
-def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet: Subnet, traffic: Traffic) -> None:
-    payload, accepted = traffic.edit.payload, traffic.edit.answer
-    assert accepted.status_code == 200, accepted.text
-    assert accepted.json()["job_id"] == payload["job_id"] and accepted.json()["status"] == "queued"
-    outcome = subnet.callbacks.wait(payload["job_id"])
-    assert outcome.accepted, outcome.reason
-    assert outcome.status == "completed"
-    result = subnet.validator.get(f"/edit/result/{payload['job_id']}")
-    assert result.status_code == 200 and hashlib.sha256(result.content).hexdigest() == outcome.image_sha256
-    status = _once_the_callback_is_recorded(subnet, payload["job_id"])
-    assert status["callback"]["status"] == "delivered" and status["callback"]["status_code"] == 200
-    assert status["request"]["image_source"] == "url"
-    assert status["recipe"] == "reference-v1" and status["ignored_fields"] == ["width", "height"]
-    assert (status["result_width"], status["result_height"]) == (1024, 1024)
-    assert result.headers["X-Recipe"] == "reference-v1"
-
-    again, synced = traffic.synced_payload, traffic.synced  # the same request again, with another job id
-    assert synced.status_code == 200, synced.text
-    assert synced.headers["X-Job-ID"] == again["job_id"] and synced.headers["X-Status"] == "completed"
-    assert synced.headers["X-Seed"] == "4242"
-    assert hashlib.sha256(synced.content).hexdigest() == outcome.image_sha256 == synced.headers["X-Image-SHA256"]
-    assert subnet.callbacks.wait(again["job_id"]).image_sha256 == outcome.image_sha256  # it calls back too
-
-
-def test_a_wrong_secret_is_what_the_validator_would_refuse(subnet: Subnet, traffic: Traffic) -> None:
-    """The receiver double is strict: a callback carrying another secret fails, as on the validator."""
-    payload = traffic.wrong_secret.payload
-    assert traffic.wrong_secret.answer.status_code == 200, traffic.wrong_secret.answer.text
-    outcome = subnet.callbacks.wait(payload["job_id"])
-    assert not outcome.accepted and outcome.reason == "secret missing or different"
-    status = _once_the_callback_is_recorded(subnet, payload["job_id"])
-    assert status["callback"]["status"] == "failed" and status["callback"]["status_code"] == 400
-
-
-def test_unsigned_and_unknown_callers_are_refused(subnet: Subnet) -> None:
-    payload, _ = _dispatch(subnet, seed=6)
-    stranger = Validator(Keypair.create_from_uri("//NotAValidator"), subnet.miner_hotkey,
-                         subnet.validator.base_url, subnet.validator.verify)
-    refused = stranger.signed_post("/edit", payload)
-    assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
-    unsigned = requests.post(subnet.validator.base_url + "/edit", json=payload, timeout=10,
-                             verify=subnet.validator.verify)
-    assert unsigned.status_code == 401 and unsigned.json()["error"] == "unauthorized"
-
-
-def test_the_readme_neuron_runs_the_subnet_profile_with_no_job_route_open_to_the_network(subnet: Subnet) -> None:
-    health = subnet.validator.get("/health").json()
-    assert health["profile"] == {"name": "subnet", "callback_not_before_seconds": 8.0,
-                                 "admission_deadline_seconds": 15.0, "admission_margin_seconds": 1.0}
-    for address in _non_loopback_addresses():  # the sidecar (unsigned job routes) listens on loopback only
-        with pytest.raises(OSError):
-            socket.create_connection((address, subnet.neuron.port), timeout=2).close()
-    log = subnet.neuron.log_tail(200)
-    assert "job routes signed" in log and f"sidecar http://127.0.0.1:{subnet.neuron.port}: job routes unsigned" in log
-
-
-def test_callbacks_come_no_earlier_than_8_s_and_image_url_is_the_public_door(subnet: Subnet,
-                                                                            traffic: Traffic) -> None:
-    """On the edit of the first test (``traffic``): its status as soon as it was accepted, and its callback."""
-    payload, dispatched_at = traffic.edit.payload, traffic.edit.dispatched_at
-    assert traffic.edit.answer.status_code == 200, traffic.edit.answer.text
-    waiting = traffic.edit.status_at_once
-    assert "callback" not in waiting and waiting["callback_pending"]["not_before"]
-    outcome = subnet.callbacks.wait(payload["job_id"])
-    assert outcome.accepted, outcome.reason
-    assert outcome.received_at - dispatched_at >= 8.0  # the validator fails earlier callbacks
-    assert outcome.image_url == f"https://127.0.0.1:{subnet.neuron.axon_port}/images/edits/{payload['job_id']}.png"
-    status = _once_the_callback_is_recorded(subnet, payload["job_id"])
-    assert status["callback"]["status"] == "delivered" and "callback_pending" not in status
-    assert status["image_url"] == outcome.image_url
-    image = requests.get(outcome.image_url, timeout=10, verify=subnet.validator.verify)  # unsigned, over TLS
-    assert image.status_code == 200 and hashlib.sha256(image.content).hexdigest() == outcome.image_sha256
-
-
-# -- kontext-client preflight against the same neuron (the operator's view of what the validator does) ------
 
 
 def _preflight(subnet: Subnet, *flags: str, axon: str = "", hotkey: str = "", cacert: bool = True,
@@ -245,19 +221,74 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
-def test_preflight_passes_signed_with_the_miners_own_wallet(traffic: Traffic) -> None:
-    """As the validator sends it: the input at a public https URL, a callback receiver (run by ``traffic``)."""
-    code, checks = traffic.preflight
+def test_health_checks_answer_as_the_validator_expects(subnet: Subnet) -> None:
+    root = subnet.validator.get("/")  # over HTTPS, certificate verified, no signature
+    assert root.status_code == 200 and root.json()["hotkey"] == subnet.miner_hotkey
+    assert subnet.validator.get(f"/check/{subnet.miner_hotkey}").status_code == 200
+    assert subnet.validator.get(f"/check/{VALIDATOR.ss58_address}").status_code == 404
+    capacity = subnet.validator.signed_get("/capacity")
+    assert capacity.status_code == 200, capacity.text
+    assert capacity.json() == {"img-h100_pcie": True, "base-h100_pcie": False}
+    assert subnet.validator.get("/capacity").status_code == 401  # unsigned
+
+
+def test_unsigned_and_unknown_callers_are_refused(subnet: Subnet) -> None:
+    payload, _ = _dispatch(subnet, seed=6)
+    stranger = Validator(Keypair.create_from_uri("//NotAValidator"), subnet.miner_hotkey,
+                         subnet.validator.base_url, subnet.validator.verify)
+    refused = stranger.signed_post("/edit", payload)
+    assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+    unsigned = requests.post(subnet.validator.base_url + "/edit", json=payload, timeout=10,
+                             verify=subnet.validator.verify)
+    assert unsigned.status_code == 401 and unsigned.json()["error"] == "unauthorized"
+
+
+def test_the_readme_neuron_runs_the_subnet_profile_with_no_job_route_open_to_the_network(subnet: Subnet) -> None:
+    health = subnet.validator.get("/health").json()
+    assert health["profile"] == {"name": "subnet", "callback_not_before_seconds": 8.0,
+                                 "admission_deadline_seconds": 15.0, "admission_margin_seconds": 1.0}
+    for address in _non_loopback_addresses():  # the sidecar (unsigned job routes) listens on loopback only
+        with pytest.raises(OSError):
+            socket.create_connection((address, subnet.neuron.port), timeout=2).close()
+    log = subnet.neuron.log_tail(200)
+    assert "job routes signed" in log and f"sidecar http://127.0.0.1:{subnet.neuron.port}: job routes unsigned" in log
+
+
+def test_callbacks_come_no_earlier_than_8_s_and_image_url_is_the_public_door(subnet: Subnet,
+                                                                            first_wave: FirstWave) -> None:
+    """On the first wave's edit: its status as soon as it was accepted, and its callback."""
+    payload, dispatched_at = first_wave.edit.payload, first_wave.edit.dispatched_at
+    assert first_wave.edit.answer.status_code == 200, first_wave.edit.answer.text
+    waiting = first_wave.edit.status_at_once
+    assert "callback" not in waiting and waiting["callback_pending"]["not_before"]
+    outcome = subnet.callbacks.wait(payload["job_id"])
+    assert outcome.accepted, outcome.reason
+    assert outcome.received_at - dispatched_at >= 8.0  # the validator fails earlier callbacks
+    assert outcome.image_url == f"https://127.0.0.1:{subnet.neuron.axon_port}/images/edits/{payload['job_id']}.png"
+    status = _once_the_callback_is_recorded(subnet, payload["job_id"])
+    assert status["callback"]["status"] == "delivered" and "callback_pending" not in status
+    assert status["image_url"] == outcome.image_url
+    image = requests.get(outcome.image_url, timeout=10, verify=subnet.validator.verify)  # unsigned, over TLS
+    assert image.status_code == 200 and hashlib.sha256(image.content).hexdigest() == outcome.image_sha256
+
+
+# -- kontext-client preflight against the same neuron (the operator's view of what the validator does) ------
+
+
+def test_preflight_passes_signed_with_the_miners_own_wallet(first_wave: FirstWave) -> None:
+    """As the validator sends it: the input at a public https URL, a callback receiver (run by ``first_wave``)."""
+    code, checks = first_wave.preflight
     assert code == 0, {name: line for name, line in checks.items() if not line.startswith(("PASS", "SKIP"))}
     for name in ("TLS", "GET /", "GET /check/{hotkey}", "signed GET /capacity", "signed POST /edit",
                  "timing (done by 15 s)", "timing (callback not before 8 s)", "callback", "POST /sync/edit",
                  "unsigned POST /edit"):
         assert checks[name].startswith("PASS"), checks[name]
     assert '"img-h100_pcie": true' in checks["signed GET /capacity"]
-    assert "input from --image-url" in checks["signed POST /edit"] and traffic.preflight_inputs_served >= 1
+    assert "input from --image-url" in checks["signed POST /edit"] and first_wave.preflight_inputs_served >= 1
     assert checks["callback"].startswith("PASS delivered (HTTP 200)")
     job_id = checks["signed POST /edit"].split("job ", 1)[1].split(";", 1)[0]
-    assert job_id in [callback.fields.get("job_id") for callback in traffic.preflight_callbacks]  # as the status said
+    received = [callback.fields.get("job_id") for callback in first_wave.preflight_callbacks]
+    assert job_id in received  # what the status said
     assert checks["unsigned POST /edit"].startswith("PASS refused: 401")
     assert checks["chain commitment"] == "SKIP --subtensor.network offline: no chain to read the commitment from"
 
@@ -293,36 +324,50 @@ def test_conformance_on_the_signed_door_against_its_own_sidecar(capsys, subnet: 
     assert lines[0].startswith("EQUAL     small: this=") and lines[-1].startswith("1/1 case(s) give the same")
 
 
-def _burst(subnet: Subnet) -> tuple[int, int]:
-    """(steps, jobs) of a burst that an idle neuron cannot finish in time, from what its /health reports: its recent
-    edits (fitted as its admission fits them), its deadline, margin and engines taking jobs. Each job is sized to
-    a little over half of what the deadline leaves, so that the first fits and the next does not: the accepted
-    work stays short. Waits for the neuron to be idle first."""
-    health: dict = {}
+# -- the second wave: jobs behind which a burst is refused --------------------------------------------------
 
-    async def idle() -> bool:
-        health.update(subnet.validator.get("/health").json())
-        jobs = health["jobs"]
-        return not jobs.get("queued") and not jobs.get("processing") and not health["queue"]["downloading"]
 
-    asyncio.run(until(idle, timeout=120, what="the neuron idle before the burst"))
-    workers = [worker for worker in health["engine"]["workers"] if worker["taking_jobs"]]
-    model = fit([tuple(edit) for worker in workers for edit in worker["recent_edits"]])
-    assert workers and model is not None, health  # the first wave's edits taught it an edit time
-    profile = health["profile"]
-    deadline = profile["admission_deadline_seconds"]
-    wanted = 0.55 * (deadline - profile["admission_margin_seconds"]) - model.fixed
-    steps = 2 if model.per_step <= 0 else min(NUM_INFERENCE_STEPS_MAX, max(1, math.ceil(wanted / model.per_step)))
-    return steps, int(deadline * len(workers) / model.seconds(steps)) + 3  # the estimated work passes the deadline
+def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet: Subnet, first_wave: FirstWave,
+                                                                          second_wave: SecondWave) -> None:
+    payload, accepted = first_wave.edit.payload, first_wave.edit.answer
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["job_id"] == payload["job_id"] and accepted.json()["status"] == "queued"
+    outcome = subnet.callbacks.wait(payload["job_id"])
+    assert outcome.accepted, outcome.reason
+    assert outcome.status == "completed"
+    result = subnet.validator.get(f"/edit/result/{payload['job_id']}")
+    assert result.status_code == 200 and hashlib.sha256(result.content).hexdigest() == outcome.image_sha256
+    status = _once_the_callback_is_recorded(subnet, payload["job_id"])
+    assert status["callback"]["status"] == "delivered" and status["callback"]["status_code"] == 200
+    assert status["request"]["image_source"] == "url"
+    assert status["recipe"] == "reference-v1" and status["ignored_fields"] == ["width", "height"]
+    assert (status["result_width"], status["result_height"]) == (1024, 1024)
+    assert result.headers["X-Recipe"] == "reference-v1"
+
+    again, synced = second_wave.synced_payload, second_wave.synced  # the same request again, with another job id
+    assert synced.status_code == 200, synced.text
+    assert synced.headers["X-Job-ID"] == again["job_id"] and synced.headers["X-Status"] == "completed"
+    assert synced.headers["X-Seed"] == "4242"
+    assert hashlib.sha256(synced.content).hexdigest() == outcome.image_sha256 == synced.headers["X-Image-SHA256"]
+    assert subnet.callbacks.wait(again["job_id"]).image_sha256 == outcome.image_sha256  # it calls back too
+
+
+def test_a_wrong_secret_is_what_the_validator_would_refuse(subnet: Subnet, second_wave: SecondWave) -> None:
+    """The receiver double is strict: a callback carrying another secret fails, as on the validator."""
+    payload = second_wave.wrong_secret.payload
+    assert second_wave.wrong_secret.answer.status_code == 200, second_wave.wrong_secret.answer.text
+    outcome = subnet.callbacks.wait(payload["job_id"])
+    assert not outcome.accepted and outcome.reason == "secret missing or different"
+    status = _once_the_callback_is_recorded(subnet, payload["job_id"])
+    assert status["callback"]["status"] == "failed" and status["callback"]["status_code"] == 400
 
 
 def test_a_burst_it_cannot_finish_within_15_s_is_refused_at_once_naming_the_deadline(subnet: Subnet,
-                                                                                   traffic: Traffic) -> None:
+                                                                                   second_wave: SecondWave) -> None:
     """Once an edit time is known, the jobs of a burst that would call back past 15 s are answered 503 at once (a
     refused job costs one failure; a late one costs that and delays every job behind it)."""
-    steps, jobs = _burst(subnet)
-    payloads = [_dispatch(subnet, seed=100 + index, steps=steps)[0] for index in range(jobs)]
-    answers = [subnet.validator.signed_post("/edit", payload) for payload in payloads]
+    payloads = [payload for payload, _ in second_wave.burst]
+    answers = [answer for _, answer in second_wave.burst]
     accepted = [p for p, answer in zip(payloads, answers) if answer.status_code == 200]
     refused = [answer for answer in answers if answer.status_code != 200]
     turned_away = [p for p, answer in zip(payloads, answers) if answer.status_code != 200]
