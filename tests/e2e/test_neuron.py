@@ -9,6 +9,7 @@ import base64
 import hashlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -35,8 +36,19 @@ EDIT = {"prompt": "Add a red hat", "image_b64": image_b64(), "seed": 77, "width"
         "num_inference_steps": 2}
 
 
+@dataclass
+class Servers:
+    neuron: NeuronProcess
+    miner_hotkey: str
+    others: dict[str, ThreadedApp]
+    """Two more miners for ``kontext-client conformance --against``, in this process (the Runtime behind aiohttp,
+    each on its own loop): "b" runs kontext-v1 as the neuron does, "reference" runs reference-v1."""
+
+
 @pytest.fixture(scope="module")
-def neuron(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NeuronProcess, str]]:
+def servers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """The module's neuron and the two miners beside it, started together (their engines load while the neuron's
+    process imports its libraries)."""
     import bittensor as bt
 
     home = tmp_path_factory.mktemp("home")
@@ -46,11 +58,34 @@ def neuron(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     cli_validator = bt.Wallet("vali", "default", path=str(wallets)).create_new_hotkey(use_password=False, suppress=True)
     validators = (f"{VALIDATOR.ss58_address}:5000,{NO_PERMIT.ss58_address}:10:nopermit,"
                   f"{cli_validator.hotkey.ss58_address}:100")
-    process = NeuronProcess(tiny_model_dir, home / "data", wallet_path=wallets, validators=validators).start()
+    process = NeuronProcess(tiny_model_dir, home / "data", wallet_path=wallets, validators=validators)
+    others: dict[str, ThreadedApp] = {}
     try:
-        yield process, miner_hotkey
+        process.start(wait_ready=False)
+        for name, recipe in (("b", "kontext-v1"), ("reference", "reference-v1")):
+            settings = make_settings(tmp_path_factory.mktemp(name), kontext_model_path=str(tiny_model_dir),
+                                     kontext_local_files_only=True, kontext_devices="cpu", kontext_recipe=recipe,
+                                     kontext_self_check=False)
+            others[name] = ThreadedApp(lambda s=settings: create_app(Runtime(s), manage_runtime=True)).start()
+        process.wait_ready()
+
+        async def all_ready() -> bool:
+            states = [requests.get(f"{server.url}/health", timeout=5).json()["services"]["kontext_edit"]
+                      for server in others.values()]
+            assert "failed" not in states, states
+            return all(state == "ready" for state in states)
+
+        asyncio.run(until(all_ready, timeout=180, what="the two in-process engines ready"))
+        yield Servers(process, miner_hotkey, others)
     finally:
         process.stop()
+        for server in others.values():
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def neuron(servers: Servers) -> tuple[NeuronProcess, str]:
+    return servers.neuron, servers.miner_hotkey
 
 
 def _post(neuron: NeuronProcess, synapse: str, body: dict, headers: dict[str, str]) -> requests.Response:
@@ -181,28 +216,9 @@ def test_client_command_through_sidecar_and_axon(capsys, neuron, tmp_path: Path)
 
 
 @pytest.fixture(scope="module")
-def miners(neuron, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """name -> base URL: "a" is this module's neuron (its sidecar, kontext-v1); "b" (kontext-v1) and "reference"
-    (reference-v1) run in this process, the Runtime behind aiohttp, each on its own loop."""
-    servers = {}
-    try:
-        for name, recipe in (("b", "kontext-v1"), ("reference", "reference-v1")):
-            settings = make_settings(tmp_path_factory.mktemp(name), kontext_model_path=str(tiny_model_dir),
-                                     kontext_local_files_only=True, kontext_devices="cpu", kontext_recipe=recipe,
-                                     kontext_self_check=False)
-            servers[name] = ThreadedApp(lambda s=settings: create_app(Runtime(s), manage_runtime=True)).start()
-
-        async def all_ready() -> bool:
-            states = [requests.get(f"{server.url}/health", timeout=5).json()["services"]["kontext_edit"]
-                      for server in servers.values()]
-            assert "failed" not in states, states
-            return all(state == "ready" for state in states)
-
-        asyncio.run(until(all_ready, timeout=180, what="two engines ready"))
-        yield {"a": neuron[0].url, **{name: server.url for name, server in servers.items()}}
-    finally:
-        for server in servers.values():
-            server.stop()
+def miners(servers: Servers) -> dict[str, str]:
+    """name -> base URL: "a" is the module's neuron (its sidecar, kontext-v1), "b" and "reference" run beside it."""
+    return {"a": servers.neuron.url, **{name: server.url for name, server in servers.others.items()}}
 
 
 @pytest.fixture
