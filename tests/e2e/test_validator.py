@@ -64,56 +64,33 @@ def _send(subnet: Subnet, payload: dict, dispatched_at: float) -> Sent:
     return Sent(payload, dispatched_at, answer, status.json() if status.status_code == 200 else {})
 
 
-# The validator's callbacks come no earlier than 8 s after dispatch: tests that wait for them one after another
-# cost 8 s each. So the jobs they check go out in two waves, each sent at once, and the tests read what came back.
-
-
 @dataclass
-class FirstWave:
-    edit: Sent
-    preflight: tuple[int, dict[str, str]]
-    preflight_inputs_served: int
-    preflight_callbacks: list[ReceivedCallback]
+class PreflightRun:
+    result: tuple[int, dict[str, str]]
+    inputs_served: int
+    callbacks: list[ReceivedCallback]
 
 
 @pytest.fixture(scope="module")
-def first_wave(readme_neuron: Subnet) -> Iterator[FirstWave]:
+def preflight_run(readme_neuron: Subnet) -> Iterator[PreflightRun]:
     """``kontext-client preflight`` as the validator sends it (input at a public https URL, a callback receiver),
-    and, once its job is in (it fetched its input), an edit. The preflight's job goes first and little follows it,
-    so that its timing checks and its /sync/edit (sent once its callback came) find no queue of the test's making."""
+    alone on the neuron: its timing checks and its /sync/edit find no queue of the test's making. Its edits also
+    tell the neuron how long an edit takes (``wave`` sizes its burst from that)."""
     subnet = readme_neuron
     images = ImageHost(subnet.server_ssl, {"in.png": _png()})
     receiver = CallbackReceiver().start()
-    sent: dict[str, object] = {}
-
-    def send_the_edit() -> None:
-        try:
-            async def preflight_job_in() -> bool:
-                return images.requests >= 1
-
-            asyncio.run(until(preflight_job_in, timeout=60, what="the preflight's job fetching its input"))
-            payload, at = _dispatch(subnet, seed=4242)
-            sent["edit"] = _send(subnet, payload, at)
-        except BaseException as exc:  # re-raised in the fixture's thread
-            sent["error"] = exc
-
-    edit = threading.Thread(target=send_the_edit, name="first-wave")
-    edit.start()
     try:
-        ran = _preflight(subnet, "--subtensor.network", "offline", after=(
+        result = _preflight(subnet, "--subtensor.network", "offline", after=(
             "--image-url", images.url("in.png"), "--callback-url", f"http://127.0.0.1:{receiver.port}/cb"))
-        edit.join(120)
-        if "error" in sent:
-            raise sent["error"]  # type: ignore[misc]
-        yield FirstWave(sent["edit"], ran, images.requests, list(receiver.received))  # type: ignore[arg-type]
+        yield PreflightRun(result, images.requests, list(receiver.received))
     finally:
-        edit.join(120)
         images.stop()
         receiver.stop()
 
 
 @dataclass
-class SecondWave:
+class Wave:
+    edit: Sent
     wrong_secret: Sent
     synced_payload: dict
     synced: requests.Response
@@ -121,13 +98,16 @@ class SecondWave:
 
 
 @pytest.fixture(scope="module")
-def second_wave(readme_neuron: Subnet, first_wave: FirstWave) -> Iterator[SecondWave]:
-    """Once the neuron is idle again (the first wave and the tests between it and here are done, so it knows an edit
-    time): an edit whose callback the receiver expects with another secret, the first wave's edit again through
-    ``/sync/edit``, and behind those two a burst it cannot finish within the deadline (sized from its /health), so
-    that the two jobs' edits and callback waits overlap the burst's."""
+def wave(readme_neuron: Subnet, preflight_run: PreflightRun) -> Iterator[Wave]:
+    """The jobs of the tests that wait for callbacks, sent at once: the validator's callbacks come no earlier than
+    8 s after dispatch, so one after another each such test costs 8 s. Once the neuron is idle (the tests before
+    are done, and it knows an edit time): an edit, one whose callback the receiver expects with another secret, the
+    edit again through ``/sync/edit``, and behind those three a burst it cannot finish within the deadline (sized
+    from its /health), so that their edits and callback waits overlap the burst's."""
     subnet = readme_neuron
     health = _idle_health(subnet)
+    payload, at = _dispatch(subnet, seed=4242)
+    edit = _send(subnet, payload, at)
     payload, at = _dispatch(subnet, seed=5)
     subnet.callbacks.expect(payload["job_id"], "someone-elses-secret")
     wrong_secret = _send(subnet, payload, at)
@@ -140,20 +120,21 @@ def second_wave(readme_neuron: Subnet, first_wave: FirstWave) -> Iterator[Second
         except BaseException as exc:  # re-raised in the fixture's thread
             synced["error"] = exc
 
-    sync = threading.Thread(target=sync_edit, name="second-wave")
+    sync = threading.Thread(target=sync_edit, name="sync-edit")
     sync.start()
     try:
         async def in_line() -> bool:  # the /sync/edit is queued (or answered): the burst goes behind it
             return bool(synced) or subnet.validator.get(f"/edit/status/{again['job_id']}").status_code == 200
 
         asyncio.run(until(in_line, timeout=60, what="the /sync/edit in the queue"))
-        steps, jobs = _burst_shape(health, ahead_steps=[payload["num_inference_steps"], again["num_inference_steps"]])
+        ahead = [job.payload["num_inference_steps"] for job in (edit, wrong_secret)] + [again["num_inference_steps"]]
+        steps, jobs = _burst_shape(health, ahead_steps=ahead)
         burst = [_dispatch(subnet, seed=100 + index, steps=steps)[0] for index in range(jobs)]
         answers = [subnet.validator.signed_post("/edit", job) for job in burst]
         sync.join(120)
         if "error" in synced:
             raise synced["error"]  # type: ignore[misc]
-        yield SecondWave(wrong_secret, again, synced["answer"], list(zip(burst, answers)))  # type: ignore[arg-type]
+        yield Wave(edit, wrong_secret, again, synced["answer"], list(zip(burst, answers)))  # type: ignore[arg-type]
     finally:
         sync.join(120)
 
@@ -257,40 +238,22 @@ def test_the_readme_neuron_runs_the_subnet_profile_with_no_job_route_open_to_the
     assert "job routes signed" in log and f"sidecar http://127.0.0.1:{subnet.neuron.port}: job routes unsigned" in log
 
 
-def test_callbacks_come_no_earlier_than_8_s_and_image_url_is_the_public_door(subnet: Subnet,
-                                                                            first_wave: FirstWave) -> None:
-    """On the first wave's edit: its status as soon as it was accepted, and its callback."""
-    payload, dispatched_at = first_wave.edit.payload, first_wave.edit.dispatched_at
-    assert first_wave.edit.answer.status_code == 200, first_wave.edit.answer.text
-    waiting = first_wave.edit.status_at_once
-    assert "callback" not in waiting and waiting["callback_pending"]["not_before"]
-    outcome = subnet.callbacks.wait(payload["job_id"])
-    assert outcome.accepted, outcome.reason
-    assert outcome.received_at - dispatched_at >= 8.0  # the validator fails earlier callbacks
-    assert outcome.image_url == f"https://127.0.0.1:{subnet.neuron.axon_port}/images/edits/{payload['job_id']}.png"
-    status = _once_the_callback_is_recorded(subnet, payload["job_id"])
-    assert status["callback"]["status"] == "delivered" and "callback_pending" not in status
-    assert status["image_url"] == outcome.image_url
-    image = requests.get(outcome.image_url, timeout=10, verify=subnet.validator.verify)  # unsigned, over TLS
-    assert image.status_code == 200 and hashlib.sha256(image.content).hexdigest() == outcome.image_sha256
-
-
 # -- kontext-client preflight against the same neuron (the operator's view of what the validator does) ------
 
 
-def test_preflight_passes_signed_with_the_miners_own_wallet(first_wave: FirstWave) -> None:
-    """As the validator sends it: the input at a public https URL, a callback receiver (run by ``first_wave``)."""
-    code, checks = first_wave.preflight
+def test_preflight_passes_signed_with_the_miners_own_wallet(preflight_run: PreflightRun) -> None:
+    """As the validator sends it: the input at a public https URL, a callback receiver (``preflight_run``)."""
+    code, checks = preflight_run.result
     assert code == 0, {name: line for name, line in checks.items() if not line.startswith(("PASS", "SKIP"))}
     for name in ("TLS", "GET /", "GET /check/{hotkey}", "signed GET /capacity", "signed POST /edit",
                  "timing (done by 15 s)", "timing (callback not before 8 s)", "callback", "POST /sync/edit",
                  "unsigned POST /edit"):
         assert checks[name].startswith("PASS"), checks[name]
     assert '"img-h100_pcie": true' in checks["signed GET /capacity"]
-    assert "input from --image-url" in checks["signed POST /edit"] and first_wave.preflight_inputs_served >= 1
+    assert "input from --image-url" in checks["signed POST /edit"] and preflight_run.inputs_served >= 1
     assert checks["callback"].startswith("PASS delivered (HTTP 200)")
     job_id = checks["signed POST /edit"].split("job ", 1)[1].split(";", 1)[0]
-    received = [callback.fields.get("job_id") for callback in first_wave.preflight_callbacks]
+    received = [callback.fields.get("job_id") for callback in preflight_run.callbacks]
     assert job_id in received  # what the status said
     assert checks["unsigned POST /edit"].startswith("PASS refused: 401")
     assert checks["chain commitment"] == "SKIP --subtensor.network offline: no chain to read the commitment from"
@@ -327,12 +290,11 @@ def test_conformance_on_the_signed_door_against_its_own_sidecar(capsys, subnet: 
     assert lines[0].startswith("EQUAL     small: this=") and lines[-1].startswith("1/1 case(s) give the same")
 
 
-# -- the second wave: jobs behind which a burst is refused --------------------------------------------------
+# -- the tests that wait for callbacks (``wave``) -------------------------------------------------------------
 
 
-def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet: Subnet, first_wave: FirstWave,
-                                                                          second_wave: SecondWave) -> None:
-    payload, accepted = first_wave.edit.payload, first_wave.edit.answer
+def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet: Subnet, wave: Wave) -> None:
+    payload, accepted = wave.edit.payload, wave.edit.answer
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["job_id"] == payload["job_id"] and accepted.json()["status"] == "queued"
     outcome = subnet.callbacks.wait(payload["job_id"])
@@ -347,7 +309,7 @@ def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet
     assert (status["result_width"], status["result_height"]) == (1024, 1024)
     assert result.headers["X-Recipe"] == "reference-v1"
 
-    again, synced = second_wave.synced_payload, second_wave.synced  # the same request again, with another job id
+    again, synced = wave.synced_payload, wave.synced  # the same request again, with another job id
     assert synced.status_code == 200, synced.text
     assert synced.headers["X-Job-ID"] == again["job_id"] and synced.headers["X-Status"] == "completed"
     assert synced.headers["X-Seed"] == "4242"
@@ -355,10 +317,27 @@ def test_an_edit_is_answered_at_once_and_called_back_with_the_audited_png(subnet
     assert subnet.callbacks.wait(again["job_id"]).image_sha256 == outcome.image_sha256  # it calls back too
 
 
-def test_a_wrong_secret_is_what_the_validator_would_refuse(subnet: Subnet, second_wave: SecondWave) -> None:
+def test_callbacks_come_no_earlier_than_8_s_and_image_url_is_the_public_door(subnet: Subnet, wave: Wave) -> None:
+    """On the edit of the test above (``wave``): its status as soon as it was accepted, and its callback."""
+    payload, dispatched_at = wave.edit.payload, wave.edit.dispatched_at
+    assert wave.edit.answer.status_code == 200, wave.edit.answer.text
+    waiting = wave.edit.status_at_once
+    assert "callback" not in waiting and waiting["callback_pending"]["not_before"]
+    outcome = subnet.callbacks.wait(payload["job_id"])
+    assert outcome.accepted, outcome.reason
+    assert outcome.received_at - dispatched_at >= 8.0  # the validator fails earlier callbacks
+    assert outcome.image_url == f"https://127.0.0.1:{subnet.neuron.axon_port}/images/edits/{payload['job_id']}.png"
+    status = _once_the_callback_is_recorded(subnet, payload["job_id"])
+    assert status["callback"]["status"] == "delivered" and "callback_pending" not in status
+    assert status["image_url"] == outcome.image_url
+    image = requests.get(outcome.image_url, timeout=10, verify=subnet.validator.verify)  # unsigned, over TLS
+    assert image.status_code == 200 and hashlib.sha256(image.content).hexdigest() == outcome.image_sha256
+
+
+def test_a_wrong_secret_is_what_the_validator_would_refuse(subnet: Subnet, wave: Wave) -> None:
     """The receiver double is strict: a callback carrying another secret fails, as on the validator."""
-    payload = second_wave.wrong_secret.payload
-    assert second_wave.wrong_secret.answer.status_code == 200, second_wave.wrong_secret.answer.text
+    payload = wave.wrong_secret.payload
+    assert wave.wrong_secret.answer.status_code == 200, wave.wrong_secret.answer.text
     outcome = subnet.callbacks.wait(payload["job_id"])
     assert not outcome.accepted and outcome.reason == "secret missing or different"
     status = _once_the_callback_is_recorded(subnet, payload["job_id"])
@@ -366,11 +345,11 @@ def test_a_wrong_secret_is_what_the_validator_would_refuse(subnet: Subnet, secon
 
 
 def test_a_burst_it_cannot_finish_within_15_s_is_refused_at_once_naming_the_deadline(subnet: Subnet,
-                                                                                   second_wave: SecondWave) -> None:
+                                                                                   wave: Wave) -> None:
     """Once an edit time is known, the jobs of a burst that would call back past 15 s are answered 503 at once (a
     refused job costs one failure; a late one costs that and delays every job behind it)."""
-    payloads = [payload for payload, _ in second_wave.burst]
-    answers = [answer for _, answer in second_wave.burst]
+    payloads = [payload for payload, _ in wave.burst]
+    answers = [answer for _, answer in wave.burst]
     accepted = [p for p, answer in zip(payloads, answers) if answer.status_code == 200]
     refused = [answer for answer in answers if answer.status_code != 200]
     turned_away = [p for p, answer in zip(payloads, answers) if answer.status_code != 200]
