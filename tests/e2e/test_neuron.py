@@ -1,21 +1,31 @@
-"""The real neuron, offline on loopback: signed synapses in, the same bytes as the sidecar out."""
+"""The real neuron, offline on loopback: signed synapses in, the same bytes as the sidecar out, and the same bytes as
+another miner of its recipe (`kontext-client conformance --against URL`). One neuron for the module; the last test
+stops it with SIGTERM (pm2 stop), so it stays last."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import io
 import json
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import requests
 from bittensor.sp_core import Keypair
+from PIL import Image
 
+from kontext.client.cli import main
 from kontext.client.signing import btauth_headers, epistula_headers
+from kontext.http.app import create_app
+from kontext.runtime import Runtime
 from tests.e2e.kontext_determinism.conftest import MinerClient, image_b64
-from tests.e2e.servers import NeuronProcess, stored_job
+from tests.e2e.servers import NeuronProcess, ThreadedApp, stored_job
+from tests.unit.test_sidecar import make_settings
+from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -26,8 +36,19 @@ EDIT = {"prompt": "Add a red hat", "image_b64": image_b64(), "seed": 77, "width"
         "num_inference_steps": 2}
 
 
+@dataclass
+class Servers:
+    neuron: NeuronProcess
+    miner_hotkey: str
+    others: dict[str, ThreadedApp]
+    """Two more miners for ``kontext-client conformance --against``, in this process (the Runtime behind aiohttp,
+    each on its own loop): "b" runs kontext-v1 as the neuron does, "reference" runs reference-v1."""
+
+
 @pytest.fixture(scope="module")
-def neuron(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NeuronProcess, str]]:
+def servers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """The module's neuron and the two miners beside it, started together (their engines load while the neuron's
+    process imports its libraries)."""
     import bittensor as bt
 
     home = tmp_path_factory.mktemp("home")
@@ -37,11 +58,34 @@ def neuron(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     cli_validator = bt.Wallet("vali", "default", path=str(wallets)).create_new_hotkey(use_password=False, suppress=True)
     validators = (f"{VALIDATOR.ss58_address}:5000,{NO_PERMIT.ss58_address}:10:nopermit,"
                   f"{cli_validator.hotkey.ss58_address}:100")
-    process = NeuronProcess(tiny_model_dir, home / "data", wallet_path=wallets, validators=validators).start()
+    process = NeuronProcess(tiny_model_dir, home / "data", wallet_path=wallets, validators=validators)
+    others: dict[str, ThreadedApp] = {}
     try:
-        yield process, miner_hotkey
+        process.start(wait_ready=False)
+        for name, recipe in (("b", "kontext-v1"), ("reference", "reference-v1")):
+            settings = make_settings(tmp_path_factory.mktemp(name), kontext_model_path=str(tiny_model_dir),
+                                     kontext_local_files_only=True, kontext_devices="cpu", kontext_recipe=recipe,
+                                     kontext_self_check=False)
+            others[name] = ThreadedApp(lambda s=settings: create_app(Runtime(s), manage_runtime=True)).start()
+        process.wait_ready()
+
+        async def all_ready() -> bool:
+            states = [requests.get(f"{server.url}/health", timeout=5).json()["services"]["kontext_edit"]
+                      for server in others.values()]
+            assert "failed" not in states, states
+            return all(state == "ready" for state in states)
+
+        asyncio.run(until(all_ready, timeout=180, what="the two in-process engines ready"))
+        yield Servers(process, miner_hotkey, others)
     finally:
         process.stop()
+        for server in others.values():
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def neuron(servers: Servers) -> tuple[NeuronProcess, str]:
+    return servers.neuron, servers.miner_hotkey
 
 
 def _post(neuron: NeuronProcess, synapse: str, body: dict, headers: dict[str, str]) -> requests.Response:
@@ -57,19 +101,26 @@ def _signed(neuron: NeuronProcess, receiver: str, synapse: str, body: dict, *, s
 
 
 def _wait(neuron: NeuronProcess, receiver: str, job_id: str, scheme: str) -> dict:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    status: dict = {}
+
+    async def finished() -> bool:
         answer = _signed(neuron, receiver, "StatusSynapse", {"job_id": job_id}, scheme=scheme)
         assert answer.status_code == 200, answer.text
-        status = answer.json()["status"]
-        if status["status"] in ("completed", "failed"):
-            return status
-        time.sleep(0.1)
-    raise TimeoutError(job_id)
+        status.update(answer.json()["status"])
+        return status["status"] in ("completed", "failed")
+
+    asyncio.run(until(finished, timeout=120, what=f"{job_id} finished"))
+    return status
+
+
+@pytest.fixture(scope="module")
+def sidecar_png(neuron) -> bytes:
+    """``EDIT`` through the plain sidecar, once: what each signed scheme's result must equal."""
+    return MinerClient(neuron[0].url).edit_and_wait(**EDIT)[1]
 
 
 @pytest.mark.parametrize("scheme", ["btauth", "epistula"])
-def test_signed_edit_matches_the_sidecar_byte_for_byte(neuron, scheme: str) -> None:
+def test_signed_edit_matches_the_sidecar_byte_for_byte(neuron, sidecar_png: bytes, scheme: str) -> None:
     process, miner_hotkey = neuron
     accepted = _signed(process, miner_hotkey, "EditSynapse", EDIT, scheme=scheme)
     assert accepted.status_code == 200, accepted.text
@@ -81,8 +132,6 @@ def test_signed_edit_matches_the_sidecar_byte_for_byte(neuron, scheme: str) -> N
     png = base64.b64decode(result["image_b64"])
     assert hashlib.sha256(png).hexdigest() == result["sha256"]
     assert result["recipe"] == "kontext-v1"  # the recipe is reported wherever a result is
-
-    _, sidecar_png = MinerClient(process.url).edit_and_wait(**EDIT)
     assert sidecar_png == png
 
 
@@ -145,62 +194,96 @@ def test_health_reports_the_metagraph(neuron) -> None:
     assert 'kontext_auth_rejections_total{reason="bad_signature"}' in metrics
 
 
-def test_client_command_through_sidecar_and_axon(neuron, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
+def test_client_command_through_sidecar_and_axon(capsys, neuron, tmp_path: Path) -> None:
+    """``kontext-client edit`` through the sidecar and, signed with a validator's wallet, through the door; run in
+    this process."""
     process, miner_hotkey = neuron
     image = tmp_path / "in.png"
     image.write_bytes(base64.b64decode(EDIT["image_b64"]))
     common = ["edit", str(image), "--prompt", "Add a red hat", "--seed", "77", "--steps", "2", "--width", "64",
               "--height", "64"]
-    via_sidecar = subprocess.run(
-        [sys.executable, "-m", "kontext.client.cli", "--url", process.url, *common, "--out", str(tmp_path / "a.png")],
-        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
-    wallet_path = str(process.wallet_path)
-    via_axon = subprocess.run(
-        [sys.executable, "-m", "kontext.client.cli", "--axon", process.axon_url, "--miner-hotkey", miner_hotkey,
-         "--wallet.name", "vali", "--wallet.path", wallet_path, *common, "--out", str(tmp_path / "b.png")],
-        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
-    first, second = json.loads(via_sidecar.stdout), json.loads(via_axon.stdout)
+    main(["--url", process.url, *common, "--out", str(tmp_path / "a.png")])
+    via_sidecar = capsys.readouterr()
+    main(["--axon", process.axon_url, "--miner-hotkey", miner_hotkey, "--wallet.name", "vali", "--wallet.path",
+          str(process.wallet_path), *common, "--out", str(tmp_path / "b.png")])
+    via_axon = capsys.readouterr()
+    first, second = json.loads(via_sidecar.out), json.loads(via_axon.out)
     assert first["sha256"] == second["sha256"] == hashlib.sha256((tmp_path / "a.png").read_bytes()).hexdigest()
-    assert "step" in via_sidecar.stderr or "completed" in via_sidecar.stderr
+    assert "step" in via_sidecar.err or "completed" in via_sidecar.err
 
 
-def test_sigterm_drains_with_503s_and_exits_0(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """pm2 stop: new jobs get 503 on both doors while the running one finishes; status stays open; exit 0."""
+# -- `kontext-client conformance --against URL`: the same case on two miners, compared byte for byte ----------
+
+
+@pytest.fixture(scope="module")
+def miners(servers: Servers) -> dict[str, str]:
+    """name -> base URL: "a" is the module's neuron (its sidecar, kontext-v1), "b" and "reference" run beside it."""
+    return {"a": servers.neuron.url, **{name: server.url for name, server in servers.others.items()}}
+
+
+@pytest.fixture
+def cases(tmp_path: Path) -> Path:
+    """One small case whose input is a file beside the case file (sent inline to both miners)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 48), (30, 160, 90)).save(buffer, format="PNG")
+    (tmp_path / "in.png").write_bytes(buffer.getvalue())
+    case = {"name": "small", "image_file": "in.png", "request": {
+        "prompt": "Add a red hat", "seed": 11, "width": 64, "height": 64, "num_inference_steps": 2,
+        "guidance_scale": 4.0, "image_url": "https://validator.example/in.png"}}
+    (tmp_path / "cases.jsonl").write_text(json.dumps(case) + "\n")
+    return tmp_path / "cases.jsonl"
+
+
+def test_conformance_the_same_recipe_gives_the_same_bytes(capsys, miners: dict[str, str], cases: Path) -> None:
+    main(["--url", miners["a"], "conformance", str(cases), "--against", miners["b"]])
+    first, last = capsys.readouterr().out.splitlines()
+    verdict, hashes = first.split(": ", 1)
+    assert verdict == "EQUAL     small"
+    this, other = (part.split("=", 1)[1] for part in hashes.split())
+    assert this == other and len(this) == 64
+    assert last == f"1/1 case(s) give the same PNG bytes on {miners['a']} (this) and {miners['b']} (other)"
+
+
+def test_conformance_another_recipe_is_reported_with_both_hashes_and_exit_1(capsys, miners: dict[str, str],
+                                                                           cases: Path) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--url", miners["a"], "conformance", str(cases), "--against", miners["reference"]])
+    assert exited.value.code == 1
+    first, last = capsys.readouterr().out.splitlines()
+    assert first.startswith("DIFFERENT small: this=") and last.startswith("0/1 case(s) give the same PNG bytes")
+    this, other = (part.split("=", 1)[1] for part in first.split(": ", 1)[1].split())
+    assert this != other and len(this) == len(other) == 64
+
+
+def test_sigterm_drains_with_503s_and_exits_0(neuron) -> None:
+    """pm2 stop: new jobs get 503 on both doors while the running one finishes; status stays open; exit 0. Stops
+    the module's neuron: the last test of the module."""
     import signal
 
-    import bittensor as bt
+    process, hotkey = neuron
+    long_edit = {**EDIT, "width": 768, "height": 768, "num_inference_steps": 4, "seed": 91}
+    job_id = MinerClient(process.url).edit(**long_edit)["job_id"]
 
-    wallets = tmp_path / "home" / "wallets"
-    wallet = bt.Wallet("miner", "default", path=str(wallets)).create_new_hotkey(use_password=False, suppress=True)
-    hotkey = wallet.hotkey.ss58_address
-    process = NeuronProcess(tiny_model_dir, tmp_path / "home" / "data", wallet_path=wallets,
-                            validators=f"{VALIDATOR.ss58_address}:5000").start()
-    try:
-        long_edit = {**EDIT, "width": 768, "height": 768, "num_inference_steps": 4, "seed": 91}
-        job_id = MinerClient(process.url).edit(**long_edit)["job_id"]
-        deadline = time.monotonic() + 60
-        while MinerClient(process.url).status(job_id)["status"] == "queued" and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert process.proc is not None
-        process.proc.send_signal(signal.SIGTERM)
-        refused_sidecar = refused_door = None
-        while time.monotonic() < deadline and (refused_sidecar is None or refused_door is None):
-            sidecar = requests.post(f"{process.url}/edit", json=EDIT, timeout=10)
-            door = _signed(process, hotkey, "EditSynapse", EDIT)
-            if sidecar.status_code == 503:
-                refused_sidecar = sidecar
-            if door.status_code == 503:
-                refused_door = door
-            time.sleep(0.05)
-        assert refused_sidecar is not None and refused_sidecar.json()["error"] == "service_unavailable"
-        assert refused_door is not None and "shutting down" in refused_door.json()["message"]
-        assert "Retry-After" in refused_sidecar.headers
-        assert MinerClient(process.url).status(job_id)["status"] in ("processing", "completed")  # still answered
-        assert process.proc.wait(90) == 0
-    finally:
-        process.stop()
-    job = stored_job(tmp_path / "home" / "data", job_id)  # what the next start finds
+    async def taken() -> bool:
+        return MinerClient(process.url).status(job_id)["status"] != "queued"
+
+    asyncio.run(until(taken, timeout=60, what=f"{job_id} taken by the worker"))
+    assert process.proc is not None
+    process.proc.send_signal(signal.SIGTERM)
+    refused: dict[str, requests.Response] = {}
+
+    async def both_refuse() -> bool:
+        for door, answer in (("sidecar", lambda: requests.post(f"{process.url}/edit", json=EDIT, timeout=10)),
+                             ("door", lambda: _signed(process, hotkey, "EditSynapse", EDIT))):
+            if door not in refused and (response := answer()).status_code == 503:
+                refused[door] = response
+        return len(refused) == 2
+
+    asyncio.run(until(both_refuse, timeout=60, what="503 on both doors"))
+    assert refused["sidecar"].json()["error"] == "service_unavailable"
+    assert "shutting down" in refused["door"].json()["message"]
+    assert "Retry-After" in refused["sidecar"].headers
+    assert MinerClient(process.url).status(job_id)["status"] in ("processing", "completed")  # still answered
+    assert process.proc.wait(90) == 0
+    job = stored_job(process.data_dir, job_id)  # what the next start finds
     assert job.status.value == "completed" and job.attempts == 1  # finished before the exit
