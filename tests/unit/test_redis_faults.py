@@ -145,7 +145,7 @@ async def test_an_orphan_behind_many_held_entries_is_still_taken_over(redis_clie
     try:
         await dead.put("orphan", 0)
         await dead.get()  # then "dead" stops for good
-        await asyncio.sleep(2.0)  # past the orphan's lease; the held ones are renewed every 0.5 s
+        await asyncio.sleep(1.6)  # past the orphan's lease; the held ones are renewed every 0.5 s
         taken = await asyncio.wait_for(taker.get(), 10)
         assert taken.job_id == "orphan" and taken.redelivered
         assert {entry.job_id for entry in held} == {f"held-{index}" for index in range(12)}
