@@ -17,7 +17,7 @@ from tests.e2e.servers import InProcessSidecar
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(EXTERNAL_MINER), reason="starts its own miner")]
 
 BURST = 30
-MAX_QUEUE = 3
+MAX_QUEUE = 2
 
 
 def test_burst_past_the_queue_bound(tiny_model_dir: Path, tmp_path: Path) -> None:
