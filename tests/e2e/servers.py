@@ -313,3 +313,65 @@ class WorkerProcess(SidecarProcess):
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"worker not ready in {timeout}s:\n{self.log_tail()}")
+
+
+from typing import Any, Callable  # noqa: E402 - (the helpers below came later than the module's imports)
+
+
+def poll(check: Callable[[], Any], timeout: float = 60, what: str = "the condition", every: float = 0.02) -> Any:
+    """The blocking tests' ``tests.waiting.until``: ``check()``'s first true value, as soon as it comes; fail naming
+    ``what`` after ``timeout`` seconds (a check that raises ``requests``' errors counts as not yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not hold within {timeout:g} s"
+        time.sleep(every)
+
+
+class InProcessSidecar:
+    """The sidecar's runtime and app (one host, SQLite, the tiny model on the CPU, kontext-v1) in this process, on a
+    free loopback port, served from a background thread: what ``SidecarProcess`` serves, without a process start.
+    For the tests that need a miner over HTTP but neither kill it nor signal it."""
+
+    def __init__(self, model_dir: Path, data_dir: Path, **settings: Any) -> None:
+        self.values: dict[str, Any] = {
+            "data_dir": data_dir, "enable_kontext_edit": True, "kontext_model_path": str(model_dir),
+            "kontext_devices": "cpu", "kontext_local_files_only": True, "kontext_recipe": "kontext-v1",
+            "outbound_allow_private": True, "callback_timeout_seconds": 5, **settings}
+        self.runtime: Any = None
+
+    def start(self, timeout: float = 180) -> "InProcessSidecar":
+        from kontext.http.app import create_app
+        from kontext.runtime import Runtime
+        from kontext.settings import Settings
+
+        def make_app() -> web.Application:  # on the server's own loop: the runtime's tasks live there
+            self.runtime = Runtime(Settings(_env_file=None, **self.values))  # type: ignore[call-arg]
+            return create_app(self.runtime, manage_runtime=True)
+
+        self._server = ThreadedApp(make_app).start()
+
+        def ready() -> bool:
+            state = requests.get(f"{self.url}/health", timeout=5).json()["services"]["kontext_edit"]
+            if state == "failed":
+                raise RuntimeError(f"engine failed: {self.runtime.workers.describe()}")
+            return state == "ready"
+
+        try:
+            poll(ready, timeout, "the in-process sidecar's engine ready")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def url(self) -> str:
+        return self._server.url
+
+    def stop(self) -> None:
+        self._server.stop()

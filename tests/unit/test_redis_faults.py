@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import exceptions as redis_errors
 
 from kontext.errors import StartupError, StorageUnavailable
 from kontext.http.errors import answer
@@ -24,6 +25,17 @@ from tests.unit.test_sidecar import make_settings
 from tests.waiting import until
 
 IMAGE_B64 = base64.b64encode(png_bytes((32, 32), (10, 20, 30))).decode()
+
+
+@pytest.fixture
+def redis_server(module_redis_server: Any, fresh_redis: Any) -> Any:
+    """The module's one redis-server, emptied before each test (a start per test cost more than most tests)."""
+    return module_redis_server
+
+
+@pytest.fixture
+def redis_client(fresh_redis: Any) -> Any:
+    return fresh_redis
 
 
 def _request(seed: int, **extra: object) -> EditRequest:
@@ -89,7 +101,7 @@ async def test_a_job_cut_off_by_a_worker_shutdown_is_taken_over_after_the_lease(
             await runtime.stop()
 
 
-async def test_a_lapsed_lease_is_never_taken_back_nor_closed_by_its_old_worker(redis_client: Any) -> None:
+async def test_a_lapsed_lease_is_never_taken_back_nor_closed_by_its_old_worker(redis_client: Any, caplog) -> None:
     """The renewer's XCLAIM (min idle 0) took an entry back from the worker that had taken it over, and the
     old worker's done() acknowledged the new owner's entry: the job ran twice, or its entry vanished."""
     slow = RedisJobQueue(redis_client, consumer="slow", lease_seconds=0.6)
@@ -105,7 +117,10 @@ async def test_a_lapsed_lease_is_never_taken_back_nor_closed_by_its_old_worker(r
     assert await _owner(redis_client, stream, entry_id) == "fast"
     slow.start_renewing()  # slow's side is back: its renewer runs again
     try:
-        await asyncio.sleep(0.5)
+        async def let_go() -> bool:  # its renewer met the entry, found it another's, and stopped holding it
+            return "lost the lease of job job to another worker" in caplog.text
+
+        await until(let_go, what="the old worker's renewer letting the entry go")
         assert await _owner(redis_client, stream, entry_id) == "fast"  # not taken back
         await slow.done(held)  # slow's run ends late: the entry is fast's, it stays open
         assert await _owner(redis_client, stream, entry_id) == "fast"
@@ -130,7 +145,7 @@ async def test_an_orphan_behind_many_held_entries_is_still_taken_over(redis_clie
     try:
         await dead.put("orphan", 0)
         await dead.get()  # then "dead" stops for good
-        await asyncio.sleep(2.0)  # past the orphan's lease; the held ones are renewed every 0.5 s
+        await asyncio.sleep(1.6)  # past the orphan's lease; the held ones are renewed every 0.5 s
         taken = await asyncio.wait_for(taker.get(), 10)
         assert taken.job_id == "orphan" and taken.redelivered
         assert {entry.job_id for entry in held} == {f"held-{index}" for index in range(12)}
@@ -195,9 +210,17 @@ async def test_a_worker_survives_redis_losing_its_streams(tmp_path: Path, redis_
             return (await door.service.status(job_id)).status is JobStatus.COMPLETED
 
         await until(lambda: finished(first))
-        assert isinstance(worker.queue, RedisJobQueue)
-        await redis_client.delete(*worker.queue.streams)  # the streams and their group are gone
-        await asyncio.sleep(1.5)  # the worker's blocking read meets NOGROUP
+        queue = worker.queue
+        assert isinstance(queue, RedisJobQueue)
+        await redis_client.delete(*queue.streams)  # the streams and their group are gone
+
+        async def group_made_again() -> bool:  # by the worker, whose blocking read met NOGROUP
+            try:
+                return all([await redis_client.xinfo_groups(stream) for stream in queue.streams])
+            except redis_errors.ResponseError:  # no such key (yet)
+                return False
+
+        await until(group_made_again, what="the worker making the consumer group again")
         second = (await door.service.submit(_request(2))).job_id
         await until(lambda: finished(second))
         assert worker.health()["status"] == "ok"

@@ -25,14 +25,13 @@ async def test_a_lapsed_lease_is_taken_over_and_a_renewed_one_is_not(fresh_redis
     dying = await _queue(fresh_redis, "dying", lease=LEASE)
     living = await _queue(fresh_redis, "living", lease=LEASE)
     other = await _queue(fresh_redis, "other", lease=LEASE)
-    await dying.put("orphan", 0)
     await living.put("kept", 0)
+    await dying.put("orphan", 0)
+    kept = await living.get()  # first: once the orphan's lease has lapsed, so has kept's unless it was renewed
     orphan = await dying.get()  # taken, then never renewed: its worker "died"
-    kept = await living.get()
     living.start_renewing()
     try:
-        await asyncio.sleep(2 * LEASE)
-        taken = await asyncio.wait_for(other.get(), 5)
+        taken = await asyncio.wait_for(other.get(), 5)  # (a takeover scans the older entry, kept, first)
         assert taken.job_id == "orphan" and taken.redelivered and orphan.job_id == "orphan"
         await other.put("fresh", 0)
         nxt = await asyncio.wait_for(other.get(), 5)
@@ -119,7 +118,7 @@ async def test_a_requeue_of_an_entry_taken_over_queues_nothing(fresh_redis: Any)
     fast = await _queue(fresh_redis, "fast", lease=0.5)
     await slow.put("job", 0)
     lapsed = await slow.get()  # then its worker stalls past the lease
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(0.6)
     taken = await asyncio.wait_for(fast.get(), 5)
     assert taken.job_id == "job" and taken.redelivered
     assert not await slow.requeue(lapsed)

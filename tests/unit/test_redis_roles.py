@@ -3,11 +3,13 @@ may and may not do to the others' work."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from kontext.jobs.heartbeat import FORGET_AFTER_SECONDS, KEY, STALE_AFTER_SECONDS, RemoteWorkers
 from kontext.jobs.redis_queue import GROUP, RedisJobQueue
@@ -19,6 +21,13 @@ from tests.unit.test_sidecar import make_settings
 from tests.waiting import until
 
 IMAGE_B64 = base64.b64encode(png_bytes((32, 32), (10, 20, 30))).decode()
+
+
+@pytest.fixture
+def redis_server(module_redis_server: Any, fresh_redis: Any) -> Any:
+    """The module's one redis-server, emptied before each test (a start per test cost more than most tests)."""
+    return module_redis_server
+
 
 
 async def test_a_worker_host_whose_engines_failed_leaves_the_shared_queue_to_the_others(tmp_path: Path,
@@ -39,9 +48,7 @@ async def test_a_worker_host_whose_engines_failed_leaves_the_shared_queue_to_the
         async def broken_failed() -> bool:
             return broken.workers is not None and broken.workers.error is not None
 
-        await until(broken_failed)
-        await asyncio.sleep(1.5)  # time enough to take (and, before the fix, fail) every queued job
-        assert (await door.service.status(job_id)).status is JobStatus.QUEUED
+        await until(broken_failed)  # it loads lazily: its first job loaded it, so it holds that job now
         queue = broken.queue
         assert isinstance(queue, RedisJobQueue)
 
@@ -50,6 +57,7 @@ async def test_a_worker_host_whose_engines_failed_leaves_the_shared_queue_to_the
             return sum(summary["pending"] for summary in held) == 0 and await queue.size() == 1
 
         await until(put_back_once, what="the job put back and its entry closed")
+        assert (await door.service.status(job_id)).status is JobStatus.QUEUED  # (before the fix: failed)
         await healthy.start()
 
         async def completed() -> bool:
@@ -57,8 +65,12 @@ async def test_a_worker_host_whose_engines_failed_leaves_the_shared_queue_to_the
 
         await until(completed)
         assert (await door.service.status(job_id)).worker.startswith(healthy.settings.worker_name or "")
-        engine = (await door.service.health())["engine"]  # the door's /health names the workers' recipe
-        assert engine["recipe"] == "fake-v1" and {w["recipe"] for w in engine["workers"]} == {"fake-v1"}
+
+        async def recipe_named() -> bool:  # the door's /health names the workers' recipe, from their heartbeats
+            engine = (await door.service.health())["engine"]
+            return engine["recipe"] == "fake-v1" and {w["recipe"] for w in engine["workers"]} == {"fake-v1"}
+
+        await until(recipe_named, what="the door's /health naming the workers' recipe")
     finally:
         for runtime in (healthy, broken, door):
             await runtime.stop()

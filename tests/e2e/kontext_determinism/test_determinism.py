@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.e2e.kontext_determinism.conftest import EXTERNAL_MINER, MinerClient
-from tests.e2e.servers import SidecarProcess
+from tests.e2e.servers import InProcessSidecar
 
 pytestmark = pytest.mark.e2e
 
@@ -18,18 +18,25 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_same_seed_same_png(miner: MinerClient, sample_image_b64: str) -> None:
-    first, png1 = miner.edit_and_wait(prompt="Add a red hat", image_b64=sample_image_b64, seed=42)
+@pytest.fixture(scope="module")
+def red_hat(miner: MinerClient, sample_image_b64: str) -> tuple[dict, bytes]:
+    """One edit of the base request: the tests below compare theirs with it."""
+    return miner.edit_and_wait(prompt="Add a red hat", image_b64=sample_image_b64, seed=42)
+
+
+def test_same_seed_same_png(miner: MinerClient, sample_image_b64: str, red_hat: tuple[dict, bytes]) -> None:
+    first, png1 = red_hat
     second, png2 = miner.edit_and_wait(prompt="Add a red hat", image_b64=sample_image_b64, seed=42)
+    assert first["id"] != second["id"]  # two jobs
     assert png1 == png2 and _sha(png1) == first["result_sha256"] == second["result_sha256"]
     assert first["recipe"] and first["recipe"] == second["recipe"]
 
 
 @pytest.mark.parametrize("change", [{"seed": 43}, {"prompt": "Make it blue"}, {"guidance_scale": 7.0}])
-def test_a_different_input_gives_a_different_png(miner: MinerClient, sample_image_b64: str, change: dict) -> None:
-    base = {"prompt": "Add a red hat", "image_b64": sample_image_b64, "seed": 42}
-    _, reference = miner.edit_and_wait(**base)
-    _, changed = miner.edit_and_wait(**{**base, **change})
+def test_a_different_input_gives_a_different_png(miner: MinerClient, sample_image_b64: str, change: dict,
+                                                 red_hat: tuple[dict, bytes]) -> None:
+    _, reference = red_hat
+    _, changed = miner.edit_and_wait(**{"prompt": "Add a red hat", "image_b64": sample_image_b64, "seed": 42, **change})
     assert _sha(reference) != _sha(changed)
 
 
@@ -54,18 +61,20 @@ def test_result_is_a_png_of_the_size_the_recipe_gives(miner: MinerClient, sample
     assert result.headers["X-Recipe"] == status["recipe"] and result.headers["X-Job-ID"] == status["id"]
 
 
-@pytest.mark.skipif(bool(EXTERNAL_MINER), reason="starts its own processes")
+@pytest.mark.skipif(bool(EXTERNAL_MINER), reason="starts its own miner")
 def test_same_request_after_a_restart_gives_the_same_png(
     tiny_model_dir: Path, tmp_path: Path, miner: MinerClient, sample_image_b64: str
 ) -> None:
+    """A miner started afresh (its runtime and engine in this test's process, not the session miner's) makes the
+    session miner's bytes."""
     request = {"prompt": "Add a red hat", "image_b64": sample_image_b64, "seed": 1234}
     _, from_session_server = miner.edit_and_wait(**request)
-    fresh = SidecarProcess(tiny_model_dir, tmp_path / "data").start()
+    fresh = InProcessSidecar(tiny_model_dir, tmp_path / "data").start()
     try:
-        _, from_fresh_process = MinerClient(fresh.url).edit_and_wait(**request)
+        _, from_fresh_start = MinerClient(fresh.url).edit_and_wait(**request)
     finally:
         fresh.stop()
-    assert _sha(from_fresh_process) == _sha(from_session_server)
+    assert _sha(from_fresh_start) == _sha(from_session_server)
 
 
 @pytest.mark.skipif(bool(EXTERNAL_MINER), reason="checks the self-started tiny-model miner's engine")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import base64
 import io
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import requests
 from PIL import Image
 
 from tests.e2e.kontext_determinism.conftest import EXTERNAL_MINER, MinerClient, image_b64
-from tests.e2e.servers import SidecarProcess, stored_job
+from tests.e2e.servers import SidecarProcess, poll, stored_job
 
 pytestmark = pytest.mark.e2e
 
@@ -108,42 +109,60 @@ def test_bad_paths_are_json_404(miner: MinerClient, path: str) -> None:
     _error(requests.get(f"{miner.base_url}{path}", timeout=10), 404)
 
 
-@pytest.mark.skipif(bool(EXTERNAL_MINER), reason="kills and restarts its own process")
-def test_kill_9_with_queued_jobs_loses_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
-    data = tmp_path / "data"
+@dataclass
+class Restarted:
+    """A miner SIGKILLed while one job ran and others waited, then started again on its data and port."""
+
+    server: SidecarProcess
+    data: Path
+    ids: list[str]
+
+    @property
+    def client(self) -> MinerClient:
+        return MinerClient(self.server.url)
+
+
+@pytest.fixture(scope="module")
+def restarted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restarted]:
+    if EXTERNAL_MINER:
+        pytest.skip("kills and restarts its own process")
+    data = tmp_path_factory.mktemp("killed") / "data"
     server = SidecarProcess(tiny_model_dir, data).start()
     client = MinerClient(server.url)
-    ids = [client.edit(prompt=f"edit {i}", image_b64=image_b64(seed=i), seed=i, width=512, height=512,
-                       num_inference_steps=3)["job_id"] for i in range(4)]
-    deadline = time.monotonic() + 60
-    while client.status(ids[0])["status"] == "queued" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    server.kill()  # SIGKILL while one job runs and the others wait
-
-    restarted = SidecarProcess(tiny_model_dir, data, port=server.port).start()
+    ids = []
+    for i in range(3):
+        longer = {"width": 512, "height": 512, "num_inference_steps": 3} if i == 0 else {}  # the one the kill cuts off
+        ids.append(client.edit(prompt=f"edit {i}", image_b64=image_b64(seed=i), seed=i, **longer)["job_id"])
     try:
-        statuses = [client.wait(job_id) for job_id in ids]
-        assert [s["status"] for s in statuses] == ["completed"] * 4, statuses
-        for job_id, status in zip(ids, statuses):
-            png = client.result(job_id)
-            with Image.open(io.BytesIO(png)) as image:
-                image.verify()  # not truncated
-            assert status["result_sha256"]
-        assert not list((data / "edits").glob(".*.tmp"))
+        poll(lambda: client.status(ids[0])["status"] != "queued", 60, "the first job taken", every=0.01)
     finally:
-        restarted.stop()
+        server.kill()  # SIGKILL while one job runs and the others wait
+    again = SidecarProcess(tiny_model_dir, data, port=server.port).start()
+    try:
+        yield Restarted(again, data, ids)
+    finally:
+        again.stop()
 
 
-@pytest.mark.skipif(bool(EXTERNAL_MINER), reason="stops its own process")
-def test_sigterm_finishes_the_running_job_and_exits_cleanly(tiny_model_dir: Path, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    server = SidecarProcess(tiny_model_dir, data).start()
-    client = MinerClient(server.url)
+def test_kill_9_with_queued_jobs_loses_nothing(restarted: Restarted) -> None:
+    client = restarted.client
+    statuses = [client.wait(job_id) for job_id in restarted.ids]
+    assert [s["status"] for s in statuses] == ["completed"] * len(restarted.ids), statuses
+    for job_id, status in zip(restarted.ids, statuses):
+        png = client.result(job_id)
+        with Image.open(io.BytesIO(png)) as image:
+            image.verify()  # not truncated
+        assert status["result_sha256"]
+    assert not list((restarted.data / "edits").glob(".*.tmp"))
+
+
+def test_sigterm_finishes_the_running_job_and_exits_cleanly(restarted: Restarted) -> None:
+    """The module's last test: it ends the restarted process."""
+    client = restarted.client
     job_id = client.edit(prompt="p", image_b64=image_b64(), seed=3, width=512, height=512,
                          num_inference_steps=4)["job_id"]
-    deadline = time.monotonic() + 60
-    while client.status(job_id)["status"] == "queued" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.terminate(timeout=60) == 0
-    job = stored_job(data, job_id)  # what the next start finds: done, so not run again
-    assert job.status.value == "completed" and job.attempts == 1 and (data / "edits" / f"{job_id}.png").is_file()
+    poll(lambda: client.status(job_id)["status"] != "queued", 60, "the job taken", every=0.01)
+    assert restarted.server.terminate(timeout=60) == 0
+    job = stored_job(restarted.data, job_id)  # what the next start finds: done, so not run again
+    assert job.status.value == "completed" and job.attempts == 1
+    assert (restarted.data / "edits" / f"{job_id}.png").is_file()
