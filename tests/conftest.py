@@ -30,9 +30,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return rank.get(Path(str(item.fspath)).resolve().relative_to(root).as_posix(), len(rank))
 
     items.sort(key=key)  # stable: the order within a file, and of the other files, stays
-    for item in items:  # scripts/test.sh runs ``--dist loadgroup``: a file's tests stay on one worker (their module
-        if item.get_closest_marker("xdist_group") is None:  # fixtures are made once), and files that share a
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))  # session fixture share a group
 
 
 def _tiny_model(tmp_path_factory: pytest.TempPathFactory, *, fast: bool) -> Path:
