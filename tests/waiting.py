@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Type
 
 DEFAULT_TIMEOUT = 30.0
 """Generous: a loaded 2-core machine can stall for seconds; a condition that holds returns at once."""
@@ -18,6 +18,23 @@ async def until(check: Callable[[], Awaitable[object]], timeout: float = DEFAULT
     while not await check():
         assert time.monotonic() < deadline, f"{what} did not hold within {timeout:g} s"
         await asyncio.sleep(0.02)
+
+
+def poll(check: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, what: str = "the condition", *,
+         every: float = 0.02, tolerate: tuple[Type[BaseException], ...] = ()) -> Any:
+    """The blocking tests' ``until``: ``check()``'s first true value, as soon as it comes; fail naming ``what`` after
+    ``timeout`` seconds. ``tolerate``: exceptions that count as not yet (a server still starting refuses
+    connections), where any other fails the wait at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except tolerate:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not hold within {timeout:g} s"
+        time.sleep(every)
 
 
 def workers_running(runtime: Any, count: int) -> Callable[[], Awaitable[bool]]:

@@ -13,11 +13,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import requests
 from aiohttp import web
 
+from tests.waiting import poll
 from tools.redis_server import RedisServer  # noqa: F401 - the suites start theirs through here
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -315,24 +316,6 @@ class WorkerProcess(SidecarProcess):
         raise TimeoutError(f"worker not ready in {timeout}s:\n{self.log_tail()}")
 
 
-from typing import Any, Callable  # noqa: E402 - (the helpers below came later than the module's imports)
-
-
-def poll(check: Callable[[], Any], timeout: float = 60, what: str = "the condition", every: float = 0.02) -> Any:
-    """The blocking tests' ``tests.waiting.until``: ``check()``'s first true value, as soon as it comes; fail naming
-    ``what`` after ``timeout`` seconds (a check that raises ``requests``' errors counts as not yet)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, f"{what} did not hold within {timeout:g} s"
-        time.sleep(every)
-
-
 class InProcessSidecar:
     """The sidecar's runtime and app (one host, SQLite, the tiny model on the CPU, kontext-v1) in this process, on a
     free loopback port, served from a background thread: what ``SidecarProcess`` serves, without a process start.
@@ -363,7 +346,7 @@ class InProcessSidecar:
             return state == "ready"
 
         try:
-            poll(ready, timeout, "the in-process sidecar's engine ready")
+            poll(ready, timeout, "the in-process sidecar's engine ready", tolerate=(requests.RequestException,))
         except BaseException:
             self.stop()
             raise

@@ -4,7 +4,6 @@ stops it with SIGTERM (pm2 stop), so it stays last."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import io
@@ -25,7 +24,7 @@ from kontext.runtime import Runtime
 from tests.e2e.kontext_determinism.conftest import MinerClient, image_b64
 from tests.e2e.servers import NeuronProcess, ThreadedApp, stored_job
 from tests.unit.test_sidecar import make_settings
-from tests.waiting import until
+from tests.waiting import poll
 
 pytestmark = pytest.mark.e2e
 
@@ -69,13 +68,13 @@ def servers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             others[name] = ThreadedApp(lambda s=settings: create_app(Runtime(s), manage_runtime=True)).start()
         process.wait_ready()
 
-        async def all_ready() -> bool:
+        def all_ready() -> bool:
             states = [requests.get(f"{server.url}/health", timeout=5).json()["services"]["kontext_edit"]
                       for server in others.values()]
             assert "failed" not in states, states
             return all(state == "ready" for state in states)
 
-        asyncio.run(until(all_ready, timeout=180, what="the two in-process engines ready"))
+        poll(all_ready, 180, "the two in-process engines ready")
         yield Servers(process, miner_hotkey, others)
     finally:
         process.stop()
@@ -103,13 +102,13 @@ def _signed(neuron: NeuronProcess, receiver: str, synapse: str, body: dict, *, s
 def _wait(neuron: NeuronProcess, receiver: str, job_id: str, scheme: str) -> dict:
     status: dict = {}
 
-    async def finished() -> bool:
+    def finished() -> bool:
         answer = _signed(neuron, receiver, "StatusSynapse", {"job_id": job_id}, scheme=scheme)
         assert answer.status_code == 200, answer.text
         status.update(answer.json()["status"])
         return status["status"] in ("completed", "failed")
 
-    asyncio.run(until(finished, timeout=120, what=f"{job_id} finished"))
+    poll(finished, 120, f"{job_id} finished")
     return status
 
 
@@ -264,22 +263,22 @@ def test_sigterm_drains_with_503s_and_exits_0(neuron) -> None:
     long_edit = {**EDIT, "width": 768, "height": 768, "num_inference_steps": 4, "seed": 91}
     job_id = MinerClient(process.url).edit(**long_edit)["job_id"]
 
-    async def taken() -> bool:
+    def taken() -> bool:
         return MinerClient(process.url).status(job_id)["status"] != "queued"
 
-    asyncio.run(until(taken, timeout=60, what=f"{job_id} taken by the worker"))
+    poll(taken, 60, f"{job_id} taken by the worker")
     assert process.proc is not None
     process.proc.send_signal(signal.SIGTERM)
     refused: dict[str, requests.Response] = {}
 
-    async def both_refuse() -> bool:
+    def both_refuse() -> bool:
         for door, answer in (("sidecar", lambda: requests.post(f"{process.url}/edit", json=EDIT, timeout=10)),
                              ("door", lambda: _signed(process, hotkey, "EditSynapse", EDIT))):
             if door not in refused and (response := answer()).status_code == 503:
                 refused[door] = response
         return len(refused) == 2
 
-    asyncio.run(until(both_refuse, timeout=60, what="503 on both doors"))
+    poll(both_refuse, 60, "503 on both doors")
     assert refused["sidecar"].json()["error"] == "service_unavailable"
     assert "shutting down" in refused["door"].json()["message"]
     assert "Retry-After" in refused["sidecar"].headers

@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from tests.e2e.kontext_determinism.conftest import MinerClient, image_b64
-from tests.e2e.servers import (CallbackReceiver, InProcessSidecar, RedisServer, SidecarProcess, WorkerProcess, poll)
+from tests.e2e.servers import CallbackReceiver, InProcessSidecar, RedisServer, SidecarProcess, WorkerProcess
+from tests.waiting import poll
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +78,8 @@ def _outage(worker: WorkerProcess) -> dict[str, Any]:
         health = worker.health()
         return health if health["redis"]["error"] else None
 
-    health = poll(said_so, 180, f"worker {worker.name}'s /health naming Redis unreachable")
+    health = poll(said_so, 180, f"worker {worker.name}'s /health naming Redis unreachable",
+                  tolerate=(requests.RequestException,))  # its /health is not up yet
     return {"health": health, "log": worker.log_tail()}
 
 

@@ -4,7 +4,6 @@ another hotkey, a certificate it cannot verify or one for another name. One neur
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import io
@@ -29,7 +28,7 @@ from tests.e2e.conftest import VALIDATOR, Subnet
 from tests.e2e.kontext_determinism.conftest import MinerClient
 from tests.e2e.servers import CallbackReceiver, ReceivedCallback
 from tests.e2e.validator import ImageHost, Validator, edit_payload, uuid7
-from tests.waiting import until
+from tests.waiting import poll
 
 pytestmark = pytest.mark.e2e
 
@@ -123,10 +122,10 @@ def wave(readme_neuron: Subnet, preflight_run: PreflightRun) -> Iterator[Wave]:
     sync = threading.Thread(target=sync_edit, name="sync-edit")
     sync.start()
     try:
-        async def in_line() -> bool:  # the /sync/edit is queued (or answered): the burst goes behind it
+        def in_line() -> bool:  # the /sync/edit is queued (or answered): the burst goes behind it
             return bool(synced) or subnet.validator.get(f"/edit/status/{again['job_id']}").status_code == 200
 
-        asyncio.run(until(in_line, timeout=60, what="the /sync/edit in the queue"))
+        poll(in_line, 60, "the /sync/edit in the queue")
         ahead = [job.payload["num_inference_steps"] for job in (edit, wrong_secret)] + [again["num_inference_steps"]]
         steps, jobs = _burst_shape(health, ahead_steps=ahead)
         burst = [_dispatch(subnet, seed=100 + index, steps=steps)[0] for index in range(jobs)]
@@ -143,12 +142,12 @@ def _idle_health(subnet: Subnet) -> dict:
     """/health once no job is queued, downloading or running."""
     health: dict = {}
 
-    async def idle() -> bool:
+    def idle() -> bool:
         health.update(subnet.validator.get("/health").json())
         jobs = health["jobs"]
         return not jobs.get("queued") and not jobs.get("processing") and not health["queue"]["downloading"]
 
-    asyncio.run(until(idle, timeout=120, what="the neuron idle"))
+    poll(idle, 120, "the neuron idle")
     return health
 
 

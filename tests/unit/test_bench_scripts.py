@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _run_in_process(script: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Run a script's ``main()`` in this process (the import of torch and diffusers is paid once per worker, not
-    per script); the re-execution for PYTHONHASHSEED is tested by a subprocess below."""
+    per script)."""
     spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), ROOT / "scripts" / script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -54,13 +54,34 @@ def _bench(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           text=True, timeout=300, cwd=ROOT, env=env)
 
 
-def test_bench_gpu_synthetic_quick_reexecs_builds_through_the_engine_and_prints(tmp_path: Path) -> None:
+class _Restarted(Exception):
+    """Raised where the interpreter would have been replaced."""
+
+
+def test_bench_gpu_synthetic_quick_reexecs_builds_through_the_engine_and_prints(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started without PYTHONHASHSEED, the bench asks to start again with 0 (``os.execve``, caught here: what the new
+    interpreter then does is tested by test_determinism's probe); started with it, it runs. Both in this process."""
     out = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG")}
-    run = _bench("--synthetic-full", "--quick", "--device", "cpu", "--combos", "baseline", "--json", str(out),
-                 env=env)  # no PYTHONHASHSEED: the bench must re-execute itself with 0
-    assert run.returncode == 0, run.stderr[-2000:]
-    lines = run.stdout.splitlines()
+    argv = ["--synthetic-full", "--quick", "--device", "cpu", "--combos", "baseline", "--json", str(out)]
+    restarts: list[tuple[str, list[str], dict[str, str]]] = []
+
+    def execve(path: str, args: list[str], env: dict[str, str]) -> None:
+        restarts.append((path, args, env))
+        raise _Restarted
+
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with pytest.raises(_Restarted):
+        _run_in_process("bench_gpu.py", argv, monkeypatch)
+    ((path, args, env),) = restarts
+    assert path == sys.executable and args[-len(argv):] == argv
+    assert env["PYTHONHASHSEED"] == "0" and env["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and not out.exists()
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    _run_in_process("bench_gpu.py", argv, monkeypatch)
+    lines = capsys.readouterr().out.splitlines()
     assert "model synthetic:quick (random weights)" in lines[0]
     header = next(line for line in lines if line.startswith("combo"))
     assert all(column in header for column in ("load (build)", "64px/2steps", "peak VRAM", "deterministic"))

@@ -3,7 +3,6 @@ engine out of rotation while the others serve."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from pathlib import Path
 
@@ -31,12 +30,10 @@ def test_device_lists() -> None:
 
 
 async def _finish_all(runtime: Runtime, ids: list[str]) -> None:
-    for _ in range(3000):
-        statuses = [(await runtime.service.status(job_id)).status for job_id in ids]
-        if all(status.finished for status in statuses):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("jobs did not finish")
+    async def finished() -> bool:
+        return all([(await runtime.service.status(job_id)).status.finished for job_id in ids])
+
+    await until(finished, timeout=60, what=f"{len(ids)} job(s) finished")
 
 
 async def test_two_cpu_workers_give_the_same_bytes_whichever_runs_the_job(tiny_model_dir: Path,
@@ -52,7 +49,7 @@ async def test_two_cpu_workers_give_the_same_bytes_whichever_runs_the_job(tiny_m
         await until(both_ready, timeout=120, what="both engines ready")
         request = EditRequest.model_validate({"prompt": "add a hat", "seed": 5, "image_b64": IMAGE_B64,
                                               "width": 64, "height": 64, "num_inference_steps": 2})
-        ids = [(await runtime.service.submit(request)).job_id for _ in range(6)]
+        ids = [(await runtime.service.submit(request)).job_id for _ in range(4)]  # one engine holds two at most
         await _finish_all(runtime, ids)
         statuses = [await runtime.service.status(job_id) for job_id in ids]
         assert all(status.status is JobStatus.COMPLETED for status in statuses)

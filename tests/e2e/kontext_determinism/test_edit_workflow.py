@@ -13,7 +13,8 @@ import requests
 from PIL import Image
 
 from tests.e2e.kontext_determinism.conftest import EXTERNAL_MINER, MinerClient, image_b64
-from tests.e2e.servers import SidecarProcess, poll, stored_job
+from tests.e2e.servers import SidecarProcess, stored_job
+from tests.waiting import poll
 
 pytestmark = pytest.mark.e2e
 
