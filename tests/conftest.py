@@ -11,14 +11,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 LONGEST_FIRST = (
-    "tests/e2e/test_scale.py", "tests/e2e/test_reference_recipe.py", "tests/unit/test_acceleration.py",
-    "tests/unit/test_bench_scripts.py", "tests/unit/test_gpu_proof.py",
-    "tests/e2e/kontext_determinism/test_edit_workflow.py", "tests/e2e/test_validator.py", "tests/e2e/test_neuron.py",
-    "tests/unit/test_engine.py",
-    "tests/e2e/kontext_determinism/test_determinism.py", "tests/e2e/test_load_and_faults.py",
+    "tests/e2e/test_reference_recipe.py", "tests/unit/test_bench_scripts.py", "tests/e2e/test_validator.py",
+    "tests/unit/test_gpu_proof.py", "tests/e2e/test_scale.py", "tests/unit/test_acceleration.py",
+    "tests/e2e/kontext_determinism/test_edit_workflow.py", "tests/unit/test_engine.py", "tests/e2e/test_neuron.py",
+    "tests/e2e/kontext_determinism/test_edit_callback.py", "tests/unit/test_devices.py",
 )
 """The files that take longest, measured (``--durations``). Only the run order changes: ``scripts/test.sh`` hands
-pytest-xdist's two workers a file at a time in collection order, so the long ones go first and the short ones
+pytest-xdist's workers a file at a time in collection order, so the long ones go first and the short ones
 fill the end, instead of one long file running alone at the end."""
 
 
