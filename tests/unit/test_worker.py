@@ -69,8 +69,13 @@ async def test_the_next_job_is_taken_and_prepared_while_one_denoises_never_two_a
         assert [job.attempts for job in done] == [1, 1, 1]  # type: ignore[union-attr]
         assert done[0].started_at < done[1].started_at < done[2].started_at  # type: ignore[union-attr,operator]
         assert len(engine.calls) == 3  # and the engine saw no two on its device at once (FakeEngine asserts it)
+
+        async def three_samples() -> bool:  # the worker records an edit just after its job shows completed
+            return len(workers.edit_samples()) == 3
+
+        await until(three_samples, what="three edits recorded")
         samples = workers.edit_samples()  # what the admission estimate learns: steps, seconds, seconds a step
-        assert len(samples) == 3 and all(steps == 2 and per_step is not None for steps, _, per_step in samples)
+        assert all(steps == 2 and per_step is not None for steps, _, per_step in samples)
     finally:
         gate.set()
         await runtime.stop()
