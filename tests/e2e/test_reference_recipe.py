@@ -1,6 +1,7 @@
 """Byte for byte with the reference miner (CPU half): the golden cases replay through the real conformance
-command, and the reference miner's own recipe, written independently (tests/reference_miner.py), gives
-the same PNG bytes as that replay. Together: the miner's default output equals the reference's.
+command, and the reference miner's own recipe, written independently (tests/reference_miner.py), hands the
+pipeline the same arguments as the miner for every golden request and gives the same PNG bytes as that replay
+where it runs whole. Together: the miner's default output equals the reference's.
 
 On the CPU the bytes depend on the processor's float kernels (torch, MKL and oneDNN dispatch on its
 vendor and vector extensions), so the golden files are recorded per CPU kind (``tiny-cpu-*.jsonl``, each
@@ -164,14 +165,16 @@ def reference_editor(golden_model_dir: Path) -> Iterator[object]:
 
 
 REFERENCE_CASES = [case for case in CASES.cases if case.recipe == "reference-v1"]
+END_TO_END = ("reference/validator-exact-payload", "reference/big-2049x1000", "reference/palette-transparent-200x200")
+"""The cases the reference recipe runs whole (pipeline and PNG) here: the validator's payload (the most steps), a
+resize and a mode conversion with transparency. Every case's pipeline call is compared below; the pipeline and the
+PNG encoder do the same for every input kind, so these three carry the rest to the bytes."""
 
 
-@pytest.mark.parametrize("case", REFERENCE_CASES, ids=[case.name for case in REFERENCE_CASES])
+@pytest.mark.parametrize("case", [case for case in REFERENCE_CASES if case.name in END_TO_END], ids=END_TO_END)
 def test_the_reference_miners_recipe_gives_the_miners_bytes(reference_editor, replay: Replay, case) -> None:
-    """RGB, grey, palette, palette with transparency, RGBA, EXIF-rotated JPEG, non-square, over 1024, with and
-    without width/height, a seed past numpy's range and the validator's exact payload: the same PNG bytes as
-    the miner's default recipe made for the same request on this machine (and, where a golden file is
-    recorded for this CPU kind, as the golden bytes: the test above)."""
+    """The same PNG bytes as the miner's default recipe made for the same request on this machine (and, where a
+    golden file is recorded for this CPU kind, as the golden bytes: the test above)."""
     assert case.image_file is not None
     request = case.request
     png = reference_editor.edit_png(case.image_file.read_bytes(), prompt=request.prompt, seed=request.seed,
@@ -179,6 +182,52 @@ def test_the_reference_miners_recipe_gives_the_miners_bytes(reference_editor, re
                                     num_inference_steps=request.num_inference_steps)
     assert hashlib.sha256(png).hexdigest() == replay.png[case.name], (
         f"{case.name}: the reference recipe gave other bytes than the miner's replay")
+
+
+class _Called(Exception):
+    """Raised by the recording pipeline instead of running it."""
+
+
+class _RecordingPipeline:
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, **kwargs: object) -> None:
+        self.calls.append(kwargs)
+        raise _Called
+
+
+@pytest.mark.parametrize("case", REFERENCE_CASES, ids=[case.name for case in REFERENCE_CASES])
+def test_the_reference_recipe_calls_the_pipeline_as_the_miner_does(case) -> None:
+    """RGB, grey, palette, palette with transparency, RGBA, EXIF-rotated JPEG, non-square, over 1024, with and
+    without width/height, a seed past numpy's range and the validator's exact payload: the reference miner's
+    preprocessing and seeding hand the pipeline the same arguments as the miner's reference-v1 (the same pixels,
+    the same generator state, the same prompt, guidance, steps and output type, nothing more or less)."""
+    import torch
+
+    from kontext.engine.recipes import EditParams, get_recipe
+    from tests.reference_miner import ReferenceKontextEditor
+
+    assert case.image_file is not None
+    image, request = case.image_file.read_bytes(), case.request
+    pipeline = _RecordingPipeline()
+    with pytest.raises(_Called):
+        ReferenceKontextEditor.around(pipeline, device="cpu").edit_png(
+            image, prompt=request.prompt, seed=request.seed, guidance_scale=request.guidance_scale,
+            num_inference_steps=request.num_inference_steps)
+    (theirs,) = pipeline.calls
+    recipe, params = get_recipe("reference-v1"), EditParams.from_request(request)
+    ours = recipe.pipeline_kwargs(recipe.preprocess(image, max_pixels=1 << 26), params, recipe.seed(params.seed, "cpu"))
+    torch.use_deterministic_algorithms(False)  # the reference's seeding switched it on for this process
+    assert sorted(ours) == sorted(theirs)
+    for key, value in ours.items():
+        if key == "image":
+            assert (value.mode, value.size, value.tobytes()) == (theirs[key].mode, theirs[key].size,
+                                                                 theirs[key].tobytes()), case.name
+        elif key == "generator":
+            assert value.device == theirs[key].device and torch.equal(value.get_state(), theirs[key].get_state())
+        else:
+            assert value == theirs[key], (case.name, key)
 
 
 def test_the_golden_file_covers_every_input_kind() -> None:
