@@ -16,6 +16,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# Some hosts set PYTHONDONTWRITEBYTECODE: then every Python process the suite starts (a pytest worker each, a dozen
+# miner processes) compiles the project's modules, and pytest rewrites every test module, again. Write the bytecode
+# (``__pycache__/`` is ignored by git).
+unset PYTHONDONTWRITEBYTECODE
 export PYTHONHASHSEED=0 CUBLAS_WORKSPACE_CONFIG=:4096:8
 if [ "$#" -ne 0 ]; then
   exec python -m pytest -q "$@"
