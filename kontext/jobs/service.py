@@ -273,8 +273,8 @@ class EditService:
     async def health(self) -> dict[str, Any]:
         counts = await self.store.count_by_status()
         edit_state = self.engine_state()
-        if edit_state == "unloaded":  # lazy loading: accepting, the first job loads the model
-            edit_state = "ready"
+        if edit_state == "unloaded":  # lazy: accepting, the first job loads the model; eager: the load starts now
+            edit_state = "ready" if self.settings.kontext_load == "lazy" else "loading"
         body: dict[str, Any] = {
             "status": "ok" if edit_state in ("ready", "loading", "disabled") else "degraded",
             "services": {"kontext_edit": edit_state},

@@ -392,6 +392,35 @@ async def test_lazy_loading_accepts_then_loads_on_the_first_job(start, tmp_path:
     assert (await wait_finished(client, job_id))["status"] == "completed" and engine.state is EngineState.READY
 
 
+async def test_an_eager_start_is_not_reported_ready_before_its_engine_is(tmp_path: Path) -> None:
+    """/health said ``ready`` while an eager engine had not begun to load (an unloaded engine counted as lazy
+    loading's "ready"): a harness waiting for ready then found /capacity false, as a validator would have."""
+    release = threading.Event()
+
+    class SlowLoad(FakeEngine):
+        def load(self) -> None:
+            release.wait(30)
+            super().load()
+
+    engine = SlowLoad()
+    runtime = Runtime(make_settings(tmp_path), engine=engine)  # KONTEXT_LOAD: eager, the default
+    await runtime.start()
+    try:
+        health = await runtime.service.health()
+        assert health["services"]["kontext_edit"] == "loading" and engine.state is not EngineState.READY
+        assert runtime.service.capacity()["img-h100_pcie"] is False
+        release.set()
+
+        async def ready() -> bool:
+            return (await runtime.service.health())["services"]["kontext_edit"] == "ready"
+
+        await until(ready, what="the engine ready")
+        assert runtime.service.capacity()["img-h100_pcie"] is True
+    finally:
+        release.set()
+        await runtime.stop()
+
+
 async def test_each_refused_request_is_logged_once_without_secrets(start, settings, caplog) -> None:
     import logging
 
