@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ import pytest
 
 from kontext.conformance import read_cases
 from tests.e2e.servers import REPO_ROOT
+from tests.in_process import process_state_restored
 
 pytestmark = pytest.mark.e2e
 
@@ -47,28 +47,19 @@ class Run:
 def _conformance(cases: Path, model: Path) -> Run:
     """``kontext-client conformance`` as the operator runs it, in this process (a start costs more than the small
     runs here): its exit code and output. Its start settles the hash seed and logging; both are put back after."""
-    import torch
-
     from kontext.client.cli import main
 
     argv = ["conformance", str(cases), "--model", str(model), "--device", "cpu", "--env-file", os.devnull]
     out, err = io.StringIO(), io.StringIO()
-    root = logging.getLogger()
-    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
-    try:
-        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            for name, value in (("PYTHONHASHSEED", "0"), ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
-                patch.setenv(name, value)
-            try:
-                main(argv)
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(False)
+    with process_state_restored(), pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        for name, value in (("PYTHONHASHSEED", "0"), ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
+            patch.setenv(name, value)
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
     return Run(code, out.getvalue(), err.getvalue())
 
 
@@ -155,13 +146,9 @@ def reference_editor(golden_model_dir: Path) -> Iterator[object]:
 
     from tests.reference_miner import ReferenceKontextEditor
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the miner's KONTEXT_CPU_THREADS: on the CPU the count changes the sums
-    try:
+    with process_state_restored():
+        torch.set_num_threads(1)  # the miner's KONTEXT_CPU_THREADS: on the CPU the count changes the sums
         yield ReferenceKontextEditor(str(golden_model_dir), device="cpu", dtype=torch.float32)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(False)
 
 
 REFERENCE_CASES = [case for case in CASES.cases if case.recipe == "reference-v1"]

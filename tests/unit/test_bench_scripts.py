@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import os
 import re
 import subprocess
@@ -12,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.in_process import process_state_restored
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,13 +25,8 @@ def _run_in_process(script: str, argv: list[str], monkeypatch: pytest.MonkeyPatc
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(sys, "argv", [script, *argv])
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
+    with process_state_restored():  # the script configured logging for itself
         module.main()
-    finally:  # the script configured logging for itself
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def test_bench_gpu_quick_prints_the_determinism_column(tiny_model_dir: Path, tmp_path: Path,

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.in_process import process_state_restored
+
 ROOT = Path(__file__).resolve().parents[2]
 SHA256 = 64
 
@@ -42,25 +44,14 @@ def test_the_dry_run_writes_every_section_measured_or_saying_why_not(tiny_model_
     """The fewest jobs that reach every step: the tiny model at 64x64 (kontext-v1) where the section allows;
     determinism (a fresh process too) and the golden case on reference-v1 at 1024x1024, one step. The script runs in
     this process (its fresh process is still one), as the bench scripts' tests run theirs."""
-    import logging
-
-    import torch
-
     out = tmp_path / "r.json"
     monkeypatch.setattr(sys, "argv", [
         "gpu_proof.py", "--dry-run", "--out", str(out), "--tiny-model", str(tiny_model_dir), "--recipe", "kontext-v1",
         "--size", "64", "--steps", "1", "--repeats", "1", "--determinism-steps", "1", "--reference-cases", "1",
         "--pipeline-jobs", "2", "--pipeline-steps", "1", "--callback-jobs", "1", "--callback-steps", "1"])
     monkeypatch.setenv("PYTHONHASHSEED", "0")
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", root.handlers[:])  # the script's start configures logging: put it back
-    monkeypatch.setattr(root, "level", root.level)
-    threads = torch.get_num_threads()
-    try:
+    with process_state_restored():
         _script().main()
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(False)
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert not _errors(report), _errors(report)
