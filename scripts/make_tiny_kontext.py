@@ -28,7 +28,10 @@ def main() -> None:
         print(f"[tiny-kontext] {out_dir} is complete; skipping (--force rebuilds)")
         return
     started = time.perf_counter()
-    build_tiny_kontext(out_dir, seed=args.seed)
+    try:
+        build_tiny_kontext(out_dir, seed=args.seed)
+    except FileExistsError as exc:
+        raise SystemExit(f"[tiny-kontext] {exc}") from None
     print(f"[tiny-kontext] wrote {out_dir} in {time.perf_counter() - started:.1f}s")
 
 

@@ -62,12 +62,16 @@ def _png(image: Any) -> bytes:
 
 
 def tiny_model(directory: Optional[str] = None) -> str:
-    """The tiny real Kontext model: ``directory`` if it holds a complete one, else built (in a temp dir)."""
-    from tools.tiny_kontext import build_tiny_kontext, is_complete
+    """The model to measure: ``directory`` as it is when it holds a saved pipeline (a complete tiny build, fast or
+    not, or any other model), else the tiny model built into it (or into a temp dir). A tiny build of another
+    transformers major is rebuilt as the same kind; nothing else is ever replaced (``build_tiny_kontext``)."""
+    from tools.tiny_kontext import COMPLETE_MARKER, build_tiny_kontext, is_complete, is_fast_build
 
     target = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny-kontext"
-    if not is_complete(target):
-        build_tiny_kontext(target)
+    ours = (target / COMPLETE_MARKER).is_file()
+    if is_complete(target, fast=None) or (not ours and (target / "model_index.json").is_file()):
+        return str(target)
+    build_tiny_kontext(target, fast=is_fast_build(target))
     return str(target)
 
 

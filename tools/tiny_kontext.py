@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Optional
+
 from tools.tiny_tokenizers import build_tokenizers
 
 COMPLETE_MARKER = ".tiny-kontext-complete"
-
 
 
 def build_tiny_kontext(out_dir: Path, seed: int = 0, *, fast: bool = False) -> Path:
@@ -21,12 +22,17 @@ def build_tiny_kontext(out_dir: Path, seed: int = 0, *, fast: bool = False) -> P
     ``fast``: the same pipeline classes and resolution arithmetic without the two costliest pieces on a CPU (the
     VAE's mid-block self-attention over every latent pixel, and a second transformer attention head): an edit
     takes about half the time. Its bytes are pinned nowhere; the golden files are recorded on the default build.
+
+    Only a build of this function's is ever replaced: ``FileExistsError`` for a folder that holds anything else (a
+    real model, say), which is left as it is.
     """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir / COMPLETE_MARKER).is_file() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} holds files that are not a tiny Kontext build: not replacing them")
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    out_dir = Path(out_dir)
     tokenizer, tokenizer_2 = build_tokenizers()
 
     torch.manual_seed(seed)
@@ -75,8 +81,8 @@ def build_tiny_kontext(out_dir: Path, seed: int = 0, *, fast: bool = False) -> P
     return out_dir
 
 
-def is_complete(model_dir: Path, *, fast: bool = False) -> bool:
-    """Fully written, as the ``fast`` build or not, by the transformers major version running now.
+def is_complete(model_dir: Path, *, fast: Optional[bool] = False) -> bool:
+    """Fully written, as the ``fast`` build or not (None: either), by the transformers major version running now.
 
     transformers 4 loads a CLIPTextModel saved by 5 with random weights (5 drops the ``text_model.``
     key prefix) and only warns, so another major's build counts as missing and gets rebuilt.
@@ -85,7 +91,13 @@ def is_complete(model_dir: Path, *, fast: bool = False) -> bool:
     if not marker.is_file():
         return False
     recorded = json.loads(marker.read_text())
-    return recorded.get("transformers") == transformers_major() and recorded.get("fast", False) == fast
+    return recorded.get("transformers") == transformers_major() and fast in (None, recorded.get("fast", False))
+
+
+def is_fast_build(model_dir: Path) -> bool:
+    """Whether the build in ``model_dir`` (complete or not) is the ``fast`` one."""
+    marker = Path(model_dir) / COMPLETE_MARKER
+    return marker.is_file() and bool(json.loads(marker.read_text()).get("fast", False))
 
 
 def transformers_major() -> int:

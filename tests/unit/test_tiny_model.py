@@ -92,6 +92,45 @@ def test_a_build_by_another_transformers_major_counts_as_missing(tmp_path: Path)
     assert is_complete(tmp_path)
 
 
+def test_a_bench_given_a_complete_build_of_either_kind_measures_it_as_it_is(tiny_model_dir: Path) -> None:
+    """The bench scripts' ``--model`` and the GPU proof's ``--tiny-model``: the suite hands them the fast build, which
+    they once rebuilt in place as the golden one (so the rest of that test worker's session ran the slower model)."""
+    from tools.bench import tiny_model
+
+    before = _files(tiny_model_dir)
+    assert tiny_model(str(tiny_model_dir)) == str(tiny_model_dir)
+    assert _files(tiny_model_dir) == before and is_complete(tiny_model_dir, fast=True)
+
+
+def test_a_tiny_build_of_another_transformers_major_is_rebuilt_as_the_same_kind(tmp_path: Path) -> None:
+    from tools.bench import tiny_model
+
+    built = build_tiny_kontext(tmp_path / "tiny", fast=True)
+    marker = built / COMPLETE_MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "transformers": transformers_major() + 1}))
+    assert tiny_model(str(built)) == str(built) and is_complete(built, fast=True)
+
+
+def test_a_folder_holding_anything_else_is_never_replaced(tmp_path: Path) -> None:
+    """A real model given as ``--model`` is measured as it is; a folder of other files is refused, not emptied."""
+    from tools.bench import tiny_model
+
+    real = tmp_path / "FLUX.1-Kontext-dev"
+    real.mkdir()
+    (real / "model_index.json").write_text("{}")
+    (real / "weights.safetensors").write_bytes(b"weights")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    assert tiny_model(str(real)) == str(real)
+    with pytest.raises(FileExistsError, match="not a tiny Kontext build: not replacing them"):
+        tiny_model(str(notes))
+    with pytest.raises(FileExistsError):
+        build_tiny_kontext(real)
+    assert (real / "weights.safetensors").read_bytes() == b"weights" and (notes / "todo.txt").read_text() == "keep me"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["FLUX.1-Kontext-dev", "notes"]  # no staging left
+
+
 @pytest.mark.parametrize("prompt", SAME_ON_BOTH_STACKS)
 def test_token_ids_are_the_same_on_both_stacks(tokenizers: tuple, prompt: str) -> None:
     clip, t5 = tokenizers
