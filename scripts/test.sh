@@ -33,10 +33,11 @@ older=$!
 trap 'kill "$older" 2>/dev/null || true; rm -f "$older_log"' EXIT
 echo "[test] mypy (kontext, protocol, neurons, tools)"
 python -m mypy
-# Three pytest workers, a test file each at a time (pytest-xdist): on two cores, because the end-to-end tests
-# spend much of their time waiting on servers, callbacks and leases, a third keeps the cores busy meanwhile.
+# Three pytest workers, a test file each at a time (pytest-xdist), the longest first (tests/conftest.py): on two
+# cores, because the end-to-end tests spend much of their time waiting on servers, callbacks and leases, a third
+# keeps the cores busy meanwhile.
 # schemathesis generates its tests lazily, which xdist does not collect: that file runs on its own after.
-python -m pytest -q -n 3 --dist loadfile --ignore tests/unit/test_fuzz_http.py
+python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --ignore tests/unit/test_fuzz_http.py
 python -m pytest -q tests/unit/test_fuzz_http.py
 echo "[test] second leg: the oldest supported stack"
 status=0

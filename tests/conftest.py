@@ -11,14 +11,36 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 LONGEST_FIRST = (
-    "tests/e2e/test_reference_recipe.py", "tests/unit/test_bench_scripts.py", "tests/e2e/test_validator.py",
-    "tests/unit/test_gpu_proof.py", "tests/e2e/test_scale.py", "tests/unit/test_acceleration.py",
-    "tests/e2e/kontext_determinism/test_edit_workflow.py", "tests/unit/test_engine.py", "tests/e2e/test_neuron.py",
-    "tests/e2e/kontext_determinism/test_edit_callback.py", "tests/unit/test_devices.py",
+    "tests/e2e/test_reference_recipe.py", "tests/e2e/kontext_determinism/test_edit_workflow.py",
+    "tests/e2e/test_scale.py", "tests/e2e/test_validator.py", "tests/unit/test_acceleration.py",
+    "tests/unit/test_engine.py", "tests/unit/test_bench_scripts.py", "tests/unit/test_gpu_proof.py",
+    "tests/e2e/test_neuron.py", "tests/unit/test_stack.py", "tests/unit/test_images.py", "tests/unit/test_hardening.py",
 )
-"""The files that take longest, measured (``--durations``). Only the run order changes: ``scripts/test.sh`` hands
-pytest-xdist's workers a file at a time in collection order, so the long ones go first and the short ones
-fill the end, instead of one long file running alone at the end."""
+"""The files (or shared folders: their first file stands for them) that take longest, measured on two cores under
+``scripts/test.sh``. Only the run order changes: ``scripts/test.sh`` hands pytest-xdist's workers a file at a time in
+collection order (``--no-loadscope-reorder``: else xdist orders them by their number of tests), so the long ones go
+first and the short ones fill the end, instead of one long file running alone at the end."""
+
+
+SHARED_BY_FOLDER = ("tests/e2e/kontext_determinism/",)
+"""Folders whose test files share a session-scoped server (the seed suite's miner process): under ``--dist
+loadfile`` their files go to one worker as one unit, so that the server starts once, not once per worker."""
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent (and not called) without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadfile``, with each folder of ``SHARED_BY_FOLDER`` as one unit (xdist's own ``loadgroup`` marks do
+    not group here). Any other ``--dist`` keeps xdist's scheduler."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ByFileOrSharedFolder(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:  # the method LoadFileScheduling itself overrides to group
+            path = nodeid.split("::", 1)[0]
+            return next((folder for folder in SHARED_BY_FOLDER if path.startswith(folder)), path)
+
+    return ByFileOrSharedFolder(config, log)  # type: ignore[arg-type]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
