@@ -3,13 +3,15 @@ work on the lent machine before anything else (the carried wheels, the budget, t
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -42,16 +44,39 @@ def test_the_dry_run_writes_every_section_measured_or_saying_why_not(tiny_model_
                                                                       capsys: pytest.CaptureFixture[str],
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The fewest jobs that reach every step: the tiny model at 64x64 (kontext-v1) where the section allows;
-    determinism (a fresh process too) and the golden case on reference-v1 at 1024x1024, one step. The script runs in
-    this process (its fresh process is still one), as the bench scripts' tests run theirs."""
+    determinism (its fresh process too) and the golden case on reference-v1 at 1024x1024, one step. The script runs
+    in this process, as the bench scripts' tests run theirs, and so does its fresh process: the script started again
+    as ``--fresh-child`` (``_ChildHere``). That a new interpreter gives the same bytes is test_engine's to show
+    (``test_a_fresh_process_gives_the_same_sha256``)."""
+    script = _script()
     out = tmp_path / "r.json"
+    children: list[list[str]] = []
+
+    class _ChildHere:
+        """``subprocess.Popen`` of the fresh process: the same command line, run here before this returns."""
+
+        def __init__(self, argv: list[str], *, stdout: Any, stderr: Any, text: bool, cwd: Path) -> None:
+            assert argv[:3] == [sys.executable, str(ROOT / "scripts" / "gpu_proof.py"), "--fresh-child"], argv
+            children.append(argv)
+            with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), \
+                    contextlib.redirect_stderr(stderr):
+                patch.setattr(sys, "argv", argv[1:])
+                script.main()
+            self.returncode = 0
+
+        def wait(self, timeout: float | None = None) -> int:
+            return self.returncode
+
+    monkeypatch.setattr(script, "subprocess",
+                        SimpleNamespace(Popen=_ChildHere, TimeoutExpired=subprocess.TimeoutExpired))
     monkeypatch.setattr(sys, "argv", [
         "gpu_proof.py", "--dry-run", "--out", str(out), "--tiny-model", str(tiny_model_dir), "--recipe", "kontext-v1",
         "--size", "64", "--steps", "1", "--repeats", "1", "--determinism-steps", "1", "--reference-cases", "1",
         "--pipeline-jobs", "2", "--pipeline-steps", "1", "--callback-jobs", "1", "--callback-steps", "1"])
     monkeypatch.setenv("PYTHONHASHSEED", "0")
     with process_state_restored():
-        _script().main()
+        script.main()
+    assert len(children) == 1
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert not _errors(report), _errors(report)
