@@ -69,8 +69,8 @@ def _tiny_model(tmp_path_factory: pytest.TempPathFactory, *, fast: bool) -> Path
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny real FluxKontextPipeline saved with save_pretrained, built once per session: the ``fast`` build (about
-    half the CPU time an edit takes on the golden one), for every test that pins no recorded bytes.
+    """A tiny real FluxKontextPipeline saved with save_pretrained, built once per session: the ``fast`` build (a
+    fifth to a third of the CPU time an edit takes on the golden one), for every test that pins no recorded bytes.
 
     ``KONTEXT_TINY_MODEL_DIR`` reuses (or builds into) a fixed directory across sessions (this one: its name with
     ``-fast`` added).

@@ -66,8 +66,8 @@ def test_a_rebuild_writes_the_same_bytes(golden_model_dir: Path, tmp_path: Path)
 def test_the_fast_build_differs_only_where_it_says_and_is_not_taken_for_the_golden_one(
         golden_model_dir: Path, tiny_model_dir: Path) -> None:
     """The tests that pin no bytes run the fast build: it must be the same pipeline (classes, tokenizers, 8x VAE
-    arithmetic) with only the VAE's mid-block attention and the second attention head gone, and a fixed folder
-    holding one build must not be reused as the other."""
+    arithmetic) with only the VAE's mid-block attention, its encoder's resnets (one of its decoder's per block) and
+    the second attention head gone, and a fixed folder holding one build must not be reused as the other."""
     golden, fast = _files(golden_model_dir), _files(tiny_model_dir)
     assert golden.keys() == fast.keys()
     differing = sorted(name for name in golden if golden[name] != fast[name])
@@ -77,6 +77,7 @@ def test_the_fast_build_differs_only_where_it_says_and_is_not_taken_for_the_gold
     transformer = json.loads(fast["transformer/config.json"])
     assert vae["mid_block_add_attention"] is False and json.loads(golden["vae/config.json"])["mid_block_add_attention"]
     assert vae["block_out_channels"] == json.loads(golden["vae/config.json"])["block_out_channels"]
+    assert (vae["layers_per_block"], json.loads(golden["vae/config.json"])["layers_per_block"]) == (0, 1)
     assert transformer["num_attention_heads"] == 1
     assert is_complete(tiny_model_dir, fast=True) and not is_complete(tiny_model_dir)
     assert is_complete(golden_model_dir) and not is_complete(golden_model_dir, fast=True)
@@ -102,13 +103,17 @@ def test_a_bench_given_a_complete_build_of_either_kind_measures_it_as_it_is(tiny
     assert _files(tiny_model_dir) == before and is_complete(tiny_model_dir, fast=True)
 
 
-def test_a_tiny_build_of_another_transformers_major_is_rebuilt_as_the_same_kind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("older", [{"transformers": transformers_major() + 1}, {"fast": True}],
+                         ids=["another transformers major", "an older fast revision"])
+def test_an_outdated_tiny_build_is_rebuilt_as_the_same_kind(older: dict, tmp_path: Path) -> None:
     from tools.bench import tiny_model
 
     built = build_tiny_kontext(tmp_path / "tiny", fast=True)
     marker = built / COMPLETE_MARKER
-    marker.write_text(json.dumps({**json.loads(marker.read_text()), "transformers": transformers_major() + 1}))
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), **older}))
+    assert not is_complete(built, fast=True) and not is_complete(built, fast=None)
     assert tiny_model(str(built)) == str(built) and is_complete(built, fast=True)
+    assert json.loads((built / "vae" / "config.json").read_text())["layers_per_block"] == 0
 
 
 def test_a_folder_holding_anything_else_is_never_replaced(tmp_path: Path) -> None:
