@@ -25,9 +25,9 @@ if [ "$#" -ne 0 ]; then
   exec python -m pytest -q "$@"
 fi
 # The second leg (the oldest supported stack, its own interpreter and overlay) runs beside the main one at the
-# lowest CPU priority: where cores are free it runs on them; on two busy cores it takes only what the main leg's
-# workers leave while they wait on servers, and finishes after (at nice 10 it still slowed the main leg by a fifth,
-# for no gain in the whole run's time). Its output is printed when it ends.
+# lowest CPU priority: where cores are free it runs on them; on two busy cores it takes mostly what the main leg's
+# workers leave while they wait on servers, and often finishes after it (at nice 10 it slowed the main leg by up to
+# a tenth, for no gain in the whole run's time). Its output is printed when it ends.
 older_log="$(mktemp)"
 nice -n 19 bash scripts/test_older_stack.sh > "$older_log" 2>&1 &
 older=$!

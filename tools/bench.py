@@ -63,8 +63,9 @@ def _png(image: Any) -> bytes:
 
 def tiny_model(directory: Optional[str] = None) -> str:
     """The model to measure: ``directory`` as it is when it holds a saved pipeline (a complete tiny build, fast or
-    not, or any other model), else the tiny model built into it (or into a temp dir). A tiny build of another
-    transformers major is rebuilt as the same kind; nothing else is ever replaced (``build_tiny_kontext``)."""
+    not, or any other model), else the tiny model built into it (or into a temp dir). A tiny build out of date
+    (another transformers major, an older fast revision) is rebuilt as the same kind; nothing else is ever replaced
+    (``build_tiny_kontext``)."""
     from tools.tiny_kontext import COMPLETE_MARKER, build_tiny_kontext, is_complete, is_fast_build
 
     target = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny-kontext"
