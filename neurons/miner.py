@@ -67,6 +67,10 @@ async def serve(args: Any, *, chain: Any = None) -> None:
     if settings.axon_port == settings.miner_server_port:
         raise StartupError(f"--axon.port {settings.axon_port} must differ from the sidecar's port (--sidecar.port, "
                            "MINER_SERVER_PORT)")
+    if settings.kontext_load == "lazy":
+        raise StartupError("KONTEXT_LOAD=lazy: /capacity would say false until a first job loaded the engine, and a "
+                           "validator sends no job to a miner without capacity, so it would never load. Remove it "
+                           "(eager, the default, loads at start)")
     door_tls = server_context(settings.axon_certfile, settings.axon_keyfile)
     sidecar_gated = sidecar_signed(settings)
     wallet, hotkey = load_hotkey(settings)

@@ -386,8 +386,9 @@ def test_commit_tool_reports_a_chain_refusal(wallet) -> None:
 @pytest.mark.parametrize("env, flags, words", [
     ("MINER_SERVER_PORT=8901\n", [], "--axon.port 8901 must differ"),  # the sidecar's port from .env counts too
     ("", ["--sidecar.port", "0"], "MINER_SERVER_PORT"),  # a flag given as 0 is checked, not ignored
+    ("KONTEXT_LOAD=lazy\n", [], "KONTEXT_LOAD=lazy: /capacity would say false until a first job"),  # never a job
 ])
-async def test_start_refuses_ports_that_cannot_work(tmp_path, wallet, env, flags, words) -> None:
+async def test_start_refuses_settings_that_cannot_work(tmp_path, wallet, env, flags, words) -> None:
     from neurons.config import parse_args
     from neurons.miner import serve
 
