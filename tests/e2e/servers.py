@@ -327,8 +327,10 @@ class InProcessSidecar:
             "kontext_devices": "cpu", "kontext_local_files_only": True, "kontext_recipe": "kontext-v1",
             "outbound_allow_private": True, "callback_timeout_seconds": 5, **settings}
         self.runtime: Any = None
+        self._server: Optional[ThreadedApp] = None
 
-    def start(self, timeout: float = 180) -> "InProcessSidecar":
+    def start(self, timeout: float = 180, *, wait_ready: bool = True) -> "InProcessSidecar":
+        """Serve at once; the engine loads in the background (``wait_ready``: until it is ready, or stopped)."""
         from kontext.http.app import create_app
         from kontext.runtime import Runtime
         from kontext.settings import Settings
@@ -338,7 +340,12 @@ class InProcessSidecar:
             return create_app(self.runtime, manage_runtime=True)
 
         self._server = ThreadedApp(make_app).start()
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
 
+    def wait_ready(self, timeout: float = 180) -> "InProcessSidecar":
+        """Until the engine is ready; a failed load or the timeout raises, and stops the server."""
         def ready() -> bool:
             state = requests.get(f"{self.url}/health", timeout=5).json()["services"]["kontext_edit"]
             if state == "failed":
@@ -354,7 +361,11 @@ class InProcessSidecar:
 
     @property
     def url(self) -> str:
+        assert self._server is not None, "not started"
         return self._server.url
 
     def stop(self) -> None:
-        self._server.stop()
+        """Stop serving (the runtime with it); once started, again is a no-op."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()

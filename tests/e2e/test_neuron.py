@@ -19,11 +19,8 @@ from PIL import Image
 
 from kontext.client.cli import main
 from kontext.client.signing import btauth_headers, epistula_headers
-from kontext.http.app import create_app
-from kontext.runtime import Runtime
 from tests.e2e.kontext_determinism.conftest import MinerClient, image_b64
-from tests.e2e.servers import NeuronProcess, ThreadedApp, stored_job
-from tests.unit.test_sidecar import make_settings
+from tests.e2e.servers import InProcessSidecar, NeuronProcess, stored_job
 from tests.waiting import poll
 
 pytestmark = pytest.mark.e2e
@@ -39,9 +36,9 @@ EDIT = {"prompt": "Add a red hat", "image_b64": image_b64(), "seed": 77, "width"
 class Servers:
     neuron: NeuronProcess
     miner_hotkey: str
-    others: dict[str, ThreadedApp]
-    """Two more miners for ``kontext-client conformance --against``, in this process (the Runtime behind aiohttp,
-    each on its own loop): "b" runs kontext-v1 as the neuron does, "reference" runs reference-v1."""
+    others: dict[str, InProcessSidecar]
+    """Two more miners for ``kontext-client conformance --against``, in this process: "b" runs kontext-v1 as the
+    neuron does, "reference" runs reference-v1."""
 
 
 @pytest.fixture(scope="module")
@@ -58,23 +55,16 @@ def servers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     validators = (f"{VALIDATOR.ss58_address}:5000,{NO_PERMIT.ss58_address}:10:nopermit,"
                   f"{cli_validator.hotkey.ss58_address}:100")
     process = NeuronProcess(tiny_model_dir, home / "data", wallet_path=wallets, validators=validators)
-    others: dict[str, ThreadedApp] = {}
+    others = {name: InProcessSidecar(tiny_model_dir, tmp_path_factory.mktemp(name) / "data", kontext_recipe=recipe,
+                                     kontext_self_check=False)
+              for name, recipe in (("b", "kontext-v1"), ("reference", "reference-v1"))}
     try:
         process.start(wait_ready=False)
-        for name, recipe in (("b", "kontext-v1"), ("reference", "reference-v1")):
-            settings = make_settings(tmp_path_factory.mktemp(name), kontext_model_path=str(tiny_model_dir),
-                                     kontext_local_files_only=True, kontext_devices="cpu", kontext_recipe=recipe,
-                                     kontext_self_check=False)
-            others[name] = ThreadedApp(lambda s=settings: create_app(Runtime(s), manage_runtime=True)).start()
+        for server in others.values():
+            server.start(wait_ready=False)
         process.wait_ready()
-
-        def all_ready() -> bool:
-            states = [requests.get(f"{server.url}/health", timeout=5).json()["services"]["kontext_edit"]
-                      for server in others.values()]
-            assert "failed" not in states, states
-            return all(state == "ready" for state in states)
-
-        poll(all_ready, 180, "the two in-process engines ready")
+        for server in others.values():
+            server.wait_ready()
         yield Servers(process, miner_hotkey, others)
     finally:
         process.stop()

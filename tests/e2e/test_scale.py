@@ -6,9 +6,7 @@ worker that cannot reach Redis keeps trying and says so (the cluster's workers s
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -94,26 +92,23 @@ def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     receiver = CallbackReceiver().start()
     cluster = Cluster(redis, door, workers, receiver, home, tiny_model_dir,
                       InProcessSidecar(tiny_model_dir, home / "single"))
-    with ThreadPoolExecutor(1, thread_name_prefix="single-host") as pool:
-        single = pool.submit(cluster.single.start)
-        try:
-            for worker in workers:
-                worker.start(wait_ready=False)
-            cluster.outage = _outage(workers[0])
-            redis.start()
-            door.start(wait_ready=False)
-            cluster.outage["after"] = [worker.wait_ready() for worker in workers][0]
-            door.wait_ready()
-            single.result()
-            yield cluster
-        finally:  # the tests swap in replacements: stop what the cluster holds now, not what it began with
-            for process in (cluster.door, *cluster.workers):
-                process.stop()
-            receiver.stop()
-            cluster.redis.stop()
-            with contextlib.suppress(Exception):  # (a start that failed has stopped what it started)
-                single.result()
-                cluster.single.stop()
+    try:
+        cluster.single.start(wait_ready=False)
+        for worker in workers:
+            worker.start(wait_ready=False)
+        cluster.outage = _outage(workers[0])
+        redis.start()
+        door.start(wait_ready=False)
+        cluster.outage["after"] = [worker.wait_ready() for worker in workers][0]
+        door.wait_ready()
+        cluster.single.wait_ready()
+        yield cluster
+    finally:  # the tests swap in replacements: stop what the cluster holds now, not what it began with
+        for process in (cluster.door, *cluster.workers):
+            process.stop()
+        receiver.stop()
+        cluster.redis.stop()
+        cluster.single.stop()
 
 
 def test_a_worker_that_cannot_reach_redis_keeps_trying_and_says_so(cluster: Cluster) -> None:
