@@ -66,13 +66,13 @@ def tiny_model(directory: Optional[str] = None) -> str:
     not, or any other model), else the tiny model built into it (or into a temp dir). A tiny build out of date
     (another transformers major, an older fast revision) is rebuilt as the same kind; nothing else is ever replaced
     (``build_tiny_kontext``)."""
-    from tools.tiny_kontext import COMPLETE_MARKER, build_tiny_kontext, is_complete, is_fast_build
+    from tools.tiny_kontext import build_tiny_kontext, is_complete, recorded_build
 
     target = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny-kontext"
-    ours = (target / COMPLETE_MARKER).is_file()
-    if is_complete(target, fast=None) or (not ours and (target / "model_index.json").is_file()):
+    recorded = recorded_build(target)
+    if is_complete(target, fast=None) or (recorded is None and (target / "model_index.json").is_file()):
         return str(target)
-    build_tiny_kontext(target, fast=is_fast_build(target))
+    build_tiny_kontext(target, fast=bool(recorded and recorded.get("fast")))
     return str(target)
 
 

@@ -31,7 +31,7 @@ def build_tiny_kontext(out_dir: Path, seed: int = 0, *, fast: bool = False) -> P
     real model, say), which is left as it is.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir / COMPLETE_MARKER).is_file() and any(out_dir.iterdir()):
+    if out_dir.exists() and recorded_build(out_dir) is None and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} holds files that are not a tiny Kontext build: not replacing them")
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
@@ -92,19 +92,18 @@ def is_complete(model_dir: Path, *, fast: Optional[bool] = False) -> bool:
     transformers 4 loads a CLIPTextModel saved by 5 with random weights (5 drops the ``text_model.``
     key prefix) and only warns, so another major's build counts as missing and gets rebuilt.
     """
-    marker = Path(model_dir) / COMPLETE_MARKER
-    if not marker.is_file():
+    recorded = recorded_build(model_dir)
+    if recorded is None:
         return False
-    recorded = json.loads(marker.read_text())
-    built = recorded.get("fast", False)
     wanted = (False, FAST_REVISION) if fast is None else (FAST_REVISION if fast else False,)
-    return recorded.get("transformers") == transformers_major() and built in wanted
+    return recorded.get("transformers") == transformers_major() and recorded.get("fast", False) in wanted
 
 
-def is_fast_build(model_dir: Path) -> bool:
-    """Whether the build in ``model_dir`` (complete or not) is the ``fast`` one."""
+def recorded_build(model_dir: Path) -> Optional[dict]:
+    """What the marker of a build of ``build_tiny_kontext``'s says (seed, fast revision, transformers major); None
+    where there is none (no build, or another model)."""
     marker = Path(model_dir) / COMPLETE_MARKER
-    return marker.is_file() and bool(json.loads(marker.read_text()).get("fast", False))
+    return json.loads(marker.read_text()) if marker.is_file() else None
 
 
 def transformers_major() -> int:
