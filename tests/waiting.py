@@ -37,6 +37,14 @@ def poll(check: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, what: str =
         time.sleep(every)
 
 
+def jobs_finished(runtime: Any, *job_ids: str) -> Callable[[], Awaitable[bool]]:
+    """For ``until``: every one of the jobs has finished (completed or failed)."""
+    async def check() -> bool:
+        return all([(await runtime.service.status(job_id)).status.finished for job_id in job_ids])
+
+    return check
+
+
 def workers_running(runtime: Any, count: int) -> Callable[[], Awaitable[bool]]:
     """For ``until``: ``count`` of the runtime's workers are running a job (taken, not merely queued)."""
     async def check() -> bool:

@@ -13,7 +13,7 @@ from kontext.runtime import Runtime
 from protocol import EditRequest, JobStatus
 from tests.fakes import FakeEngine, png_bytes
 from tests.unit.test_sidecar import make_settings
-from tests.waiting import until
+from tests.waiting import jobs_finished, until
 
 IMAGE_B64 = base64.b64encode(png_bytes((40, 32), (200, 40, 90))).decode()
 
@@ -30,10 +30,7 @@ def test_device_lists() -> None:
 
 
 async def _finish_all(runtime: Runtime, ids: list[str]) -> None:
-    async def finished() -> bool:
-        return all([(await runtime.service.status(job_id)).status.finished for job_id in ids])
-
-    await until(finished, timeout=60, what=f"{len(ids)} job(s) finished")
+    await until(jobs_finished(runtime, *ids), timeout=60, what=f"{len(ids)} job(s) finished")
 
 
 async def test_two_cpu_workers_give_the_same_bytes_whichever_runs_the_job(tiny_model_dir: Path,

@@ -11,7 +11,7 @@ from kontext.runtime import Runtime
 from protocol import EditRequest, JobStatus
 from tests.fakes import FakeEngine, RecordingDeliverer, png_bytes
 from tests.unit.test_sidecar import make_settings
-from tests.waiting import until
+from tests.waiting import jobs_finished, until
 
 IMAGE_B64 = base64.b64encode(png_bytes()).decode()
 
@@ -22,10 +22,7 @@ def _request(seed: int, **extra: object) -> EditRequest:
 
 
 async def _wait(runtime: Runtime, job_id: str) -> JobStatus:
-    async def finished() -> bool:
-        return (await runtime.service.status(job_id)).status.finished
-
-    await until(finished, what=f"{job_id} finished")
+    await until(jobs_finished(runtime, job_id), what=f"{job_id} finished")
     return (await runtime.service.status(job_id)).status
 
 

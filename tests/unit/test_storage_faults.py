@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import errno
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import pytest
 
@@ -19,14 +17,7 @@ from kontext.runtime import Runtime
 from protocol import EditRequest, JobStatus
 from tests.fakes import FakeEngine, png_bytes
 from tests.unit.test_sidecar import make_settings
-from tests.waiting import until
-
-
-def _finished(runtime: Runtime, job_id: str) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return (await runtime.service.status(job_id)).status.finished
-
-    return check
+from tests.waiting import jobs_finished, until
 
 REQUEST = EditRequest.model_validate({"prompt": "p", "seed": 1, "num_inference_steps": 2,
                                       "image_b64": base64.b64encode(png_bytes()).decode()})
@@ -97,11 +88,8 @@ async def test_disk_full_while_writing_the_result_fails_the_job_cleanly(tmp_path
 
         monkeypatch.setattr(os, "fsync", no_space)
         job_id = (await runtime.service.submit(REQUEST)).job_id
-        for _ in range(200):
-            status = await runtime.service.status(job_id)
-            if status.status.finished:
-                break
-            await asyncio.sleep(0.02)
+        await until(jobs_finished(runtime, job_id), timeout=4.0, what=f"{job_id} finished")
+        status = await runtime.service.status(job_id)
         monkeypatch.setattr(os, "fsync", real_fsync)
         assert status.status is JobStatus.FAILED
         assert status.error == ("could not store the result PNG: the data directory cannot be written "
@@ -129,11 +117,11 @@ async def test_a_store_failure_while_running_keeps_the_worker_alive(tmp_path: Pa
 
         monkeypatch.setattr(runtime.store, "mark_started", flaky_mark_started)
         job_id = (await runtime.service.submit(REQUEST)).job_id
-        await until(_finished(runtime, job_id), what=f"{job_id} finished")
+        await until(jobs_finished(runtime, job_id), what=f"{job_id} finished")
         status = await runtime.service.status(job_id)
         assert status.status is JobStatus.COMPLETED and failures["left"] == 0
         second = (await runtime.service.submit(REQUEST)).job_id  # the worker still takes work
-        await until(_finished(runtime, second), what=f"{second} finished")
+        await until(jobs_finished(runtime, second), what=f"{second} finished")
         assert (await runtime.service.status(second)).status is JobStatus.COMPLETED
     finally:
         await runtime.stop()
@@ -179,11 +167,7 @@ async def test_a_downloaded_image_the_disk_refuses_fails_the_job_with_the_reason
         request = EditRequest.model_validate({"prompt": "p", "seed": 1, "num_inference_steps": 2,
                                               "image_url": f"{server.url}/img.png"})
         job_id = (await runtime.service.submit(request)).job_id
-
-        async def finished() -> bool:
-            return (await runtime.service.status(job_id)).status.finished
-
-        await until(finished)
+        await until(jobs_finished(runtime, job_id))
         status = await runtime.service.status(job_id)
         assert status.status is JobStatus.FAILED
         assert status.error == ("could not store the downloaded image: the data directory cannot be written "
